@@ -1,0 +1,170 @@
+//! Tessera chunk server: stores content-addressed blocks and serves put/get/has/delete over
+//! QUIC; registers with the metadata server and sends heartbeats.
+
+pub mod store;
+
+use anyhow::{bail, Context};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{BlockStore, ChunkError};
+use tessera_common::metalink::MetaLink;
+use tessera_common::net::{self, Service};
+use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
+use tessera_common::proto::meta::{MetaRequest, MetaResponse};
+use tessera_common::tls::{Identity, NodeCerts, Role};
+use tessera_common::{ErrorCode, WireError};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+#[derive(Clone, Debug)]
+pub struct ChunkConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Address others reach this server at; defaults to the bound listen address.
+    pub advertise: Option<String>,
+    pub meta: Vec<String>,
+    pub certs: PathBuf,
+    pub zone: String,
+    /// Bytes offered to the cluster; defaults to the size of the data directory's disk.
+    pub capacity: Option<u64>,
+    pub heartbeat: Duration,
+}
+
+impl From<ChunkError> for WireError {
+    fn from(e: ChunkError) -> Self {
+        let code = match e {
+            ChunkError::NotFound(_) => ErrorCode::NotFound,
+            ChunkError::BadHash(_) | ChunkError::Corrupt(_) => ErrorCode::BadHash,
+            ChunkError::Io { .. } => ErrorCode::Internal,
+        };
+        WireError::new(code, e.to_string())
+    }
+}
+
+struct ChunkService {
+    store: Arc<BlockStore>,
+    node_id: u64,
+}
+
+impl Service for ChunkService {
+    type Req = ChunkRequest;
+    type Resp = ChunkResponse;
+
+    async fn handle(self: Arc<Self>, peer: Arc<Identity>, req: ChunkRequest, payload: Vec<u8>) -> (ChunkResponse, Vec<u8>) {
+        let store = self.store.clone();
+        let res: Result<(ChunkResponse, Vec<u8>), WireError> = match req {
+            ChunkRequest::Put { id } => blocking(move || store.put(&id, &payload).map(|_| (ChunkResponse::Stored, vec![]))).await,
+            ChunkRequest::Get { id } => blocking(move || store.get(&id).map(|d| (ChunkResponse::Block, d))).await,
+            ChunkRequest::Has { ids } => Ok((ChunkResponse::Has(ids.iter().map(|i| store.has(i)).collect()), vec![])),
+            ChunkRequest::Delete { ids } => {
+                if !matches!(peer.role, Role::Meta | Role::Admin) {
+                    Err(WireError::new(ErrorCode::PermissionDenied, format!("role {} may not delete blocks", peer.role)))
+                } else {
+                    blocking(move || {
+                        let mut count = 0;
+                        for id in &ids {
+                            count += store.delete(id)? as u64;
+                        }
+                        Ok((ChunkResponse::Deleted { count }, vec![]))
+                    })
+                    .await
+                }
+            }
+            ChunkRequest::Stat => Ok((ChunkResponse::Stat { node_id: self.node_id, blocks: store.count(), used: store.used() }, vec![])),
+        };
+        res.unwrap_or_else(|e| (ChunkResponse::Error(e), vec![]))
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ChunkError> + Send + 'static) -> Result<T, WireError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(WireError::from),
+        Err(e) => Err(WireError::new(ErrorCode::Internal, e.to_string())),
+    }
+}
+
+/// The node id is chosen once and kept in the data directory.
+fn node_id(dir: &std::path::Path) -> anyhow::Result<u64> {
+    let p = dir.join("node.id");
+    if let Ok(s) = std::fs::read_to_string(&p) {
+        return s.trim().parse().with_context(|| format!("{}: not a node id", p.display()));
+    }
+    let id = rand::random::<u64>() >> 1 | 1;
+    std::fs::write(&p, format!("{id}\n")).with_context(|| format!("writing {}", p.display()))?;
+    Ok(id)
+}
+
+fn disk_size(dir: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap_or_default();
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path and s a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } == 0 {
+        s.f_blocks as u64 * s.f_frsize as u64
+    } else {
+        0
+    }
+}
+
+/// A running chunk server.
+pub struct ChunkServer {
+    pub addr: SocketAddr,
+    pub node_id: u64,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Bind, open the store, register with the metadata server, serve until `shutdown`.
+pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<ChunkServer> {
+    let certs = NodeCerts::load(&cfg.certs).context("loading certificates")?;
+    if certs.identity.role != Role::Chunk {
+        bail!("certificate in {} has role {}, a chunk server needs role chunk", cfg.certs.display(), certs.identity.role);
+    }
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let store = Arc::new(BlockStore::open(&cfg.data_dir)?);
+    let node_id = node_id(&cfg.data_dir)?;
+    let ep = net::server_endpoint(&certs, cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = ep.local_addr()?;
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let capacity = cfg.capacity.unwrap_or_else(|| disk_size(&cfg.data_dir));
+    let meta = Arc::new(MetaLink::new(ep.clone(), &cfg.meta, Duration::from_secs(10)));
+    info!(node_id, %addr, blocks = store.count(), "chunk server listening");
+
+    let svc = Arc::new(ChunkService { store: store.clone(), node_id });
+    let hb = tokio::spawn(heartbeat_loop(meta, store, node_id, advertise, cfg.zone.clone(), capacity, cfg.heartbeat, shutdown.clone()));
+    let task = tokio::spawn(async move {
+        net::serve(ep, svc, shutdown).await;
+        hb.abort();
+    });
+    Ok(ChunkServer { addr, node_id, task })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn heartbeat_loop(meta: Arc<MetaLink>, store: Arc<BlockStore>, node_id: u64, addr: String, zone: String, capacity: u64, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut registered = false;
+    loop {
+        let req = if registered {
+            MetaRequest::Heartbeat { node_id, capacity, used: store.used(), blocks: store.count() }
+        } else {
+            MetaRequest::RegisterChunk { node_id, addr: addr.clone(), zone: zone.clone(), capacity }
+        };
+        match meta.call(&req).await {
+            Ok(MetaResponse::Ring(r)) => {
+                info!(ring_version = r.version, "registered with the metadata server");
+                registered = true;
+            }
+            Ok(MetaResponse::HeartbeatAck { .. }) => {}
+            Ok(MetaResponse::Error(e)) if e.code == ErrorCode::NotFound => registered = false,
+            Ok(other) => warn!("unexpected heartbeat reply: {other:?}"),
+            Err(e) => {
+                warn!("heartbeat: {e}");
+                registered = false;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,54 @@
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+use tessera_chunk::ChunkConfig;
+use tessera_common::metalink::parse_meta_list;
+
+/// Tessera chunk server: stores content-addressed blocks.
+#[derive(Parser)]
+#[command(name = "tessera-chunk", version)]
+struct Args {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Metadata servers, comma-separated.
+    #[arg(long, env = "TESSERA_META")]
+    meta: String,
+    #[arg(long, env = "TESSERA_CERTS")]
+    certs: PathBuf,
+    /// Failure domain (host, rack): replicas go to distinct zones while enough exist.
+    #[arg(long, default_value = "default")]
+    zone: String,
+    /// Bytes offered to the cluster (default: the size of the data directory's disk).
+    #[arg(long)]
+    capacity: Option<u64>,
+    /// Address other nodes reach this server at (default: the listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+}
+
+#[tokio::main]
+async fn main() {
+    tessera_common::init_logging();
+    let a = Args::parse();
+    let meta = match parse_meta_list(&a.meta) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("tessera-chunk: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cfg = ChunkConfig { data_dir: a.data_dir, listen: a.listen, advertise: a.advertise, meta, certs: a.certs, zone: a.zone, capacity: a.capacity, heartbeat: Duration::from_secs(1) };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let server = match tessera_chunk::start(cfg, rx).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tessera-chunk: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    tessera_common::wait_for_signal().await;
+    let _ = tx.send(true);
+    let _ = server.task.await;
+}

@@ -1,0 +1,201 @@
+//! The block store on local disk: one file per block under `blocks/xx/<hex id>`.
+//!
+//! A put writes a temporary file, fsyncs it, renames it into place and fsyncs the directory, so
+//! a block that is acknowledged survives a crash. A put of a stored block is a no-op. Every read
+//! is verified against the id; a corrupt file is moved to `quarantine/` and reported.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tessera_common::BlockId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    #[error("block {0} not found")]
+    NotFound(BlockId),
+    #[error("block {0}: data does not match its id")]
+    BadHash(BlockId),
+    #[error("block {0} is corrupt on disk (quarantined)")]
+    Corrupt(BlockId),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ChunkError + '_ {
+    move |source| ChunkError::Io { path: path.to_owned(), source }
+}
+
+pub struct BlockStore {
+    root: PathBuf,
+    blocks: AtomicU64,
+    used: AtomicU64,
+    tmp_seq: AtomicU64,
+}
+
+/// Removes a temporary file unless disarmed (any early return cleans up).
+struct TempGuard<'a>(Option<&'a Path>);
+impl Drop for TempGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+impl BlockStore {
+    pub fn open(root: &Path) -> Result<Self, ChunkError> {
+        for d in ["blocks", "tmp", "quarantine"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(io(&p))?;
+        }
+        // Temporary files left by a crash are never acknowledged blocks.
+        let tmp = root.join("tmp");
+        for e in fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
+            let _ = fs::remove_file(e.path());
+        }
+        let s = BlockStore { root: root.to_owned(), blocks: AtomicU64::new(0), used: AtomicU64::new(0), tmp_seq: AtomicU64::new(0) };
+        let (mut n, mut bytes) = (0, 0);
+        s.for_each(|_, len| {
+            n += 1;
+            bytes += len;
+        })?;
+        s.blocks.store(n, Ordering::Relaxed);
+        s.used.store(bytes, Ordering::Relaxed);
+        Ok(s)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path(&self, id: &BlockId) -> PathBuf {
+        let hex = id.to_hex();
+        self.root.join("blocks").join(&hex[..2]).join(hex)
+    }
+
+    pub fn count(&self) -> u64 {
+        self.blocks.load(Ordering::Relaxed)
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn has(&self, id: &BlockId) -> bool {
+        self.path(id).exists()
+    }
+
+    /// Store `data` as block `id`. Returns true when the block was new.
+    pub fn put(&self, id: &BlockId, data: &[u8]) -> Result<bool, ChunkError> {
+        if !id.verify(data) {
+            return Err(ChunkError::BadHash(*id));
+        }
+        let dest = self.path(id);
+        if dest.exists() {
+            return Ok(false);
+        }
+        let dir = dest.parent().unwrap();
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let tmp = self.root.join("tmp").join(format!("{}.{}", id.to_hex(), self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
+        let mut guard = TempGuard(Some(&tmp));
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(data).map_err(io(&tmp))?;
+        f.sync_data().map_err(io(&tmp))?;
+        drop(f);
+        fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        guard.0 = None;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+        self.blocks.fetch_add(1, Ordering::Relaxed);
+        self.used.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Read and verify block `id`. A copy that fails verification is quarantined.
+    pub fn get(&self, id: &BlockId) -> Result<Vec<u8>, ChunkError> {
+        let p = self.path(id);
+        let mut f = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ChunkError::NotFound(*id)),
+            Err(e) => return Err(ChunkError::Io { path: p, source: e }),
+        };
+        let mut data = Vec::with_capacity(f.metadata().map(|m| m.len() as usize).unwrap_or(0));
+        f.read_to_end(&mut data).map_err(io(&p))?;
+        if !id.verify(&data) {
+            self.quarantine(id, data.len() as u64);
+            return Err(ChunkError::Corrupt(*id));
+        }
+        Ok(data)
+    }
+
+    fn quarantine(&self, id: &BlockId, len: u64) {
+        let q = self.root.join("quarantine").join(id.to_hex());
+        if fs::rename(self.path(id), &q).is_ok() {
+            self.blocks.fetch_sub(1, Ordering::Relaxed);
+            self.used.fetch_sub(len.min(self.used()), Ordering::Relaxed);
+            tracing::error!(block = %id.short(), "corrupt block quarantined");
+        }
+    }
+
+    pub fn delete(&self, id: &BlockId) -> Result<bool, ChunkError> {
+        let p = self.path(id);
+        let len = match fs::metadata(&p) {
+            Ok(m) => m.len(),
+            Err(_) => return Ok(false),
+        };
+        match fs::remove_file(&p) {
+            Ok(()) => {
+                self.blocks.fetch_sub(1, Ordering::Relaxed);
+                self.used.fetch_sub(len.min(self.used()), Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(ChunkError::Io { path: p, source: e }),
+        }
+    }
+
+    /// Visit every stored block with its length.
+    pub fn for_each(&self, mut f: impl FnMut(BlockId, u64)) -> Result<(), ChunkError> {
+        let top = self.root.join("blocks");
+        for sub in fs::read_dir(&top).map_err(io(&top))?.flatten() {
+            for e in fs::read_dir(sub.path()).map_err(io(&sub.path()))?.flatten() {
+                if let Some(id) = e.file_name().to_str().and_then(BlockId::from_hex) {
+                    f(id, e.metadata().map(|m| m.len()).unwrap_or(0));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_verify_quarantine_delete() {
+        let d = tempfile::tempdir().unwrap();
+        let s = BlockStore::open(d.path()).unwrap();
+        let data = vec![7u8; 10_000];
+        let id = BlockId::of(&data);
+        assert!(s.put(&id, &data).unwrap());
+        assert!(!s.put(&id, &data).unwrap(), "second put is a no-op");
+        assert_eq!((s.count(), s.used()), (1, 10_000));
+        assert_eq!(s.get(&id).unwrap(), data);
+        assert!(matches!(s.put(&BlockId::of(b"x"), b"y"), Err(ChunkError::BadHash(_))));
+
+        // Flip a byte on disk: the read refuses it and quarantines the file.
+        let mut raw = fs::read(s.path(&id)).unwrap();
+        raw[5] ^= 1;
+        fs::write(s.path(&id), &raw).unwrap();
+        assert!(matches!(s.get(&id), Err(ChunkError::Corrupt(_))));
+        assert!(!s.has(&id));
+        assert_eq!(s.count(), 0);
+
+        s.put(&id, &data).unwrap();
+        let reopened = BlockStore::open(d.path()).unwrap();
+        assert_eq!(reopened.count(), 1);
+        assert!(reopened.delete(&id).unwrap());
+        assert!(matches!(reopened.get(&id), Err(ChunkError::NotFound(_))));
+    }
+}

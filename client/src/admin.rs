@@ -1,0 +1,205 @@
+//! Admin commands: `status` (and the block scan behind it).
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_common::metalink::MetaLink;
+use tessera_common::net::{self, RpcClient};
+use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
+use tessera_common::proto::meta::{ClusterStatus, MetaRequest, MetaResponse};
+use tessera_common::tls::NodeCerts;
+use tessera_common::BlockId;
+
+pub struct Admin {
+    link: MetaLink,
+    ep: quinn::Endpoint,
+}
+
+#[derive(Serialize, Default, Debug)]
+pub struct BlockCounts {
+    pub total: u64,
+    pub under_replicated: u64,
+    pub missing: u64,
+    pub misplaced: u64,
+}
+
+#[derive(Serialize, Debug)]
+struct NodeJson {
+    id: String,
+    zone: String,
+    addr: String,
+    state: String,
+    capacity: u64,
+    used: u64,
+    blocks: u64,
+    last_heartbeat_ms: u64,
+}
+
+#[derive(Serialize, Debug)]
+struct Bytes {
+    logical: u64,
+    stored: u64,
+    dedup_ratio: f64,
+}
+
+#[derive(Serialize, Debug)]
+struct StatusJson {
+    nodes: Vec<NodeJson>,
+    blocks: BlockCounts,
+    bytes: Bytes,
+    files: u64,
+    replicas: u32,
+    ring_version: u64,
+}
+
+impl Admin {
+    pub fn connect(certs: &NodeCerts, meta: &[String]) -> anyhow::Result<Self> {
+        let ep = net::client_endpoint(certs)?;
+        Ok(Admin { link: MetaLink::new(ep.clone(), meta, Duration::from_secs(15)), ep })
+    }
+
+    async fn call(&self, req: MetaRequest) -> anyhow::Result<MetaResponse> {
+        match self.link.call(&req).await.context("cannot reach the metadata server")? {
+            MetaResponse::Error(e) => bail!("metadata server: {}", e.message),
+            r => Ok(r),
+        }
+    }
+
+    pub async fn cluster_status(&self) -> anyhow::Result<ClusterStatus> {
+        match self.call(MetaRequest::Status).await? {
+            MetaResponse::Status(s) => Ok(s),
+            r => bail!("unexpected reply {r:?}"),
+        }
+    }
+
+    /// Every referenced block.
+    pub async fn referenced(&self) -> anyhow::Result<Vec<BlockId>> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            match self.call(MetaRequest::ListBlocks { after, limit: 65536 }).await? {
+                MetaResponse::BlockList(l) => {
+                    let n = l.len();
+                    out.extend(l.into_iter().map(|(id, _)| id));
+                    if n < 65536 {
+                        return Ok(out);
+                    }
+                    after = out.last().copied();
+                }
+                r => bail!("unexpected reply {r:?}"),
+            }
+        }
+    }
+
+    /// Which up server holds which of `ids`.
+    async fn holders(&self, status: &ClusterStatus, ids: &[BlockId]) -> HashMap<BlockId, HashSet<u64>> {
+        let mut held: HashMap<BlockId, HashSet<u64>> = HashMap::new();
+        for n in status.nodes.iter().filter(|n| n.state == "up") {
+            let c = Arc::new(RpcClient::new(self.ep.clone(), &n.addr, 1, Duration::from_secs(30)));
+            for chunk in ids.chunks(4096) {
+                if let Ok((ChunkResponse::Has(flags), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: chunk.to_vec() }, &[]).await {
+                    for (id, has) in chunk.iter().zip(flags) {
+                        if has {
+                            held.entry(*id).or_default().insert(n.id);
+                        }
+                    }
+                }
+            }
+        }
+        held
+    }
+
+    pub async fn block_counts(&self, status: &ClusterStatus) -> anyhow::Result<BlockCounts> {
+        let ids = self.referenced().await?;
+        let held = self.holders(status, &ids).await;
+        let ring = match self.call(MetaRequest::GetRing).await? {
+            MetaResponse::Ring(r) => r,
+            r => bail!("unexpected reply {r:?}"),
+        };
+        let want = (status.replicas as usize).min(ring.nodes.len());
+        let mut c = BlockCounts { total: ids.len() as u64, ..Default::default() };
+        for id in &ids {
+            let h = held.get(id).map(|s| s.len()).unwrap_or(0);
+            if h == 0 {
+                c.missing += 1;
+            } else if h < want {
+                c.under_replicated += 1;
+            }
+            let owners: HashSet<u64> = ring.owners(id, want).iter().map(|n| n.id).collect();
+            if held.get(id).is_some_and(|s| s.iter().any(|x| !owners.contains(x))) {
+                c.misplaced += 1;
+            }
+        }
+        Ok(c)
+    }
+
+    pub async fn status(&self, json: bool) -> anyhow::Result<()> {
+        let s = self.cluster_status().await?;
+        let blocks = self.block_counts(&s).await?;
+        let stored: u64 = s.nodes.iter().filter(|n| n.state != "out").map(|n| n.used).sum();
+        let out = StatusJson {
+            nodes: s
+                .nodes
+                .iter()
+                .map(|n| NodeJson {
+                    id: format!("{:016x}", n.id),
+                    zone: n.zone.clone(),
+                    addr: n.addr.clone(),
+                    state: n.state.clone(),
+                    capacity: n.capacity,
+                    used: n.used,
+                    blocks: n.blocks,
+                    last_heartbeat_ms: n.last_heartbeat_ms,
+                })
+                .collect(),
+            blocks,
+            bytes: Bytes { logical: s.logical_bytes, stored, dedup_ratio: if stored == 0 { 1.0 } else { s.logical_bytes as f64 * s.replicas as f64 / stored as f64 } },
+            files: s.files,
+            replicas: s.replicas,
+            ring_version: s.ring_version,
+        };
+        if json {
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
+        println!("{:<16}  {:<10} {:<22} {:<5} {:>10} {:>10} {:>8} {:>8}", "ID", "ZONE", "ADDRESS", "STATE", "CAPACITY", "USED", "BLOCKS", "LAST HB");
+        for n in &out.nodes {
+            println!(
+                "{:<16}  {:<10} {:<22} {:<5} {:>10} {:>10} {:>8} {:>7.1}s",
+                n.id,
+                n.zone,
+                n.addr,
+                n.state,
+                human(n.capacity),
+                human(n.used),
+                n.blocks,
+                n.last_heartbeat_ms as f64 / 1000.0
+            );
+        }
+        println!();
+        println!("files: {}   replicas: {}   ring version: {}", out.files, out.replicas, out.ring_version);
+        println!("bytes: {} logical, {} stored", human(out.bytes.logical), human(out.bytes.stored));
+        println!(
+            "blocks: {} total, {} under-replicated, {} missing, {} misplaced",
+            out.blocks.total, out.blocks.under_replicated, out.blocks.missing, out.blocks.misplaced
+        );
+        Ok(())
+    }
+}
+
+pub fn human(b: u64) -> String {
+    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}

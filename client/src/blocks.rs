@@ -1,0 +1,178 @@
+//! Block I/O against the chunk servers: replicated puts, verified gets, a bounded block cache
+//! and single-flight fetches.
+
+use crate::error::{FsError, FsResult};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tessera_common::net::RpcClient;
+use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
+use tessera_common::ring::Ring;
+use tessera_common::BlockId;
+use tracing::warn;
+
+type Fetch = Shared<BoxFuture<'static, Result<Arc<Vec<u8>>, FsError>>>;
+
+pub struct Blocks {
+    ep: quinn::Endpoint,
+    clients: Mutex<HashMap<String, Arc<RpcClient>>>,
+    ring: RwLock<Arc<Ring>>,
+    pub replicas: usize,
+    cache: Mutex<lru::LruCache<BlockId, Arc<Vec<u8>>>>,
+    cache_bytes: Mutex<usize>,
+    cache_limit: usize,
+    inflight: Mutex<HashMap<BlockId, Fetch>>,
+}
+
+/// Connections per chunk server: one QUIC connection tops out well below the loopback link.
+const CONNS_PER_SERVER: usize = 2;
+
+impl Blocks {
+    pub fn new(ep: quinn::Endpoint, ring: Ring, replicas: usize, cache_limit: usize) -> Arc<Self> {
+        Arc::new(Blocks {
+            ep,
+            clients: Mutex::new(HashMap::new()),
+            ring: RwLock::new(Arc::new(ring)),
+            replicas,
+            cache: Mutex::new(lru::LruCache::unbounded()),
+            cache_bytes: Mutex::new(0),
+            cache_limit,
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn ring(&self) -> Arc<Ring> {
+        self.ring.read().unwrap().clone()
+    }
+
+    pub fn set_ring(&self, ring: Ring) {
+        let mut g = self.ring.write().unwrap();
+        if ring.version != g.version {
+            *g = Arc::new(ring);
+        }
+    }
+
+    fn client(&self, addr: &str) -> Arc<RpcClient> {
+        let mut m = self.clients.lock().unwrap();
+        m.entry(addr.to_string())
+            .or_insert_with(|| Arc::new(RpcClient::new(self.ep.clone(), addr, CONNS_PER_SERVER, Duration::from_secs(30))))
+            .clone()
+    }
+
+    /// Store `data` (whose id is `id`) on its replicas in parallel; all of them must accept.
+    pub async fn put(&self, id: BlockId, data: Arc<Vec<u8>>) -> FsResult<()> {
+        let ring = self.ring();
+        let owners: Vec<String> = ring.owners(&id, self.replicas).iter().map(|n| n.addr.clone()).collect();
+        if owners.is_empty() {
+            return Err(FsError::Io("no chunk servers in the ring".into()));
+        }
+        let puts = owners.iter().map(|addr| {
+            let c = self.client(addr);
+            let data = data.clone();
+            async move {
+                match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id }, &data).await {
+                    Ok((ChunkResponse::Stored, _)) => Ok(()),
+                    Ok((ChunkResponse::Error(e), _)) => Err(FsError::Io(format!("{}: {e}", c.addr()))),
+                    Ok((r, _)) => Err(FsError::Io(format!("{}: unexpected reply {r:?}", c.addr()))),
+                    Err(e) => Err(FsError::from(e)),
+                }
+            }
+        });
+        for r in futures::future::join_all(puts).await {
+            if let Err(e) = r {
+                warn!(block = %id.short(), "put failed: {e}");
+                return Err(e);
+            }
+        }
+        self.cache_insert(id, data);
+        Ok(())
+    }
+
+    /// Fetch a verified block: cache, then one fetch shared by all concurrent readers.
+    pub async fn get(self: &Arc<Self>, id: BlockId) -> FsResult<Arc<Vec<u8>>> {
+        if let Some(d) = self.cache.lock().unwrap().get(&id) {
+            return Ok(d.clone());
+        }
+        let fut = {
+            let mut inflight = self.inflight.lock().unwrap();
+            inflight
+                .entry(id)
+                .or_insert_with(|| {
+                    let me = self.clone();
+                    async move {
+                        let r = me.fetch(id).await;
+                        me.inflight.lock().unwrap().remove(&id);
+                        if let Ok(d) = &r {
+                            me.cache_insert(id, d.clone());
+                        }
+                        r
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        fut.await
+    }
+
+    /// Warm the cache with `id` in the background.
+    pub fn prefetch(self: &Arc<Self>, id: BlockId) {
+        if self.cache.lock().unwrap().contains(&id) || self.inflight.lock().unwrap().contains_key(&id) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _ = me.get(id).await;
+        });
+    }
+
+    async fn fetch(&self, id: BlockId) -> FsResult<Arc<Vec<u8>>> {
+        let ring = self.ring();
+        let owners: Vec<String> = ring.owners(&id, self.replicas).iter().map(|n| n.addr.clone()).collect();
+        let mut last = FsError::Io(format!("block {} has no reachable replica", id.short()));
+        for addr in owners {
+            let c = self.client(&addr);
+            match c.call::<_, ChunkResponse>(&ChunkRequest::Get { id }, &[]).await {
+                Ok((ChunkResponse::Block, data)) => {
+                    let ok = {
+                        let data = data.clone();
+                        tokio::task::spawn_blocking(move || id.verify(&data)).await.unwrap_or(false)
+                    };
+                    if ok {
+                        return Ok(Arc::new(data));
+                    }
+                    warn!(block = %id.short(), server = %addr, "replica returned bytes that do not match the block id");
+                    last = FsError::Io(format!("block {}: bad replica on {addr}", id.short()));
+                }
+                Ok((ChunkResponse::Error(e), _)) => {
+                    warn!(block = %id.short(), server = %addr, "get failed: {e}");
+                    last = FsError::Io(format!("{addr}: {e}"));
+                }
+                Ok((r, _)) => last = FsError::Io(format!("{addr}: unexpected reply {r:?}")),
+                Err(e) => {
+                    warn!(block = %id.short(), server = %addr, "get failed: {e}");
+                    last = e.into();
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn cache_insert(&self, id: BlockId, data: Arc<Vec<u8>>) {
+        let mut cache = self.cache.lock().unwrap();
+        let mut bytes = self.cache_bytes.lock().unwrap();
+        if let Some(old) = cache.put(id, data.clone()) {
+            *bytes -= old.len();
+        }
+        *bytes += data.len();
+        while *bytes > self.cache_limit {
+            match cache.pop_lru() {
+                Some((_, d)) => *bytes -= d.len(),
+                None => break,
+            }
+        }
+        let _ = NonZeroUsize::new(1);
+    }
+}

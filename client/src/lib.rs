@@ -1,0 +1,11 @@
+//! The Tessera client: the FUSE file system, its block cache and write buffers, and the admin
+//! command line.
+
+pub mod admin;
+pub mod blocks;
+pub mod dev;
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod meta;
+pub mod mount;

@@ -1,0 +1,178 @@
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tessera_client::{admin, dev, mount};
+use tessera_common::metalink::parse_meta_list;
+use tessera_common::tls::{self, NodeCerts, Role};
+
+/// Tessera: a distributed block file system.
+#[derive(Parser)]
+#[command(name = "tessera", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount the file system.
+    Mount {
+        /// Metadata servers, comma-separated.
+        #[arg(long, env = "TESSERA_META")]
+        meta: String,
+        /// Certificate bundle (ca.crt, node.crt, node.key) with role client.
+        #[arg(long, env = "TESSERA_CERTS")]
+        certs: PathBuf,
+        mountpoint: PathBuf,
+        /// Mount options, comma-separated (ro, noatime, nosuid, nodev, noexec, sync, dirsync).
+        #[arg(short = 'o')]
+        options: Vec<String>,
+        /// Stay in the foreground (default: detach once mounted).
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Run a local cluster (metadata server + chunk servers) and mount it, until Ctrl-C.
+    Dev {
+        mountpoint: PathBuf,
+        /// Where state and certificates live (default: ~/.local/share/tessera-dev).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        chunk_servers: usize,
+        #[arg(long, default_value_t = 3)]
+        replicas: u32,
+    },
+    /// Show the cluster: servers, capacity, blocks, replication health.
+    Status {
+        #[arg(long, env = "TESSERA_META")]
+        meta: String,
+        /// Certificate bundle with role admin.
+        #[arg(long, env = "TESSERA_CERTS")]
+        certs: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the cluster CA and issue node certificates.
+    Cert {
+        #[command(subcommand)]
+        cmd: CertCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Create a CA (ca.crt, ca.key) in CA_DIR.
+    Init { ca_dir: PathBuf },
+    /// Issue a node bundle (ca.crt, node.crt, node.key) into NODE_DIR.
+    Issue {
+        ca_dir: PathBuf,
+        node_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// meta, chunk, client or admin.
+        #[arg(long)]
+        role: String,
+        /// Host name or IP address the node is reached at (servers); repeatable.
+        #[arg(long)]
+        host: Vec<String>,
+    },
+}
+
+fn main() {
+    tessera_common::init_logging();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("tessera: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn meta_list(s: &str) -> anyhow::Result<Vec<String>> {
+    parse_meta_list(s).map_err(anyhow::Error::msg)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Cert { cmd: CertCmd::Init { ca_dir } } => {
+            tls::init_ca(&ca_dir)?;
+            println!("created CA in {}", ca_dir.display());
+            Ok(())
+        }
+        Cmd::Cert { cmd: CertCmd::Issue { ca_dir, node_dir, name, role, host } } => {
+            let role: Role = role.parse()?;
+            if name.is_empty() {
+                bail!("--name must not be empty");
+            }
+            tls::issue(&ca_dir, &node_dir, &name, role, &host)?;
+            println!("issued {name} ({role}) into {}", node_dir.display());
+            Ok(())
+        }
+        Cmd::Status { meta, certs, json } => {
+            let meta = meta_list(&meta)?;
+            let certs = NodeCerts::load(&certs)?;
+            runtime()?.block_on(async { admin::Admin::connect(&certs, &meta)?.status(json).await })
+        }
+        Cmd::Dev { mountpoint, data_dir, chunk_servers, replicas } => {
+            runtime()?.block_on(dev::run(dev::DevOptions { mountpoint, data_dir, chunk_servers, replicas }))
+        }
+        Cmd::Mount { meta, certs, mountpoint, options, foreground } => {
+            let meta = meta_list(&meta)?;
+            let mp = mount::check_mountpoint(&mountpoint)?;
+            let certs_b = NodeCerts::load(&certs)?;
+            if !foreground {
+                return detach(&mp);
+            }
+            let rt = runtime()?;
+            rt.block_on(async {
+                let fs = mount::connect(&certs_b, &meta).await?;
+                let m = mount::mount(fs, &mp, &options, tokio::runtime::Handle::current())?;
+                m.run_until_signal().await
+            })
+        }
+    }
+}
+
+fn is_mounted(mp: &std::path::Path) -> bool {
+    let want = mp.to_string_lossy();
+    std::fs::read_to_string("/proc/mounts").map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(&*want))).unwrap_or(false)
+}
+
+/// Re-run this command in the foreground as a detached child; return once it has mounted.
+fn detach(mp: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let log = std::env::temp_dir().join(format!("tessera-mount-{}.log", std::process::id()));
+    let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    args.push("--foreground".into());
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(&args).stdin(std::process::Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    // SAFETY: setsid is async-signal-safe; it detaches the child from our terminal session.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if is_mounted(mp) {
+            println!("mounted {} (pid {}, log {})", mp.display(), child.id(), log.display());
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let reason = text.lines().rev().find(|l| l.starts_with("tessera:")).map(|l| l.trim_start_matches("tessera:").trim().to_string());
+            bail!("{}", reason.unwrap_or_else(|| format!("mount process exited with {status}; see {}", log.display())));
+        }
+        if Instant::now() > deadline {
+            bail!("not mounted after 60s; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,113 @@
+//! The client's session with the metadata service: typed calls, mutations numbered per
+//! session so a retry after a timeout is answered rather than applied twice.
+
+use crate::error::{FsError, FsResult};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tessera_common::metalink::MetaLink;
+use tessera_common::proto::meta::*;
+use tessera_common::ring::Ring;
+
+pub struct MetaClient {
+    link: MetaLink,
+    session: u64,
+    seq: AtomicU64,
+    pub block_size: u32,
+    pub replicas: u32,
+    pub first_ring: Ring,
+}
+
+fn unexpected(r: MetaResponse) -> FsError {
+    FsError::Io(format!("unexpected reply from the metadata server: {r:?}"))
+}
+
+impl MetaClient {
+    /// Open a session; fails with a clear reason when the metadata server cannot be reached.
+    pub async fn connect(ep: quinn::Endpoint, addrs: &[String], name: &str) -> FsResult<Self> {
+        let link = MetaLink::new(ep, addrs, Duration::from_secs(30));
+        match link.call(&MetaRequest::OpenSession { client: name.to_string() }).await? {
+            MetaResponse::Session { session, block_size, replicas, ring } => {
+                Ok(MetaClient { link, session, seq: AtomicU64::new(1), block_size, replicas, first_ring: ring })
+            }
+            MetaResponse::Error(e) => Err(e.into()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn call(&self, req: MetaRequest) -> FsResult<MetaResponse> {
+        match self.link.call(&req).await? {
+            MetaResponse::Error(e) => Err(e.into()),
+            r => Ok(r),
+        }
+    }
+
+    /// Apply a mutation. A lost connection is retried with the same sequence number.
+    pub async fn mutate(&self, op: Mutation) -> FsResult<MetaResponse> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let req = MetaRequest::Mutate { session: self.session, seq, op };
+        let mut last = None;
+        for attempt in 0..3 {
+            match self.call(req.clone()).await {
+                Err(FsError::Net(e)) => {
+                    tracing::warn!(attempt, "metadata call failed, retrying: {e}");
+                    last = Some(FsError::Net(e));
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+                r => return r,
+            }
+        }
+        Err(last.unwrap())
+    }
+
+    pub async fn attr_of(&self, req: MetaRequest) -> FsResult<Attr> {
+        match self.call(req).await? {
+            MetaResponse::Attr(a) => Ok(a),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn mutate_attr(&self, op: Mutation) -> FsResult<Attr> {
+        match self.mutate(op).await? {
+            MetaResponse::Attr(a) => Ok(a),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn mutate_done(&self, op: Mutation) -> FsResult<()> {
+        match self.mutate(op).await? {
+            MetaResponse::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// The whole block map of a file, paged.
+    pub async fn block_map(&self, ino: u64) -> FsResult<(u64, Vec<(u64, BlockRef)>)> {
+        let mut out = Vec::new();
+        let mut first = 0;
+        let mut size = 0;
+        loop {
+            match self.call(MetaRequest::GetBlocks { ino, first, count: 16384 }).await? {
+                MetaResponse::Blocks { size: s, blocks } => {
+                    size = s;
+                    let n = blocks.len();
+                    if let Some((last, _)) = blocks.last() {
+                        first = last + 1;
+                    }
+                    out.extend(blocks);
+                    if n < 16384 {
+                        return Ok((size, out));
+                    }
+                }
+                r => return Err(unexpected(r)),
+            }
+            let _ = size;
+        }
+    }
+
+    pub async fn ring(&self) -> FsResult<Ring> {
+        match self.call(MetaRequest::GetRing).await? {
+            MetaResponse::Ring(r) => Ok(r),
+            r => Err(unexpected(r)),
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Shared parts of Tessera: the wire protocol, block ids, the placement ring, QUIC/TLS setup
+//! and certificates. Every message type lives here once (`proto`).
+
+pub mod block;
+pub mod error;
+pub mod metalink;
+pub mod names;
+pub mod net;
+pub mod proto;
+pub mod ring;
+pub mod tls;
+
+pub use block::BlockId;
+pub use error::{ErrorCode, WireError};
+
+/// Default logical block size (DESIGN.md, "Data model").
+pub const DEFAULT_BLOCK_SIZE: u32 = 4 * 1024 * 1024;
+/// Largest block size a file system may be formatted with; bounds every payload.
+pub const MAX_BLOCK_SIZE: u32 = 16 * 1024 * 1024;
+/// Inode number of the root directory (as FUSE expects).
+pub const ROOT_INO: u64 = 1;
+
+/// Initialise `tracing` for a binary from `RUST_LOG` (default `info`), logging to stderr.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Wait for SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received, shutting down");
+}

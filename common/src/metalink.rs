@@ -1,0 +1,83 @@
+//! A connection to the metadata service given as a list of addresses (`--meta A[,B...]`).
+//! Calls go to the current leader; a `NotLeader` reply or a lost connection moves on to the
+//! named leader or the next address.
+
+use crate::net::{NetError, RpcClient};
+use crate::proto::meta::{MetaRequest, MetaResponse};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct MetaLink {
+    ep: quinn::Endpoint,
+    clients: std::sync::Mutex<Vec<Arc<RpcClient>>>,
+    current: AtomicUsize,
+    timeout: Duration,
+}
+
+/// Parse `A[,B...]` into addresses; errors name the problem in one line.
+pub fn parse_meta_list(list: &str) -> Result<Vec<String>, String> {
+    let addrs: Vec<String> = list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    if addrs.is_empty() {
+        return Err("no metadata server address given (--meta or TESSERA_META)".into());
+    }
+    for a in &addrs {
+        if a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(format!("metadata address '{a}' is not HOST:PORT"));
+        }
+    }
+    Ok(addrs)
+}
+
+impl MetaLink {
+    pub fn new(ep: quinn::Endpoint, addrs: &[String], timeout: Duration) -> Self {
+        let clients = addrs.iter().map(|a| Arc::new(RpcClient::new(ep.clone(), a, 1, timeout))).collect();
+        MetaLink { ep, clients: std::sync::Mutex::new(clients), current: AtomicUsize::new(0), timeout }
+    }
+
+    fn client(&self, i: usize) -> (Arc<RpcClient>, usize) {
+        let c = self.clients.lock().unwrap();
+        let i = i % c.len();
+        (c[i].clone(), c.len())
+    }
+
+    /// Call the leader. Retries over the address list once per address.
+    pub async fn call(&self, req: &MetaRequest) -> Result<MetaResponse, NetError> {
+        let start = self.current.load(Ordering::Relaxed);
+        let (_, n) = self.client(start);
+        let mut last = None;
+        for k in 0..n.max(1) + 1 {
+            let i = start + k;
+            let (c, _) = self.client(i);
+            match c.call::<_, MetaResponse>(req, &[]).await {
+                Ok((MetaResponse::NotLeader { leader }, _)) => {
+                    if let Some(l) = leader {
+                        let mut cs = self.clients.lock().unwrap();
+                        let idx = match cs.iter().position(|c| c.addr() == l) {
+                            Some(p) => p,
+                            None => {
+                                cs.push(Arc::new(RpcClient::new(self.ep.clone(), &l, 1, self.timeout)));
+                                cs.len() - 1
+                            }
+                        };
+                        self.current.store(idx, Ordering::Relaxed);
+                    } else {
+                        self.current.store(i + 1, Ordering::Relaxed);
+                    }
+                    last = Some(NetError::Lost { addr: c.addr().to_string(), reason: "not the leader".into() });
+                }
+                Ok((resp, _)) => {
+                    self.current.store(i % n.max(1), Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    if n == 1 {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap())
+    }
+}

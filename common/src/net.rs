@@ -1,0 +1,256 @@
+//! QUIC endpoints, the request/response server loop and a cached-connection RPC client.
+
+use crate::proto::{read_frame, write_frame, FrameError, CLOSE_FORBIDDEN, CLOSE_PROTOCOL_ERROR};
+use crate::tls::{identity_of, Identity, NodeCerts, TlsError};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use serde::{de::DeserializeOwned, Serialize};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Mutex};
+use tracing::{debug, info_span, warn, Instrument};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("{addr}: request timed out after {secs}s")]
+    Timeout { addr: String, secs: u64 },
+    #[error("{addr}: connection lost: {reason}")]
+    Lost { addr: String, reason: String },
+    #[error("{addr}: {source}")]
+    Frame { addr: String, source: FrameError },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("endpoint: {0}")]
+    Endpoint(std::io::Error),
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(1024u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.stream_receive_window((32u32 << 20).into());
+    t.receive_window((128u32 << 20).into());
+    t.send_window(128 << 20);
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.max_idle_timeout(Some(Duration::from_secs(10).try_into().unwrap()));
+    // Loopback and LANs take large datagrams; above ~9000 bytes quinn stalls (measured).
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(4096);
+    t.mtu_discovery_config(Some(mtu));
+    Arc::new(t)
+}
+
+fn client_config(certs: &NodeCerts) -> Result<quinn::ClientConfig, NetError> {
+    let crypto = QuicClientConfig::try_from(certs.client_config()?).map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// An endpoint that serves on `listen` and can also connect out (servers talk to each other).
+pub fn server_endpoint(certs: &NodeCerts, listen: SocketAddr) -> Result<quinn::Endpoint, NetError> {
+    let crypto = QuicServerConfig::try_from(certs.server_config()?).map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(transport());
+    let mut ep = quinn::Endpoint::server(cfg, listen).map_err(NetError::Endpoint)?;
+    ep.set_default_client_config(client_config(certs)?);
+    Ok(ep)
+}
+
+/// An endpoint that only connects out.
+pub fn client_endpoint(certs: &NodeCerts) -> Result<quinn::Endpoint, NetError> {
+    let mut ep = quinn::Endpoint::client("0.0.0.0:0".parse().unwrap()).map_err(NetError::Endpoint)?;
+    ep.set_default_client_config(client_config(certs)?);
+    Ok(ep)
+}
+
+/// A request handler. One call per stream; the payload rides outside the header.
+pub trait Service: Send + Sync + 'static {
+    type Req: DeserializeOwned + Send + std::fmt::Debug;
+    type Resp: Serialize + Send + Sync;
+    /// Refuse a peer before it sends anything (wrong role for this server at all).
+    fn admit(&self, _peer: &Identity) -> bool {
+        true
+    }
+    fn handle(self: Arc<Self>, peer: Arc<Identity>, req: Self::Req, payload: Vec<u8>) -> impl Future<Output = (Self::Resp, Vec<u8>)> + Send;
+}
+
+/// Serve `svc` on `ep` until `shutdown` turns true; then close the endpoint.
+pub async fn serve<S: Service>(ep: quinn::Endpoint, svc: Arc<S>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let incoming = tokio::select! {
+            i = ep.accept() => match i { Some(i) => i, None => break },
+            _ = shutdown.changed() => break,
+        };
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => serve_conn(conn, svc).instrument(info_span!("conn", peer = %remote)).await,
+                Err(e) => debug!(peer = %remote, "handshake failed: {e}"),
+            }
+        });
+    }
+    ep.close(0u32.into(), b"shutdown");
+}
+
+async fn serve_conn<S: Service>(conn: quinn::Connection, svc: Arc<S>) {
+    let peer = match peer_identity(&conn) {
+        Ok(p) if svc.admit(&p) => Arc::new(p),
+        Ok(p) => {
+            warn!("refusing {} with role {}", p.name, p.role);
+            conn.close(CLOSE_FORBIDDEN.into(), b"role not allowed here");
+            return;
+        }
+        Err(e) => {
+            warn!("refusing connection: {e}");
+            conn.close(CLOSE_FORBIDDEN.into(), b"no usable identity");
+            return;
+        }
+    };
+    loop {
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let svc = svc.clone();
+        let peer = peer.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let (req, payload) = match read_frame::<_, S::Req>(&mut recv).await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(peer = %peer.name, "protocol error, closing connection: {e}");
+                    conn.close(CLOSE_PROTOCOL_ERROR.into(), e.to_string().as_bytes());
+                    return;
+                }
+            };
+            debug!(peer = %peer.name, ?req, "request");
+            let (resp, out) = svc.handle(peer, req, payload).await;
+            if write_frame(&mut send, &resp, &out).await.is_ok() {
+                let _ = send.finish();
+            }
+        });
+    }
+}
+
+/// The verified identity of the peer of `conn`.
+pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity, TlsError> {
+    let any = conn.peer_identity().ok_or_else(|| TlsError::Peer("no certificate".into()))?;
+    let certs = any
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .map_err(|_| TlsError::Peer("unexpected identity type".into()))?;
+    identity_of(certs.first().ok_or_else(|| TlsError::Peer("empty chain".into()))?)
+}
+
+/// Resolve `host:port`.
+pub async fn resolve(addr: &str) -> Result<SocketAddr, NetError> {
+    tokio::net::lookup_host(addr)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| NetError::Resolve(addr.to_string()))
+}
+
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// A client for one server: a few cached connections used round-robin, one stream per request,
+/// a timeout on every call, one reconnect on a lost connection.
+pub struct RpcClient {
+    ep: quinn::Endpoint,
+    addr: String,
+    conns: Vec<Mutex<Option<quinn::Connection>>>,
+    next: AtomicUsize,
+    timeout: Duration,
+}
+
+impl RpcClient {
+    pub fn new(ep: quinn::Endpoint, addr: &str, connections: usize, timeout: Duration) -> Self {
+        RpcClient {
+            ep,
+            addr: addr.to_string(),
+            conns: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+            timeout,
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    async fn connection(&self, slot: usize, fresh: bool) -> Result<quinn::Connection, NetError> {
+        let mut g = self.conns[slot].lock().await;
+        if let Some(c) = g.as_ref() {
+            if !fresh && c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let sock = resolve(&self.addr).await?;
+        let err = |reason: String| NetError::Connect { addr: self.addr.clone(), reason };
+        let connecting = self.ep.connect(sock, host_of(&self.addr)).map_err(|e| err(e.to_string()))?;
+        let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
+            .await
+            .map_err(|_| err("no answer within 5s (is the server running?)".into()))?
+            .map_err(|e| err(describe_conn_error(&e)))?;
+        *g = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Send one request and wait for its answer.
+    pub async fn call<Q: Serialize, R: DeserializeOwned>(&self, req: &Q, payload: &[u8]) -> Result<(R, Vec<u8>), NetError> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let fut = async {
+            let mut fresh = false;
+            loop {
+                let conn = self.connection(slot, fresh).await?;
+                match self.exchange(&conn, req, payload).await {
+                    Err(NetError::Lost { .. }) if !fresh => fresh = true,
+                    r => return r,
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| NetError::Timeout { addr: self.addr.clone(), secs: self.timeout.as_secs() })?
+    }
+
+    async fn exchange<Q: Serialize, R: DeserializeOwned>(&self, conn: &quinn::Connection, req: &Q, payload: &[u8]) -> Result<(R, Vec<u8>), NetError> {
+        let lost = |reason: String| NetError::Lost { addr: self.addr.clone(), reason };
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(describe_conn_error(&e)))?;
+        write_frame(&mut send, req, payload).await.map_err(|e| match e {
+            FrameError::Write(io) => lost(io.to_string()),
+            source => NetError::Frame { addr: self.addr.clone(), source },
+        })?;
+        let _ = send.finish();
+        read_frame(&mut recv).await.map_err(|e| match e {
+            FrameError::Truncated(_) => lost(conn.close_reason().map(|r| describe_conn_error(&r)).unwrap_or_else(|| "stream ended early".into())),
+            source => NetError::Frame { addr: self.addr.clone(), source },
+        })
+    }
+}
+
+/// Turn a QUIC/TLS failure into a sentence that names the cause.
+pub fn describe_conn_error(e: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError::*;
+    match e {
+        TransportError(t) if t.to_string().contains("UnknownIssuer") || t.to_string().contains("unknown ca") || t.to_string().contains("BadCertificate") => {
+            format!("TLS handshake refused: certificate not signed by this cluster's CA ({t})")
+        }
+        ConnectionClosed(c) if c.error_code.to_string().contains("unknown ca") || c.error_code.to_string().contains("certificate") => {
+            format!("TLS handshake refused by the server: our certificate is not from its CA ({c})")
+        }
+        ApplicationClosed(c) if c.error_code == CLOSE_FORBIDDEN.into() => format!("refused by the server: {}", String::from_utf8_lossy(&c.reason)),
+        TimedOut => "timed out (is the server running and reachable?)".into(),
+        other => other.to_string(),
+    }
+}

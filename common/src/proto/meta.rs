@@ -1,0 +1,179 @@
+//! Metadata server protocol.
+//!
+//! Reads (`Lookup`, `GetAttr`, `ReadDir`, …) are answered from the current state. Every change
+//! is a [`Mutation`] sent inside `Mutate { session, seq, op }`: the server applies it once and
+//! stores its reply with the effect, so a retry with a known `(session, seq)` gets the stored
+//! reply instead of a second application. A session comes from `OpenSession`.
+//!
+//! Errors come back as `MetaResponse::Error` with a stable [`ErrorCode`](crate::ErrorCode).
+//! `NotLeader` tells the caller to retry at another metadata address.
+
+use crate::ring::Ring;
+use crate::{BlockId, WireError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+/// Attributes of an inode. Times are nanoseconds since the Unix epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: FileKind,
+    /// Permission bits (07777).
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub atime: i64,
+    pub mtime: i64,
+    pub ctime: i64,
+    pub rdev: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: FileKind,
+    /// Stable position of this entry: `ReadDir { after: cookie }` continues after it, even
+    /// when other entries were added or removed meanwhile.
+    pub cookie: u64,
+}
+
+/// One block of a file's block map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRef {
+    pub id: BlockId,
+    pub len: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetTime {
+    Now,
+    At(i64),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Truncate or extend; block-map entries past the new end are dropped.
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// `rename` flags, as Linux `renameat2`.
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mutation {
+    /// Create a file, directory, symlink (with `target`) or special node. Reply: `Attr`.
+    Create { parent: u64, name: Vec<u8>, kind: FileKind, perm: u16, uid: u32, gid: u32, rdev: u32, target: Option<Vec<u8>> },
+    /// Reply: `Attr`.
+    SetAttr { ino: u64, attr: SetAttr },
+    /// Reply: `Done`.
+    Unlink { parent: u64, name: Vec<u8> },
+    /// Reply: `Done`; `NotEmpty` unless the directory is empty.
+    Rmdir { parent: u64, name: Vec<u8> },
+    /// Reply: `Done`.
+    Rename { parent: u64, name: Vec<u8>, new_parent: u64, new_name: Vec<u8>, flags: u32 },
+    /// Reply: `Attr` of the linked inode.
+    Link { ino: u64, new_parent: u64, new_name: Vec<u8> },
+    /// Set block-map entries (index → block) and the new size in one step. Reply: `Attr`.
+    CommitBlocks { ino: u64, blocks: Vec<(u64, BlockRef)>, size: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaRequest {
+    /// Register a client session. Reply: `Session`.
+    OpenSession { client: String },
+    /// Reply: `Attr` of the child.
+    Lookup { parent: u64, name: Vec<u8> },
+    /// Reply: `Attr`.
+    GetAttr { ino: u64 },
+    /// Entries with cookie > `after`, at most `limit`. Reply: `Dir`.
+    ReadDir { ino: u64, after: u64, limit: u32 },
+    /// Reply: `Link`.
+    ReadLink { ino: u64 },
+    /// Reply: `StatFs`.
+    StatFs,
+    /// Block-map entries with index in `[first, first + count)`. Reply: `Blocks`.
+    GetBlocks { ino: u64, first: u64, count: u64 },
+    /// A change, applied at most once per `(session, seq)`.
+    Mutate { session: u64, seq: u64, op: Mutation },
+    /// Reply: `Ring` (the current one).
+    GetRing,
+    /// Chunk servers only. Reply: `Ring`.
+    RegisterChunk { node_id: u64, addr: String, zone: String, capacity: u64 },
+    /// Chunk servers only. Reply: `HeartbeatAck`.
+    Heartbeat { node_id: u64, capacity: u64, used: u64, blocks: u64 },
+    /// Admin only. Reply: `Status`.
+    Status,
+    /// Admin only: referenced blocks with their reference counts, in id order, after `after`.
+    /// Reply: `BlockList`.
+    ListBlocks { after: Option<BlockId>, limit: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatFs {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub files: u64,
+    pub block_size: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub zone: String,
+    pub addr: String,
+    /// `up`, `down` or `out`.
+    pub state: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub blocks: u64,
+    /// Milliseconds since the last heartbeat.
+    pub last_heartbeat_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub nodes: Vec<NodeStatus>,
+    pub ring_version: u64,
+    pub replicas: u32,
+    pub files: u64,
+    pub logical_bytes: u64,
+    /// Distinct blocks referenced by the namespace.
+    pub blocks: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    Session { session: u64, block_size: u32, replicas: u32, ring: Ring },
+    Attr(Attr),
+    Dir { entries: Vec<DirEntry>, done: bool },
+    Link(Vec<u8>),
+    StatFs(StatFs),
+    Blocks { size: u64, blocks: Vec<(u64, BlockRef)> },
+    Done,
+    Ring(Ring),
+    HeartbeatAck { ring_version: u64 },
+    Status(ClusterStatus),
+    BlockList(Vec<(BlockId, u64)>),
+    Error(WireError),
+    /// This server does not lead; retry at `leader` if known.
+    NotLeader { leader: Option<String> },
+}

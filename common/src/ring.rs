@@ -1,0 +1,164 @@
+//! The placement ring: consistent hashing with virtual nodes weighted by capacity.
+//!
+//! Each server in the ring appears as `vnodes(capacity)` points, at positions derived from its
+//! id. A block's position is the first 8 bytes of its id. Its replicas are the first N distinct
+//! servers clockwise, preferring servers in zones not yet used while enough zones exist.
+//! The vnode count depends only on the server's own capacity, so adding or removing one server
+//! leaves every other server's points where they were: about 1/n of the blocks move.
+
+use crate::BlockId;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingNode {
+    pub id: u64,
+    pub addr: String,
+    pub zone: String,
+    pub capacity: u64,
+}
+
+/// A published version of the ring: the servers that hold data (`up` or `down`, not `out`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ring {
+    pub version: u64,
+    pub nodes: Vec<RingNode>,
+    #[serde(skip)]
+    points: Vec<(u64, usize)>,
+}
+
+const GIB: u64 = 1 << 30;
+
+/// Virtual nodes for a server: one per 16 GiB of capacity, within [32, 1024].
+pub fn vnodes(capacity: u64) -> usize {
+    (capacity / (16 * GIB)).clamp(32, 1024) as usize
+}
+
+fn point(node: u64, i: usize) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&node.to_le_bytes());
+    h.update(&(i as u64).to_le_bytes());
+    u64::from_be_bytes(h.finalize().as_bytes()[..8].try_into().unwrap())
+}
+
+impl Ring {
+    pub fn new(version: u64, mut nodes: Vec<RingNode>) -> Self {
+        nodes.sort_by_key(|n| n.id);
+        let mut r = Ring { version, nodes, points: Vec::new() };
+        r.build();
+        r
+    }
+
+    /// Rebuild the point table (after deserialising).
+    pub fn build(&mut self) {
+        let mut pts = Vec::new();
+        for (idx, n) in self.nodes.iter().enumerate() {
+            for i in 0..vnodes(n.capacity) {
+                pts.push((point(n.id, i), idx));
+            }
+        }
+        pts.sort_unstable();
+        self.points = pts;
+    }
+
+    pub fn node(&self, id: u64) -> Option<&RingNode> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The `n` servers that own `block`, primary first.
+    pub fn owners(&self, block: &BlockId, n: usize) -> Vec<&RingNode> {
+        self.walk(block.ring_position(), n)
+    }
+
+    fn walk(&self, pos: u64, n: usize) -> Vec<&RingNode> {
+        if self.points.is_empty() && !self.nodes.is_empty() {
+            // A ring that came off the wire without its table.
+            let mut r = self.clone();
+            r.build();
+            return r.walk(pos, n).into_iter().map(|x| self.node(x.id).unwrap()).collect();
+        }
+        let want = n.min(self.nodes.len());
+        let zones: HashSet<&str> = self.nodes.iter().map(|x| x.zone.as_str()).collect();
+        let start = self.points.partition_point(|&(p, _)| p < pos);
+        let mut chosen: Vec<usize> = Vec::with_capacity(want);
+        let mut used_zones: HashSet<&str> = HashSet::new();
+        // First pass: distinct servers in distinct zones; second: distinct servers.
+        for pass in 0..2 {
+            for k in 0..self.points.len() {
+                if chosen.len() == want {
+                    break;
+                }
+                let idx = self.points[(start + k) % self.points.len()].1;
+                if chosen.contains(&idx) {
+                    continue;
+                }
+                let zone = self.nodes[idx].zone.as_str();
+                if pass == 0 && used_zones.contains(zone) && used_zones.len() < zones.len() {
+                    continue;
+                }
+                used_zones.insert(zone);
+                chosen.push(idx);
+            }
+        }
+        chosen.into_iter().map(|i| &self.nodes[i]).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(n: u64, zones: u64) -> Ring {
+        Ring::new(
+            1,
+            (1..=n)
+                .map(|id| RingNode { id, addr: format!("127.0.0.1:{id}"), zone: format!("z{}", id % zones), capacity: 100 * GIB })
+                .collect(),
+        )
+    }
+
+    fn block(i: u64) -> BlockId {
+        BlockId::of(&i.to_le_bytes())
+    }
+
+    #[test]
+    fn owners_are_distinct_and_stable() {
+        let r = ring(5, 5);
+        for i in 0..1000 {
+            let o = r.owners(&block(i), 3);
+            assert_eq!(o.len(), 3);
+            let ids: HashSet<u64> = o.iter().map(|x| x.id).collect();
+            assert_eq!(ids.len(), 3);
+            assert_eq!(o, r.owners(&block(i), 3));
+        }
+        // Fewer servers than replicas: all of them.
+        assert_eq!(ring(2, 2).owners(&block(1), 3).len(), 2);
+    }
+
+    #[test]
+    fn zones_are_spread_while_enough_exist() {
+        let r = ring(6, 3);
+        for i in 0..500 {
+            let zones: HashSet<String> = r.owners(&block(i), 3).iter().map(|x| x.zone.clone()).collect();
+            assert_eq!(zones.len(), 3);
+        }
+    }
+
+    #[test]
+    fn adding_a_server_moves_about_one_nth() {
+        let before = ring(10, 10);
+        let after = ring(11, 11);
+        let total = 20_000;
+        let moved = (0..total).filter(|&i| before.owners(&block(i), 1)[0].id != after.owners(&block(i), 1)[0].id).count();
+        let ideal = total as f64 / 11.0;
+        assert!((moved as f64) < ideal * 1.5, "moved {moved}, ideal {ideal}");
+    }
+
+    #[test]
+    fn ring_survives_serialisation() {
+        let r = ring(4, 4);
+        let bytes = bincode::serde::encode_to_vec(&r, bincode::config::standard()).unwrap();
+        let (back, _): (Ring, usize) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        assert_eq!(back.owners(&block(9), 3), r.owners(&block(9), 3));
+    }
+}

@@ -1,0 +1,173 @@
+//! Tessera metadata server: the namespace in RocksDB, client sessions, chunk-server membership
+//! and the ring, served over QUIC.
+
+pub mod membership;
+pub mod namespace;
+pub mod store;
+
+use anyhow::{bail, Context};
+use membership::Membership;
+use namespace::{FsParams, Namespace};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_common::net::{self, Service};
+use tessera_common::proto::meta::{ClusterStatus, MetaRequest, MetaResponse, StatFs};
+use tessera_common::tls::{Identity, NodeCerts, Role};
+use tessera_common::{ErrorCode, WireError};
+use tokio::sync::watch;
+use tracing::info;
+
+#[derive(Clone, Debug)]
+pub struct MetaConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub certs: PathBuf,
+    pub replicas: u32,
+    pub block_size: u32,
+    pub down_after: Duration,
+    pub out_after: Duration,
+}
+
+impl MetaConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(1..=16).contains(&self.replicas) {
+            bail!("--replicas must be between 1 and 16");
+        }
+        if self.block_size < 4096 || self.block_size > tessera_common::MAX_BLOCK_SIZE || !self.block_size.is_power_of_two() {
+            bail!("--block-size must be a power of two between 4 KiB and 16 MiB");
+        }
+        Ok(())
+    }
+}
+
+struct MetaService {
+    ns: Arc<Namespace>,
+    members: Arc<Membership>,
+    replicas: u32,
+}
+
+fn denied(role: Role, what: &str) -> MetaResponse {
+    MetaResponse::Error(WireError::new(ErrorCode::PermissionDenied, format!("role {role} may not {what}")))
+}
+
+impl MetaService {
+    fn answer(&self, peer: &Identity, req: MetaRequest) -> MetaResponse {
+        let r = |x: Result<MetaResponse, WireError>| x.unwrap_or_else(MetaResponse::Error);
+        let ns = &self.ns;
+        match req {
+            MetaRequest::OpenSession { .. } => r(ns.open_session().map(|session| MetaResponse::Session {
+                session,
+                block_size: ns.params.block_size,
+                replicas: self.replicas,
+                ring: self.members.ring(),
+            })),
+            MetaRequest::Lookup { parent, name } => r(ns.lookup(parent, &name).map(MetaResponse::Attr)),
+            MetaRequest::GetAttr { ino } => r(ns.getattr(ino).map(MetaResponse::Attr)),
+            MetaRequest::ReadDir { ino, after, limit } => r(ns.readdir(ino, after, limit).map(|(entries, done)| MetaResponse::Dir { entries, done })),
+            MetaRequest::ReadLink { ino } => r(ns.readlink(ino).map(MetaResponse::Link)),
+            MetaRequest::StatFs => r(self.statfs()),
+            MetaRequest::GetBlocks { ino, first, count } => r(ns.get_blocks(ino, first, count).map(|(size, blocks)| MetaResponse::Blocks { size, blocks })),
+            MetaRequest::Mutate { session, seq, op } => match peer.role {
+                Role::Client | Role::Admin => ns.mutate(session, seq, op),
+                role => denied(role, "change the namespace"),
+            },
+            MetaRequest::GetRing => MetaResponse::Ring(self.members.ring()),
+            MetaRequest::RegisterChunk { node_id, addr, zone, capacity } => match peer.role {
+                Role::Chunk => r(self.members.register(node_id, addr, zone, capacity).map(MetaResponse::Ring)),
+                role => denied(role, "register a chunk server"),
+            },
+            MetaRequest::Heartbeat { node_id, capacity, used, blocks } => match peer.role {
+                Role::Chunk => r(self.members.heartbeat(node_id, capacity, used, blocks).map(|ring_version| MetaResponse::HeartbeatAck { ring_version })),
+                role => denied(role, "send heartbeats"),
+            },
+            MetaRequest::Status => match peer.role {
+                Role::Admin | Role::Meta => r(self.status()),
+                role => denied(role, "read the cluster status"),
+            },
+            MetaRequest::ListBlocks { after, limit } => match peer.role {
+                Role::Admin | Role::Meta => r(ns.list_blocks(after, limit).map(MetaResponse::BlockList)),
+                role => denied(role, "list blocks"),
+            },
+        }
+    }
+
+    fn statfs(&self) -> Result<MetaResponse, WireError> {
+        let nodes = self.members.status();
+        let live = nodes.iter().filter(|n| n.state != "out");
+        let (cap, used) = live.fold((0u64, 0u64), |(c, u), n| (c + n.capacity, u + n.used));
+        let r = self.replicas.max(1) as u64;
+        Ok(MetaResponse::StatFs(StatFs {
+            total_bytes: cap / r,
+            free_bytes: cap.saturating_sub(used) / r,
+            files: self.ns.stats()?.files,
+            block_size: self.ns.params.block_size,
+        }))
+    }
+
+    fn status(&self) -> Result<MetaResponse, WireError> {
+        let stats = self.ns.stats()?;
+        let ring = self.members.ring();
+        Ok(MetaResponse::Status(ClusterStatus {
+            nodes: self.members.status(),
+            ring_version: ring.version,
+            replicas: self.replicas,
+            files: stats.files,
+            logical_bytes: stats.logical_bytes,
+            blocks: stats.blocks,
+        }))
+    }
+}
+
+impl Service for MetaService {
+    type Req = MetaRequest;
+    type Resp = MetaResponse;
+
+    async fn handle(self: Arc<Self>, peer: Arc<Identity>, req: MetaRequest, _payload: Vec<u8>) -> (MetaResponse, Vec<u8>) {
+        // RocksDB reads and WAL syncs block: keep them off the async threads.
+        let resp = tokio::task::spawn_blocking(move || self.answer(&peer, req))
+            .await
+            .unwrap_or_else(|e| MetaResponse::Error(WireError::new(ErrorCode::Internal, e.to_string())));
+        (resp, vec![])
+    }
+}
+
+pub struct MetaServer {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Open the store, bind, serve until `shutdown`.
+pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<MetaServer> {
+    cfg.validate()?;
+    let certs = NodeCerts::load(&cfg.certs).context("loading certificates")?;
+    if certs.identity.role != Role::Meta {
+        bail!("certificate in {} has role {}, a metadata server needs role meta", cfg.certs.display(), certs.identity.role);
+    }
+    let db_dir = cfg.data_dir.join("db");
+    std::fs::create_dir_all(&db_dir).with_context(|| format!("creating {}", db_dir.display()))?;
+    let store = store::Store::open(&db_dir).with_context(|| format!("opening {}", db_dir.display()))?;
+    let ns = Arc::new(Namespace::open(store, FsParams { block_size: cfg.block_size })?);
+    let members = Arc::new(Membership::load(ns.clone(), cfg.down_after, cfg.out_after)?);
+    let ep = net::server_endpoint(&certs, cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = ep.local_addr()?;
+    info!(%addr, block_size = ns.params.block_size, replicas = cfg.replicas, "metadata server listening");
+    let svc = Arc::new(MetaService { ns, members: members.clone(), replicas: cfg.replicas });
+    let mut sd = shutdown.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = sd.changed() => return,
+            }
+            let m = members.clone();
+            let _ = tokio::task::spawn_blocking(move || m.refresh()).await;
+        }
+    });
+    let task = tokio::spawn(async move {
+        net::serve(ep, svc, shutdown).await;
+        ticker.abort();
+    });
+    Ok(MetaServer { addr, task })
+}

@@ -1,0 +1,54 @@
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+use tessera_meta::MetaConfig;
+
+/// Tessera metadata server: keeps the namespace and the cluster membership.
+#[derive(Parser)]
+#[command(name = "tessera-meta", version)]
+struct Args {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    #[arg(long, env = "TESSERA_CERTS")]
+    certs: PathBuf,
+    /// Copies of every block.
+    #[arg(long, default_value_t = 3)]
+    replicas: u32,
+    /// Block size in bytes, fixed when the file system is created.
+    #[arg(long, default_value_t = tessera_common::DEFAULT_BLOCK_SIZE)]
+    block_size: u32,
+    /// Seconds without a heartbeat before a chunk server is `down`.
+    #[arg(long, default_value_t = 5)]
+    down_after: u64,
+    /// Seconds without a heartbeat before a chunk server is `out` and leaves the ring.
+    #[arg(long, default_value_t = 600)]
+    out_after: u64,
+}
+
+#[tokio::main]
+async fn main() {
+    tessera_common::init_logging();
+    let a = Args::parse();
+    let cfg = MetaConfig {
+        data_dir: a.data_dir,
+        listen: a.listen,
+        certs: a.certs,
+        replicas: a.replicas,
+        block_size: a.block_size,
+        down_after: Duration::from_secs(a.down_after),
+        out_after: Duration::from_secs(a.out_after),
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let server = match tessera_meta::start(cfg, rx).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tessera-meta: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    tessera_common::wait_for_signal().await;
+    let _ = tx.send(true);
+    let _ = server.task.await;
+}

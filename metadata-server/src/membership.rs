@@ -1,0 +1,165 @@
+//! Chunk-server membership and the published ring.
+//!
+//! A server is `up` while heartbeats arrive, `down` after `down_after` without one (it stays in
+//! the ring: readers and writers skip it, nothing moves) and `out` after `out_after` (it leaves
+//! the ring). Registrations are persisted, so the ring survives a metadata restart.
+
+use crate::namespace::Namespace;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tessera_common::proto::meta::NodeStatus;
+use tessera_common::ring::{Ring, RingNode};
+use tessera_common::{ErrorCode, WireError};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct NodeRecord {
+    id: u64,
+    addr: String,
+    zone: String,
+    capacity: u64,
+}
+
+struct Node {
+    rec: NodeRecord,
+    used: u64,
+    blocks: u64,
+    last_heartbeat: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    Up,
+    Down,
+    Out,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Down => "down",
+            NodeState::Out => "out",
+        }
+    }
+}
+
+pub struct Membership {
+    ns: Arc<Namespace>,
+    nodes: Mutex<BTreeMap<u64, Node>>,
+    ring: Mutex<Ring>,
+    pub down_after: Duration,
+    pub out_after: Duration,
+}
+
+const KEY_RING_VERSION: &[u8] = b"ring_version";
+const NODE_PREFIX: &[u8] = b"node/";
+
+fn node_key(id: u64) -> Vec<u8> {
+    let mut k = NODE_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+impl Membership {
+    pub fn load(ns: Arc<Namespace>, down_after: Duration, out_after: Duration) -> Result<Self, WireError> {
+        let now = Instant::now();
+        let nodes = ns
+            .cluster_scan::<NodeRecord>(NODE_PREFIX)?
+            .into_iter()
+            // Until a first heartbeat after a restart, give every server the benefit of the doubt.
+            .map(|rec| (rec.id, Node { rec, used: 0, blocks: 0, last_heartbeat: now }))
+            .collect();
+        let version = ns.cluster_get::<u64>(KEY_RING_VERSION)?.unwrap_or(0);
+        let m = Membership { ns, nodes: Mutex::new(nodes), ring: Mutex::new(Ring::new(version, vec![])), down_after, out_after };
+        let members = m.members();
+        *m.ring.lock().unwrap() = Ring::new(version, members);
+        Ok(m)
+    }
+
+    fn state(&self, n: &Node, now: Instant) -> NodeState {
+        let age = now.saturating_duration_since(n.last_heartbeat);
+        if age >= self.out_after {
+            NodeState::Out
+        } else if age >= self.down_after {
+            NodeState::Down
+        } else {
+            NodeState::Up
+        }
+    }
+
+    fn members(&self) -> Vec<RingNode> {
+        let now = Instant::now();
+        let nodes = self.nodes.lock().unwrap();
+        nodes
+            .values()
+            .filter(|n| self.state(n, now) != NodeState::Out)
+            .map(|n| RingNode { id: n.rec.id, addr: n.rec.addr.clone(), zone: n.rec.zone.clone(), capacity: n.rec.capacity })
+            .collect()
+    }
+
+    /// Publish a new ring version if the member set changed.
+    pub fn refresh(&self) -> Result<Ring, WireError> {
+        let members = self.members();
+        let mut ring = self.ring.lock().unwrap();
+        let mut sorted = members.clone();
+        sorted.sort_by_key(|n| n.id);
+        if sorted != ring.nodes {
+            let version = ring.version + 1;
+            self.ns.cluster_put(KEY_RING_VERSION, &version)?;
+            *ring = Ring::new(version, members);
+            tracing::info!(version, servers = ring.nodes.len(), "new ring published");
+        }
+        Ok(ring.clone())
+    }
+
+    pub fn ring(&self) -> Ring {
+        self.ring.lock().unwrap().clone()
+    }
+
+    pub fn register(&self, id: u64, addr: String, zone: String, capacity: u64) -> Result<Ring, WireError> {
+        if addr.is_empty() || zone.is_empty() || zone.len() > 255 || addr.len() > 255 {
+            return Err(WireError::new(ErrorCode::InvalidArgument, "bad address or zone"));
+        }
+        let rec = NodeRecord { id, addr, zone, capacity };
+        self.ns.cluster_put(&node_key(id), &rec)?;
+        self.nodes.lock().unwrap().insert(id, Node { rec, used: 0, blocks: 0, last_heartbeat: Instant::now() });
+        self.refresh()
+    }
+
+    pub fn heartbeat(&self, id: u64, capacity: u64, used: u64, blocks: u64) -> Result<u64, WireError> {
+        let changed = {
+            let mut nodes = self.nodes.lock().unwrap();
+            let n = nodes.get_mut(&id).ok_or_else(|| WireError::new(ErrorCode::NotFound, "unknown chunk server; register first"))?;
+            let was_out = self.state(n, Instant::now()) == NodeState::Out;
+            n.used = used;
+            n.blocks = blocks;
+            n.last_heartbeat = Instant::now();
+            let cap_changed = n.rec.capacity != capacity;
+            n.rec.capacity = capacity;
+            was_out || cap_changed
+        };
+        let ring = if changed { self.refresh()? } else { self.ring() };
+        Ok(ring.version)
+    }
+
+    pub fn status(&self) -> Vec<NodeStatus> {
+        let now = Instant::now();
+        self.nodes
+            .lock()
+            .unwrap()
+            .values()
+            .map(|n| NodeStatus {
+                id: n.rec.id,
+                zone: n.rec.zone.clone(),
+                addr: n.rec.addr.clone(),
+                state: self.state(n, now).as_str().into(),
+                capacity: n.rec.capacity,
+                used: n.used,
+                blocks: n.blocks,
+                last_heartbeat_ms: now.saturating_duration_since(n.last_heartbeat).as_millis() as u64,
+            })
+            .collect()
+    }
+}

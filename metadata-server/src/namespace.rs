@@ -1,0 +1,759 @@
+//! The namespace state machine.
+//!
+//! Every change is a [`Command`]: the non-deterministic parts (time, a new inode number) are
+//! fixed before it is applied, then `execute` validates it against the current state and turns
+//! it into one atomic [`Batch`]. Replaying the same commands in order on another replica gives
+//! the same state, which is what Raft replication will need. The reply of each mutation is
+//! stored per `(session, seq)` in the same batch, so a retried mutation is answered, not
+//! applied twice.
+
+use crate::store::{Batch, Cf, Store, StoreError};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tessera_common::names::{check_name, MAX_SYMLINK_LEN};
+use tessera_common::proto::meta::*;
+use tessera_common::{BlockId, ErrorCode, WireError, ROOT_INO};
+
+/// Replies kept per session for retries.
+const RETRY_WINDOW: u64 = 4096;
+/// Encoding version of every persisted record (first byte).
+const V1: u8 = 1;
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> WireError {
+    WireError::new(code, msg)
+}
+
+impl From<StoreError> for WireError {
+    fn from(e: StoreError) -> Self {
+        err(ErrorCode::Internal, e.to_string())
+    }
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![V1];
+    out.extend(bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("encoding a record"));
+    out
+}
+
+fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, WireError> {
+    match b.split_first() {
+        Some((&V1, rest)) => bincode::serde::decode_from_slice(rest, bincode::config::standard())
+            .map(|(v, _)| v)
+            .map_err(|e| err(ErrorCode::Internal, format!("corrupt record: {e}"))),
+        _ => Err(err(ErrorCode::Internal, "record with unknown encoding version")),
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct InodeRec {
+    kind: FileKind,
+    perm: u16,
+    nlink: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    atime: i64,
+    mtime: i64,
+    ctime: i64,
+    rdev: u32,
+    target: Option<Vec<u8>>,
+    /// Parent directory (directories only; used to refuse moving a directory into itself).
+    parent: u64,
+    /// Next readdir cookie (directories only). 1 and 2 are `.` and `..`.
+    next_cookie: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct DirentRec {
+    ino: u64,
+    kind: FileKind,
+    cookie: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Stats {
+    pub files: u64,
+    pub logical_bytes: u64,
+    pub blocks: u64,
+}
+
+fn ino_key(ino: u64) -> Vec<u8> {
+    ino.to_be_bytes().to_vec()
+}
+fn pair_key(a: u64, b: u64) -> Vec<u8> {
+    let mut k = a.to_be_bytes().to_vec();
+    k.extend_from_slice(&b.to_be_bytes());
+    k
+}
+fn dirent_key(parent: u64, name: &[u8]) -> Vec<u8> {
+    let mut k = parent.to_be_bytes().to_vec();
+    k.extend_from_slice(name);
+    k
+}
+fn tail_u64(k: &[u8]) -> u64 {
+    u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap())
+}
+
+fn enc_bref(b: &BlockRef) -> Vec<u8> {
+    let mut v = vec![V1];
+    v.extend_from_slice(&b.id.0);
+    v.extend_from_slice(&b.len.to_le_bytes());
+    v
+}
+fn dec_bref(v: &[u8]) -> Result<BlockRef, WireError> {
+    if v.len() != 37 || v[0] != V1 {
+        return Err(err(ErrorCode::Internal, "corrupt block-map entry"));
+    }
+    Ok(BlockRef { id: BlockId(v[1..33].try_into().unwrap()), len: u32::from_le_bytes(v[33..37].try_into().unwrap()) })
+}
+
+const KEY_NEXT_INO: &[u8] = b"next_ino";
+const KEY_NEXT_SESSION: &[u8] = b"next_session";
+const KEY_STATS: &[u8] = b"stats";
+const KEY_FS: &[u8] = b"fs";
+
+/// File-system-wide settings fixed when the namespace is created.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct FsParams {
+    pub block_size: u32,
+}
+
+/// A mutation with its non-deterministic inputs decided.
+#[derive(Clone, Debug)]
+pub struct Command {
+    pub session: u64,
+    pub seq: u64,
+    pub now: i64,
+    pub new_ino: u64,
+    pub op: Mutation,
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+struct Counters {
+    next_ino: u64,
+    next_session: u64,
+}
+
+pub struct Namespace {
+    store: Store,
+    lock: Mutex<Counters>,
+    pub params: FsParams,
+}
+
+/// Reads and writes of one command: inode writes are overlaid so that later steps see them.
+struct Txn<'a> {
+    store: &'a Store,
+    batch: Batch,
+    inodes: HashMap<u64, Option<InodeRec>>,
+    refs: HashMap<BlockId, i64>,
+    files: i64,
+    bytes: i64,
+    now: i64,
+    block_size: u64,
+}
+
+impl<'a> Txn<'a> {
+    fn inode(&mut self, ino: u64) -> Result<InodeRec, WireError> {
+        if let Some(r) = self.inodes.get(&ino) {
+            return r.clone().ok_or_else(|| err(ErrorCode::NotFound, format!("inode {ino}")));
+        }
+        match self.store.get(Cf::Inodes, &ino_key(ino))? {
+            Some(v) => dec(&v),
+            None => Err(err(ErrorCode::NotFound, format!("inode {ino} does not exist"))),
+        }
+    }
+
+    fn dir(&mut self, ino: u64) -> Result<InodeRec, WireError> {
+        let r = self.inode(ino)?;
+        if r.kind != FileKind::Dir {
+            return Err(err(ErrorCode::NotDir, format!("inode {ino} is not a directory")));
+        }
+        Ok(r)
+    }
+
+    fn put_inode(&mut self, ino: u64, r: InodeRec) {
+        self.inodes.insert(ino, Some(r));
+    }
+
+    fn dirent(&self, parent: u64, name: &[u8]) -> Result<Option<DirentRec>, WireError> {
+        self.store.get(Cf::Dirents, &dirent_key(parent, name))?.map(|v| dec(&v)).transpose()
+    }
+
+    fn add_dirent(&mut self, parent: u64, name: &[u8], ino: u64, kind: FileKind) -> Result<(), WireError> {
+        let mut p = self.dir(parent)?;
+        let cookie = p.next_cookie;
+        p.next_cookie += 1;
+        p.mtime = self.now;
+        p.ctime = self.now;
+        if kind == FileKind::Dir {
+            p.nlink += 1;
+        }
+        self.put_inode(parent, p);
+        self.batch.put(Cf::Dirents, dirent_key(parent, name), enc(&DirentRec { ino, kind, cookie }));
+        self.batch.put(Cf::DirCookies, pair_key(parent, cookie), name.to_vec());
+        Ok(())
+    }
+
+    fn remove_dirent(&mut self, parent: u64, name: &[u8], d: &DirentRec) -> Result<(), WireError> {
+        let mut p = self.dir(parent)?;
+        p.mtime = self.now;
+        p.ctime = self.now;
+        if d.kind == FileKind::Dir {
+            p.nlink -= 1;
+        }
+        self.put_inode(parent, p);
+        self.batch.delete(Cf::Dirents, dirent_key(parent, name));
+        self.batch.delete(Cf::DirCookies, pair_key(parent, d.cookie));
+        Ok(())
+    }
+
+    /// Drop one link of a non-directory; the inode and its blocks go with the last one.
+    fn unlink_inode(&mut self, ino: u64) -> Result<(), WireError> {
+        let mut r = self.inode(ino)?;
+        r.nlink = r.nlink.saturating_sub(1);
+        r.ctime = self.now;
+        if r.nlink == 0 {
+            self.drop_inode(ino, &r)?;
+        } else {
+            self.put_inode(ino, r);
+        }
+        Ok(())
+    }
+
+    fn drop_inode(&mut self, ino: u64, r: &InodeRec) -> Result<(), WireError> {
+        if r.kind == FileKind::File {
+            self.drop_blocks_from(ino, 0)?;
+            self.bytes -= r.size as i64;
+        }
+        self.files -= 1;
+        self.inodes.insert(ino, None);
+        Ok(())
+    }
+
+    /// Drop block-map entries with index >= `first` (the scan sees the store before this
+    /// command, so it pages forward by key).
+    fn drop_blocks_from(&mut self, ino: u64, first: u64) -> Result<(), WireError> {
+        let prefix = ino_key(ino);
+        let mut start = pair_key(ino, first);
+        loop {
+            let entries = self.store.scan(Cf::BlockMap, &prefix, &start, 4096)?;
+            let n = entries.len();
+            for (k, v) in entries {
+                let b = dec_bref(&v)?;
+                *self.refs.entry(b.id).or_default() -= 1;
+                start = pair_key(ino, tail_u64(&k).saturating_add(1));
+                self.batch.delete(Cf::BlockMap, k);
+            }
+            if n < 4096 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn truncate(&mut self, ino: u64, r: &mut InodeRec, size: u64) -> Result<(), WireError> {
+        if size < r.size {
+            let bs = self.block_size;
+            self.drop_blocks_from(ino, size.div_ceil(bs))?;
+            let rem = size % bs;
+            if rem != 0 {
+                let k = pair_key(ino, size / bs);
+                if let Some(v) = self.store.get(Cf::BlockMap, &k)? {
+                    let mut b = dec_bref(&v)?;
+                    if b.len as u64 > rem {
+                        // The block keeps its bytes (its id is their hash); only `len` of them count.
+                        b.len = rem as u32;
+                        self.batch.put(Cf::BlockMap, k, enc_bref(&b));
+                    }
+                }
+            }
+        }
+        self.bytes += size as i64 - r.size as i64;
+        r.size = size;
+        r.mtime = self.now;
+        r.ctime = self.now;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Batch, WireError> {
+        let mut stats: Stats = match self.store.get(Cf::Cluster, KEY_STATS)? {
+            Some(v) => dec(&v)?,
+            None => Stats::default(),
+        };
+        for (id, delta) in std::mem::take(&mut self.refs) {
+            if delta == 0 {
+                continue;
+            }
+            let cur = match self.store.get(Cf::Refcounts, &id.0)? {
+                Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| err(ErrorCode::Internal, "corrupt refcount"))?),
+                None => 0,
+            };
+            let new = (cur as i64 + delta).max(0) as u64;
+            if new == 0 {
+                self.batch.delete(Cf::Refcounts, id.0.to_vec());
+            } else {
+                self.batch.put(Cf::Refcounts, id.0.to_vec(), new.to_le_bytes().to_vec());
+            }
+            match (cur, new) {
+                (0, n) if n > 0 => stats.blocks += 1,
+                (c, 0) if c > 0 => stats.blocks -= 1,
+                _ => {}
+            }
+        }
+        for (ino, r) in std::mem::take(&mut self.inodes) {
+            match r {
+                Some(r) => self.batch.put(Cf::Inodes, ino_key(ino), enc(&r)),
+                None => self.batch.delete(Cf::Inodes, ino_key(ino)),
+            }
+        }
+        stats.files = (stats.files as i64 + self.files).max(0) as u64;
+        stats.logical_bytes = (stats.logical_bytes as i64 + self.bytes).max(0) as u64;
+        self.batch.put(Cf::Cluster, KEY_STATS.to_vec(), enc(&stats));
+        Ok(self.batch)
+    }
+}
+
+fn attr(ino: u64, r: &InodeRec) -> Attr {
+    Attr {
+        ino,
+        kind: r.kind,
+        perm: r.perm,
+        nlink: r.nlink,
+        uid: r.uid,
+        gid: r.gid,
+        size: r.size,
+        atime: r.atime,
+        mtime: r.mtime,
+        ctime: r.ctime,
+        rdev: r.rdev,
+    }
+}
+
+fn read_u64(store: &Store, key: &[u8]) -> Result<Option<u64>, WireError> {
+    store.get(Cf::Cluster, key)?.map(|v| dec::<u64>(&v)).transpose()
+}
+
+impl Namespace {
+    /// Open the namespace, creating the root directory and `params` on first use.
+    pub fn open(store: Store, params: FsParams) -> Result<Self, WireError> {
+        let params = match store.get(Cf::Cluster, KEY_FS)? {
+            Some(v) => dec(&v)?,
+            None => {
+                let now = now_ns();
+                let root = InodeRec {
+                    kind: FileKind::Dir,
+                    perm: 0o755,
+                    nlink: 2,
+                    uid: 0,
+                    gid: 0,
+                    size: 0,
+                    atime: now,
+                    mtime: now,
+                    ctime: now,
+                    rdev: 0,
+                    target: None,
+                    parent: ROOT_INO,
+                    next_cookie: 3,
+                };
+                let mut b = Batch::default();
+                b.put(Cf::Inodes, ino_key(ROOT_INO), enc(&root));
+                b.put(Cf::Cluster, KEY_FS.to_vec(), enc(&params));
+                b.put(Cf::Cluster, KEY_NEXT_INO.to_vec(), enc(&(ROOT_INO + 1)));
+                b.put(Cf::Cluster, KEY_STATS.to_vec(), enc(&Stats { files: 1, ..Default::default() }));
+                let t = store.apply(b)?;
+                store.wait_durable(t)?;
+                params
+            }
+        };
+        let next_ino = read_u64(&store, KEY_NEXT_INO)?.unwrap_or(ROOT_INO + 1);
+        let next_session = read_u64(&store, KEY_NEXT_SESSION)?.unwrap_or(1);
+        Ok(Namespace { store, lock: Mutex::new(Counters { next_ino, next_session }), params })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    // ---- reads ----
+
+    fn get_inode(&self, ino: u64) -> Result<InodeRec, WireError> {
+        match self.store.get(Cf::Inodes, &ino_key(ino))? {
+            Some(v) => dec(&v),
+            None => Err(err(ErrorCode::NotFound, format!("inode {ino} does not exist"))),
+        }
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, WireError> {
+        Ok(attr(ino, &self.get_inode(ino)?))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, WireError> {
+        check_name(name)?;
+        let p = self.get_inode(parent)?;
+        if p.kind != FileKind::Dir {
+            return Err(err(ErrorCode::NotDir, "parent is not a directory"));
+        }
+        match self.store.get(Cf::Dirents, &dirent_key(parent, name))? {
+            Some(v) => self.getattr(dec::<DirentRec>(&v)?.ino),
+            None => Err(err(ErrorCode::NotFound, "no such entry")),
+        }
+    }
+
+    pub fn readdir(&self, ino: u64, after: u64, limit: u32) -> Result<(Vec<DirEntry>, bool), WireError> {
+        if self.get_inode(ino)?.kind != FileKind::Dir {
+            return Err(err(ErrorCode::NotDir, "not a directory"));
+        }
+        let limit = limit.clamp(1, 1024) as usize;
+        let rows = self.store.scan(Cf::DirCookies, &ino_key(ino), &pair_key(ino, after.saturating_add(1)), limit)?;
+        let done = rows.len() < limit;
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, name) in rows {
+            if let Some(v) = self.store.get(Cf::Dirents, &dirent_key(ino, &name))? {
+                let d: DirentRec = dec(&v)?;
+                out.push(DirEntry { name, ino: d.ino, kind: d.kind, cookie: tail_u64(&k) });
+            }
+        }
+        Ok((out, done))
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, WireError> {
+        self.get_inode(ino)?.target.ok_or_else(|| err(ErrorCode::InvalidArgument, "not a symlink"))
+    }
+
+    pub fn get_blocks(&self, ino: u64, first: u64, count: u64) -> Result<(u64, Vec<(u64, BlockRef)>), WireError> {
+        let r = self.get_inode(ino)?;
+        let count = count.clamp(1, 16384) as usize;
+        let mut out = Vec::new();
+        for (k, v) in self.store.scan(Cf::BlockMap, &ino_key(ino), &pair_key(ino, first), count)? {
+            out.push((tail_u64(&k), dec_bref(&v)?));
+        }
+        Ok((r.size, out))
+    }
+
+    pub fn stats(&self) -> Result<Stats, WireError> {
+        Ok(self.store.get(Cf::Cluster, KEY_STATS)?.map(|v| dec(&v)).transpose()?.unwrap_or_default())
+    }
+
+    /// Referenced blocks with their reference counts, in id order, after `after`.
+    pub fn list_blocks(&self, after: Option<BlockId>, limit: u32) -> Result<Vec<(BlockId, u64)>, WireError> {
+        let start = match after {
+            Some(a) => {
+                let mut k = a.0.to_vec();
+                k.push(0);
+                k
+            }
+            None => vec![],
+        };
+        let rows = self.store.scan(Cf::Refcounts, &[], &start, limit.clamp(1, 65536) as usize)?;
+        rows.into_iter()
+            .map(|(k, v)| {
+                let id = BlockId(k.try_into().map_err(|_| err(ErrorCode::Internal, "corrupt refcount key"))?);
+                let n = u64::from_le_bytes(v.try_into().map_err(|_| err(ErrorCode::Internal, "corrupt refcount"))?);
+                Ok((id, n))
+            })
+            .collect()
+    }
+
+    // ---- cluster records (membership) ----
+
+    pub fn cluster_get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, WireError> {
+        self.store.get(Cf::Cluster, key)?.map(|v| dec(&v)).transpose()
+    }
+
+    pub fn cluster_scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, WireError> {
+        self.store.scan(Cf::Cluster, prefix, prefix, usize::MAX)?.iter().map(|(_, v)| dec(v)).collect()
+    }
+
+    pub fn cluster_put<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), WireError> {
+        let t = {
+            let _g = self.lock.lock().unwrap();
+            let mut b = Batch::default();
+            b.put(Cf::Cluster, key.to_vec(), enc(value));
+            self.store.apply(b)?
+        };
+        Ok(self.store.wait_durable(t)?)
+    }
+
+    // ---- mutations ----
+
+    pub fn open_session(&self) -> Result<u64, WireError> {
+        let (id, t) = {
+            let mut c = self.lock.lock().unwrap();
+            let id = c.next_session;
+            c.next_session += 1;
+            let mut b = Batch::default();
+            b.put(Cf::Cluster, KEY_NEXT_SESSION.to_vec(), enc(&c.next_session));
+            (id, self.store.apply(b)?)
+        };
+        self.store.wait_durable(t)?;
+        Ok(id)
+    }
+
+    /// Apply `op` once for `(session, seq)` and return its reply when it is durable.
+    pub fn mutate(&self, session: u64, seq: u64, op: Mutation) -> MetaResponse {
+        match self.mutate_inner(session, seq, op) {
+            Ok(r) => r,
+            Err(e) => MetaResponse::Error(e),
+        }
+    }
+
+    fn mutate_inner(&self, session: u64, seq: u64, op: Mutation) -> Result<MetaResponse, WireError> {
+        let skey = pair_key(session, seq);
+        let (reply, ticket) = {
+            let mut c = self.lock.lock().unwrap();
+            if let Some(v) = self.store.get(Cf::Sessions, &skey)? {
+                drop(c);
+                // The original may still be on its way to disk: wait for everything written.
+                self.store.wait_durable(self.store.apply(Batch::default())?)?;
+                return dec(&v);
+            }
+            let is_create = matches!(op, Mutation::Create { .. });
+            let cmd = Command { session, seq, now: now_ns(), new_ino: c.next_ino, op };
+            let (mut batch, reply) = match self.execute(&cmd) {
+                Ok(x) => x,
+                Err(e) => (Batch::default(), MetaResponse::Error(e)),
+            };
+            if is_create && !matches!(reply, MetaResponse::Error(_)) {
+                c.next_ino += 1;
+                batch.put(Cf::Cluster, KEY_NEXT_INO.to_vec(), enc(&c.next_ino));
+            }
+            batch.put(Cf::Sessions, skey, enc(&reply));
+            if seq > RETRY_WINDOW {
+                batch.delete(Cf::Sessions, pair_key(session, seq - RETRY_WINDOW));
+            }
+            let t = self.store.apply(batch)?;
+            (reply, t)
+        };
+        self.store.wait_durable(ticket)?;
+        Ok(reply)
+    }
+
+    /// Validate `cmd` against the current state and build its batch. Deterministic.
+    pub fn execute(&self, cmd: &Command) -> Result<(Batch, MetaResponse), WireError> {
+        let mut tx = Txn {
+            store: &self.store,
+            batch: Batch::default(),
+            inodes: HashMap::new(),
+            refs: HashMap::new(),
+            files: 0,
+            bytes: 0,
+            now: cmd.now,
+            block_size: self.params.block_size as u64,
+        };
+        let now = cmd.now;
+        let reply = match &cmd.op {
+            Mutation::Create { parent, name, kind, perm, uid, gid, rdev, target } => {
+                check_name(name)?;
+                tx.dir(*parent)?;
+                if tx.dirent(*parent, name)?.is_some() {
+                    return Err(err(ErrorCode::Exists, "entry exists"));
+                }
+                let size = match (kind, target) {
+                    (FileKind::Symlink, Some(t)) if !t.is_empty() && t.len() <= MAX_SYMLINK_LEN && !t.contains(&0) => t.len() as u64,
+                    (FileKind::Symlink, Some(t)) if t.len() > MAX_SYMLINK_LEN => return Err(err(ErrorCode::NameTooLong, "symlink target too long")),
+                    (FileKind::Symlink, _) => return Err(err(ErrorCode::InvalidArgument, "bad symlink target")),
+                    (_, None) => 0,
+                    (_, Some(_)) => return Err(err(ErrorCode::InvalidArgument, "target given for a non-symlink")),
+                };
+                let ino = cmd.new_ino;
+                let r = InodeRec {
+                    kind: *kind,
+                    perm: perm & 0o7777,
+                    nlink: if *kind == FileKind::Dir { 2 } else { 1 },
+                    uid: *uid,
+                    gid: *gid,
+                    size,
+                    atime: now,
+                    mtime: now,
+                    ctime: now,
+                    rdev: *rdev,
+                    target: target.clone(),
+                    parent: *parent,
+                    next_cookie: 3,
+                };
+                tx.add_dirent(*parent, name, ino, *kind)?;
+                let a = attr(ino, &r);
+                tx.put_inode(ino, r);
+                tx.files += 1;
+                MetaResponse::Attr(a)
+            }
+            Mutation::SetAttr { ino, attr: s } => {
+                let mut r = tx.inode(*ino)?;
+                if let Some(m) = s.mode {
+                    r.perm = (m & 0o7777) as u16;
+                }
+                if let Some(u) = s.uid {
+                    r.uid = u;
+                }
+                if let Some(g) = s.gid {
+                    r.gid = g;
+                }
+                if let Some(size) = s.size {
+                    match r.kind {
+                        FileKind::File => tx.truncate(*ino, &mut r, size)?,
+                        FileKind::Dir => return Err(err(ErrorCode::IsDir, "cannot truncate a directory")),
+                        _ => return Err(err(ErrorCode::InvalidArgument, "cannot truncate this kind of file")),
+                    }
+                }
+                let t = |x: SetTime| match x {
+                    SetTime::Now => now,
+                    SetTime::At(t) => t,
+                };
+                if let Some(a) = s.atime {
+                    r.atime = t(a);
+                }
+                if let Some(m) = s.mtime {
+                    r.mtime = t(m);
+                }
+                r.ctime = now;
+                let a = attr(*ino, &r);
+                tx.put_inode(*ino, r);
+                MetaResponse::Attr(a)
+            }
+            Mutation::Unlink { parent, name } => {
+                check_name(name)?;
+                tx.dir(*parent)?;
+                let d = tx.dirent(*parent, name)?.ok_or_else(|| err(ErrorCode::NotFound, "no such entry"))?;
+                if d.kind == FileKind::Dir {
+                    return Err(err(ErrorCode::IsDir, "is a directory"));
+                }
+                tx.remove_dirent(*parent, name, &d)?;
+                tx.unlink_inode(d.ino)?;
+                MetaResponse::Done
+            }
+            Mutation::Rmdir { parent, name } => {
+                check_name(name)?;
+                tx.dir(*parent)?;
+                let d = tx.dirent(*parent, name)?.ok_or_else(|| err(ErrorCode::NotFound, "no such entry"))?;
+                if d.kind != FileKind::Dir {
+                    return Err(err(ErrorCode::NotDir, "not a directory"));
+                }
+                self.ensure_empty(d.ino)?;
+                tx.remove_dirent(*parent, name, &d)?;
+                let r = tx.inode(d.ino)?;
+                tx.drop_inode(d.ino, &r)?;
+                MetaResponse::Done
+            }
+            Mutation::Rename { parent, name, new_parent, new_name, flags } => {
+                self.rename(&mut tx, *parent, name, *new_parent, new_name, *flags)?;
+                MetaResponse::Done
+            }
+            Mutation::Link { ino, new_parent, new_name } => {
+                check_name(new_name)?;
+                let mut r = tx.inode(*ino)?;
+                if r.kind == FileKind::Dir {
+                    return Err(err(ErrorCode::PermissionDenied, "cannot hard-link a directory"));
+                }
+                tx.dir(*new_parent)?;
+                if tx.dirent(*new_parent, new_name)?.is_some() {
+                    return Err(err(ErrorCode::Exists, "entry exists"));
+                }
+                tx.add_dirent(*new_parent, new_name, *ino, r.kind)?;
+                r.nlink += 1;
+                r.ctime = now;
+                let a = attr(*ino, &r);
+                tx.put_inode(*ino, r);
+                MetaResponse::Attr(a)
+            }
+            Mutation::CommitBlocks { ino, blocks, size } => {
+                let mut r = tx.inode(*ino)?;
+                if r.kind != FileKind::File {
+                    return Err(err(ErrorCode::InvalidArgument, "not a regular file"));
+                }
+                let bs = self.params.block_size;
+                if *size < r.size {
+                    tx.truncate(*ino, &mut r, *size)?;
+                }
+                for (idx, b) in blocks {
+                    if b.len == 0 || b.len > bs || idx.saturating_mul(bs as u64) >= *size {
+                        return Err(err(ErrorCode::InvalidArgument, format!("block {idx} does not fit the file")));
+                    }
+                    let k = pair_key(*ino, *idx);
+                    if let Some(v) = self.store.get(Cf::BlockMap, &k)? {
+                        let old = dec_bref(&v)?;
+                        *tx.refs.entry(old.id).or_default() -= 1;
+                    }
+                    *tx.refs.entry(b.id).or_default() += 1;
+                    tx.batch.put(Cf::BlockMap, k, enc_bref(b));
+                }
+                tx.bytes += *size as i64 - r.size as i64;
+                r.size = *size;
+                r.mtime = now;
+                r.ctime = now;
+                let a = attr(*ino, &r);
+                tx.put_inode(*ino, r);
+                MetaResponse::Attr(a)
+            }
+        };
+        Ok((tx.finish()?, reply))
+    }
+
+    fn ensure_empty(&self, dir: u64) -> Result<(), WireError> {
+        if !self.store.scan(Cf::Dirents, &ino_key(dir), &ino_key(dir), 1)?.is_empty() {
+            return Err(err(ErrorCode::NotEmpty, "directory not empty"));
+        }
+        Ok(())
+    }
+
+    fn rename(&self, tx: &mut Txn, parent: u64, name: &[u8], np: u64, nname: &[u8], flags: u32) -> Result<(), WireError> {
+        check_name(name)?;
+        check_name(nname)?;
+        if flags & !RENAME_NOREPLACE != 0 {
+            return Err(err(ErrorCode::InvalidArgument, "unsupported rename flags"));
+        }
+        tx.dir(parent)?;
+        tx.dir(np)?;
+        let s = tx.dirent(parent, name)?.ok_or_else(|| err(ErrorCode::NotFound, "no such entry"))?;
+        if parent == np && name == nname {
+            return Ok(());
+        }
+        if s.kind == FileKind::Dir && parent != np {
+            // Refuse moving a directory under itself.
+            let mut x = np;
+            loop {
+                if x == s.ino {
+                    return Err(err(ErrorCode::InvalidArgument, "cannot move a directory into itself"));
+                }
+                if x == ROOT_INO {
+                    break;
+                }
+                x = tx.inode(x)?.parent;
+            }
+        }
+        if let Some(t) = tx.dirent(np, nname)? {
+            if flags & RENAME_NOREPLACE != 0 {
+                return Err(err(ErrorCode::Exists, "target exists"));
+            }
+            if t.ino == s.ino {
+                return Ok(());
+            }
+            if s.kind == FileKind::Dir {
+                if t.kind != FileKind::Dir {
+                    return Err(err(ErrorCode::NotDir, "target is not a directory"));
+                }
+                self.ensure_empty(t.ino)?;
+            } else if t.kind == FileKind::Dir {
+                return Err(err(ErrorCode::IsDir, "target is a directory"));
+            }
+            tx.remove_dirent(np, nname, &t)?;
+            if t.kind == FileKind::Dir {
+                let r = tx.inode(t.ino)?;
+                tx.drop_inode(t.ino, &r)?;
+            } else {
+                tx.unlink_inode(t.ino)?;
+            }
+        }
+        tx.remove_dirent(parent, name, &s)?;
+        tx.add_dirent(np, nname, s.ino, s.kind)?;
+        let mut r = tx.inode(s.ino)?;
+        r.ctime = tx.now;
+        if s.kind == FileKind::Dir {
+            r.parent = np;
+        }
+        tx.put_inode(s.ino, r);
+        Ok(())
+    }
+}

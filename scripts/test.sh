@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The project's test command: build the binaries the end-to-end tests start, then run every
+# test of the workspace. FUSE tests need root and /dev/fuse.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tessera-target}"
+
+cargo build --release --workspace --bins
+
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --release --workspace --no-fail-fast "$@"
+else
+    echo "cargo-nextest not found; falling back to cargo test" >&2
+    cargo test --release --workspace --no-fail-fast "$@"
+fi

@@ -1,0 +1,442 @@
+//! End-to-end tests through a real FUSE mount of a `tessera dev` cluster (one metadata server,
+//! three chunk servers, three replicas). Each test gets its own cluster in a fresh temporary
+//! directory; the harness unmounts it whatever happens.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{symlink, FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, RngCore};
+use tessera_tests::*;
+
+const KIB: usize = 1 << 10;
+const MIB: usize = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn errno(e: &std::io::Error) -> String {
+    format!("{e} (errno {:?})", e.raw_os_error())
+}
+
+/// Write `mib` MiB of random bytes to `path` in 1 MiB writes, fsync; return the BLAKE3 of
+/// what was written.
+fn write_random_file(path: &Path, mib: usize, rng: &mut impl RngCore) -> blake3::Hash {
+    let mut f = File::create(path).unwrap_or_else(|e| panic!("create {}: {}", path.display(), errno(&e)));
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; MIB];
+    for i in 0..mib {
+        rng.fill_bytes(&mut buf);
+        h.update(&buf);
+        f.write_all(&buf).unwrap_or_else(|e| panic!("write of MiB {i} of {}: {}", path.display(), errno(&e)));
+    }
+    f.sync_all().unwrap_or_else(|e| panic!("fsync {}: {}", path.display(), errno(&e)));
+    h.finalize()
+}
+
+fn assert_zeros(buf: &[u8], what: &str) {
+    if let Some(i) = buf.iter().position(|&b| b != 0) {
+        panic!("{what}: expected zeros, found byte {:#04x} at offset {i}", buf[i]);
+    }
+}
+
+fn assert_not_found(path: &Path) {
+    match fs::symlink_metadata(path) {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "stat {}: {}", path.display(), errno(&e)),
+        Ok(m) => panic!("{} still exists ({:?})", path.display(), m.file_type()),
+    }
+    let e = File::open(path).expect_err("opening a removed file must fail");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "open {}: {}", path.display(), errno(&e));
+}
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {}", dir.display(), errno(&e)))
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn large_file_round_trip_256mib() {
+    let c = DevCluster::start();
+    let mut rng = seeded_rng();
+    let path = c.path("big.bin");
+
+    let t = Instant::now();
+    let written = write_random_file(&path, 256, &mut rng);
+    eprintln!("wrote 256 MiB in {:?}", t.elapsed());
+
+    assert_eq!(fs::metadata(&path).unwrap().len(), 256 * MIB as u64, "size after write");
+    let t = Instant::now();
+    let read = hash_file(&path).unwrap_or_else(|e| panic!("reading back: {}", errno(&e)));
+    eprintln!("read 256 MiB in {:?}", t.elapsed());
+    assert_eq!(read, written, "BLAKE3 of the bytes read back differs from the bytes written");
+}
+
+#[test]
+fn thousand_small_files() {
+    let c = DevCluster::start();
+    let mut rng = seeded_rng();
+    let dir = c.path("small");
+    fs::create_dir(&dir).unwrap();
+
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut hashes = HashSet::new();
+    while files.len() < 1000 {
+        let len = rng.random_range(KIB..=10 * KIB);
+        let data = random_bytes(&mut rng, len);
+        if !hashes.insert(blake3::hash(&data)) {
+            continue; // keep the contents distinct
+        }
+        files.push((format!("file-{:04}.dat", files.len()), data));
+    }
+
+    let t = Instant::now();
+    for (name, data) in &files {
+        fs::write(dir.join(name), data).unwrap_or_else(|e| panic!("writing {name}: {}", errno(&e)));
+    }
+    eprintln!("wrote 1000 files in {:?}", t.elapsed());
+
+    for (name, data) in &files {
+        let got = fs::read(dir.join(name)).unwrap_or_else(|e| panic!("reading {name}: {}", errno(&e)));
+        assert_eq!(got.len(), data.len(), "size of {name}");
+        assert!(got == *data, "contents of {name} differ from what was written");
+    }
+
+    let listed = names(&dir);
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 1000, "read_dir entry count");
+    let expected: BTreeSet<String> = files.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(listed, expected, "read_dir names");
+}
+
+#[test]
+fn directories_rename_unlink_rmdir() {
+    let c = DevCluster::start();
+
+    // Nested mkdir.
+    fs::create_dir_all(c.path("a/b/c/d")).unwrap();
+    for p in ["a", "a/b", "a/b/c", "a/b/c/d"] {
+        assert!(fs::metadata(c.path(p)).unwrap().is_dir(), "{p} is not a directory");
+    }
+    assert_eq!(names(&c.path("a/b")), set(&["c"]));
+
+    // Rename a file across directories.
+    fs::write(c.path("a/b/c/d/file"), b"hello across directories").unwrap();
+    fs::create_dir(c.path("x")).unwrap();
+    fs::rename(c.path("a/b/c/d/file"), c.path("x/moved")).unwrap();
+    assert_eq!(fs::read(c.path("x/moved")).unwrap(), b"hello across directories");
+    assert_not_found(&c.path("a/b/c/d/file"));
+    assert!(names(&c.path("a/b/c/d")).is_empty(), "source directory still lists the moved file");
+
+    // Rename over an existing file: the target's contents are replaced, the source is gone.
+    fs::write(c.path("x/src"), b"new contents").unwrap();
+    fs::write(c.path("x/dst"), b"old contents, longer than the new ones").unwrap();
+    let src_ino = fs::metadata(c.path("x/src")).unwrap().ino();
+    fs::rename(c.path("x/src"), c.path("x/dst")).unwrap();
+    assert_eq!(fs::read(c.path("x/dst")).unwrap(), b"new contents");
+    assert_eq!(fs::metadata(c.path("x/dst")).unwrap().ino(), src_ino, "target is not the renamed inode");
+    assert_not_found(&c.path("x/src"));
+    assert_eq!(names(&c.path("x")), set(&["dst", "moved"]));
+
+    // Rename a directory with contents.
+    fs::write(c.path("a/b/c/inner"), b"inner").unwrap();
+    fs::rename(c.path("a/b"), c.path("x/b2")).unwrap();
+    assert_eq!(fs::read(c.path("x/b2/c/inner")).unwrap(), b"inner");
+    assert!(fs::metadata(c.path("x/b2/c/d")).unwrap().is_dir());
+    assert_not_found(&c.path("a/b"));
+
+    // Unlink.
+    fs::remove_file(c.path("x/moved")).unwrap();
+    assert_not_found(&c.path("x/moved"));
+    assert_eq!(names(&c.path("x")), set(&["b2", "dst"]));
+
+    // rmdir of a non-empty directory fails with ENOTEMPTY and changes nothing.
+    let e = fs::remove_dir(c.path("x/b2/c")).expect_err("rmdir of a non-empty directory succeeded");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY), "rmdir of a non-empty directory: {}", errno(&e));
+    assert_eq!(fs::read(c.path("x/b2/c/inner")).unwrap(), b"inner");
+
+    // rmdir of an empty one succeeds.
+    fs::remove_dir(c.path("x/b2/c/d")).unwrap();
+    assert_not_found(&c.path("x/b2/c/d"));
+    fs::remove_file(c.path("x/b2/c/inner")).unwrap();
+    fs::remove_dir(c.path("x/b2/c")).unwrap();
+    assert!(names(&c.path("x/b2")).is_empty());
+    fs::remove_dir(c.path("a")).unwrap();
+    assert_eq!(names(&c.mnt), set(&["x"]));
+}
+
+#[test]
+fn truncate_append_and_sparse_write() {
+    let c = DevCluster::start();
+    let mut rng = seeded_rng();
+
+    // Truncate up: the new bytes read as zero.
+    let p = c.path("t");
+    let data = random_bytes(&mut rng, 10_000);
+    fs::write(&p, &data).unwrap();
+    OpenOptions::new().write(true).open(&p).unwrap().set_len(20_000).unwrap();
+    let got = fs::read(&p).unwrap();
+    assert_eq!(got.len(), 20_000, "size after truncate up");
+    assert!(got[..10_000] == data[..], "old bytes changed by truncate up");
+    assert_zeros(&got[10_000..], "bytes added by truncate up");
+
+    // Truncate down: size and contents.
+    OpenOptions::new().write(true).open(&p).unwrap().set_len(5_000).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 5_000, "size after truncate down");
+    let got = fs::read(&p).unwrap();
+    assert!(got == data[..5_000], "contents after truncate down");
+    // Growing again must not bring the cut bytes back.
+    OpenOptions::new().write(true).open(&p).unwrap().set_len(8_000).unwrap();
+    let got = fs::read(&p).unwrap();
+    assert_eq!(got.len(), 8_000);
+    assert!(got[..5_000] == data[..5_000]);
+    assert_zeros(&got[5_000..], "bytes past an earlier truncate point");
+
+    // The same across block boundaries (blocks are 4 MiB): 9 MiB, cut inside the second block.
+    let p = c.path("multi");
+    let data = random_bytes(&mut rng, 9 * MIB);
+    fs::write(&p, &data).unwrap();
+    let cut = 5 * MIB + 123;
+    OpenOptions::new().write(true).open(&p).unwrap().set_len(cut as u64).unwrap();
+    let got = fs::read(&p).unwrap();
+    assert_eq!(got.len(), cut, "size after truncating a multi-block file");
+    assert!(got == data[..cut], "contents after truncating a multi-block file");
+    OpenOptions::new().write(true).open(&p).unwrap().set_len(9 * MIB as u64).unwrap();
+    let got = fs::read(&p).unwrap();
+    assert!(got[..cut] == data[..cut]);
+    assert_zeros(&got[cut..], "multi-block file regrown after truncate");
+
+    // Append.
+    let p = c.path("log");
+    fs::write(&p, b"first\n").unwrap();
+    for line in [&b"second\n"[..], b"third\n"] {
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(line).unwrap();
+    }
+    {
+        // An append handle writes at the end even after a seek elsewhere.
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all(b"fourth\n").unwrap();
+    }
+    assert_eq!(fs::read_to_string(&p).unwrap(), "first\nsecond\nthird\nfourth\n");
+
+    // A write at a 1 GiB offset: a hole before it.
+    let p = c.path("sparse");
+    let data = random_bytes(&mut rng, 100_000);
+    {
+        let f = File::create(&p).unwrap();
+        f.write_all_at(&data, GIB).unwrap();
+        f.sync_all().unwrap();
+    }
+    assert_eq!(fs::metadata(&p).unwrap().len(), GIB + data.len() as u64, "size after writing at 1 GiB");
+    let f = File::open(&p).unwrap();
+    let mut got = vec![0u8; data.len()];
+    f.read_exact_at(&mut got, GIB).unwrap();
+    assert!(got == data, "data read at the 1 GiB offset differs");
+    // The whole hole reads as zeros.
+    let t = Instant::now();
+    let mut buf = vec![0xffu8; MIB];
+    let mut off = 0u64;
+    while off < GIB {
+        f.read_exact_at(&mut buf, off).unwrap_or_else(|e| panic!("reading the hole at {off}: {}", errno(&e)));
+        assert_zeros(&buf, &format!("hole at offset {off}"));
+        off += MIB as u64;
+    }
+    eprintln!("read the 1 GiB hole in {:?}", t.elapsed());
+    // A read across the end of the hole.
+    let mut edge = vec![0xffu8; 2 * KIB];
+    f.read_exact_at(&mut edge, GIB - KIB as u64).unwrap();
+    assert_zeros(&edge[..KIB], "last KiB of the hole");
+    assert!(edge[KIB..] == data[..KIB], "first KiB of the data after the hole");
+}
+
+#[test]
+fn two_processes_write_at_once() {
+    let c = DevCluster::start();
+    let mut rng = seeded_rng();
+    // Sources outside the mount.
+    let mut expected = Vec::new();
+    for i in 0..2 {
+        let src = c.root().join(format!("src{i}"));
+        let data = random_bytes(&mut rng, 32 * MIB);
+        fs::write(&src, &data).unwrap();
+        expected.push((src, blake3::hash(&data)));
+    }
+    let mut children: Vec<_> = (0..2)
+        .map(|i| {
+            Command::new("dd")
+                .arg(format!("if={}", expected[i].0.display()))
+                .arg(format!("of={}", c.path(format!("f{i}")).display()))
+                .args(["bs=1M", "conv=fsync", "status=none"])
+                .spawn()
+                .expect("spawning dd")
+        })
+        .collect();
+    for (i, ch) in children.iter_mut().enumerate() {
+        let status = wait_timeout(ch, Duration::from_secs(180)).unwrap_or_else(|| {
+            let _ = ch.kill();
+            panic!("dd {i} did not finish within 180 s");
+        });
+        assert!(status.success(), "dd {i} into the mount failed: {status}");
+    }
+    for (i, (_, want)) in expected.iter().enumerate() {
+        let p = c.path(format!("f{i}"));
+        assert_eq!(fs::metadata(&p).unwrap().len(), 32 * MIB as u64, "size of f{i}");
+        assert_eq!(hash_file(&p).unwrap(), *want, "contents of f{i} differ from its source");
+    }
+}
+
+#[test]
+fn ls_symlinks_and_hard_links() {
+    let c = DevCluster::start();
+    let mut rng = seeded_rng();
+    let d = c.path("dir");
+    fs::create_dir(&d).unwrap();
+    let content = random_bytes(&mut rng, 1234);
+    fs::write(d.join("file.txt"), &content).unwrap();
+    fs::create_dir(d.join("sub")).unwrap();
+    symlink("file.txt", d.join("link")).unwrap();
+
+    // ls -l shows names, sizes and type markers.
+    let out = run_ok(Command::new("ls").arg("-l").arg(&d).env("LC_ALL", "C"));
+    let mut entries: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for line in out.lines().filter(|l| !l.starts_with("total")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert!(f.len() >= 9, "unexpected ls -l line: {line:?}\n{out}");
+        entries.insert(f[8..].join(" "), (f[0].to_string(), f[4].to_string()));
+    }
+    let keys: Vec<&str> = entries.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["file.txt", "link -> file.txt", "sub"], "ls -l names:\n{out}");
+    let (mode, size) = &entries["file.txt"];
+    assert!(mode.starts_with("-rw-"), "file mode in ls -l: {mode}\n{out}");
+    assert_eq!(size, "1234", "file size in ls -l:\n{out}");
+    let (mode, size) = &entries["link -> file.txt"];
+    assert!(mode.starts_with('l'), "symlink mode in ls -l: {mode}\n{out}");
+    assert_eq!(size, "8", "a symlink's size is the length of its target:\n{out}");
+    let (mode, _) = &entries["sub"];
+    assert!(mode.starts_with('d'), "directory mode in ls -l: {mode}\n{out}");
+
+    // Symlink round trip.
+    assert_eq!(fs::read_link(d.join("link")).unwrap(), Path::new("file.txt"));
+    assert!(fs::symlink_metadata(d.join("link")).unwrap().file_type().is_symlink());
+    assert!(fs::read(d.join("link")).unwrap() == content, "reading through the symlink");
+    symlink("/an/absolute/target/that/does/not/exist", d.join("dangling")).unwrap();
+    assert_eq!(fs::read_link(d.join("dangling")).unwrap(), Path::new("/an/absolute/target/that/does/not/exist"));
+    assert_eq!(fs::metadata(d.join("dangling")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+
+    // Hard link: link count 2 on both names, same inode, same bytes.
+    fs::hard_link(d.join("file.txt"), d.join("hard")).unwrap();
+    let a = fs::metadata(d.join("file.txt")).unwrap();
+    let b = fs::metadata(d.join("hard")).unwrap();
+    assert_eq!(a.nlink(), 2, "link count of the original after hard_link");
+    assert_eq!(b.nlink(), 2, "link count of the new link");
+    assert_eq!(a.ino(), b.ino(), "a hard link has the same inode");
+    assert!(fs::read(d.join("hard")).unwrap() == content);
+    // Removing one name leaves the other intact.
+    fs::remove_file(d.join("file.txt")).unwrap();
+    assert_eq!(fs::metadata(d.join("hard")).unwrap().nlink(), 1, "link count after removing one name");
+    assert!(fs::read(d.join("hard")).unwrap() == content, "contents through the remaining link");
+    // The symlink now dangles.
+    assert_eq!(fs::read(d.join("link")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+}
+
+#[test]
+fn persistence_across_restart() {
+    let mut c = DevCluster::start();
+    let mut rng = seeded_rng();
+
+    let big = write_random_file(&c.path("big.bin"), 32, &mut rng);
+    fs::create_dir_all(c.path("tree/a/b/c")).unwrap();
+    fs::create_dir_all(c.path("tree/x/y")).unwrap();
+    let mut small = Vec::new();
+    for (i, dir) in ["tree", "tree/a", "tree/a/b/c", "tree/x/y", "tree/x/y"].iter().enumerate() {
+        let len = rng.random_range(1..=10 * KIB);
+        let name = format!("{dir}/small{i}");
+        let data = random_bytes(&mut rng, len);
+        let mut f = File::create(c.path(&name)).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+        small.push((name, data));
+    }
+    File::create(c.path("tree/empty")).unwrap();
+    symlink("a/b/c/small2", c.path("tree/link")).unwrap();
+    fs::set_permissions(c.path("tree/small0"), fs::Permissions::from_mode(0o600)).unwrap();
+
+    c.restart();
+
+    assert_eq!(fs::metadata(c.path("big.bin")).unwrap().len(), 32 * MIB as u64);
+    assert_eq!(hash_file(&c.path("big.bin")).unwrap(), big, "32 MiB file after restart");
+    assert_eq!(names(&c.mnt), set(&["big.bin", "tree"]));
+    assert_eq!(names(&c.path("tree")), set(&["a", "x", "small0", "empty", "link"]));
+    assert_eq!(names(&c.path("tree/a")), set(&["b", "small1"]));
+    assert_eq!(names(&c.path("tree/a/b")), set(&["c"]));
+    assert_eq!(names(&c.path("tree/a/b/c")), set(&["small2"]));
+    assert_eq!(names(&c.path("tree/x")), set(&["y"]));
+    assert_eq!(names(&c.path("tree/x/y")), set(&["small3", "small4"]));
+    for (name, data) in &small {
+        let got = fs::read(c.path(name)).unwrap_or_else(|e| panic!("reading {name} after restart: {}", errno(&e)));
+        assert!(got == *data, "{name} differs after restart");
+    }
+    assert_eq!(fs::metadata(c.path("tree/empty")).unwrap().len(), 0);
+    assert_eq!(fs::read_link(c.path("tree/link")).unwrap(), Path::new("a/b/c/small2"));
+    assert!(fs::read(c.path("tree/link")).unwrap() == small[2].1);
+    assert_eq!(fs::metadata(c.path("tree/small0")).unwrap().permissions().mode() & 0o7777, 0o600, "mode after restart");
+
+    // Still writable after the restart.
+    fs::write(c.path("tree/after"), b"written after restart").unwrap();
+    assert_eq!(fs::read(c.path("tree/after")).unwrap(), b"written after restart");
+}
+
+#[test]
+fn name_length_limit() {
+    let c = DevCluster::start();
+    let long = "x".repeat(256);
+    let e = File::create(c.path(&long)).expect_err("creating a 256-byte name succeeded");
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG), "create with a 256-byte name: {}", errno(&e));
+    let e = fs::create_dir(c.path(&long)).expect_err("mkdir with a 256-byte name succeeded");
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG), "mkdir with a 256-byte name: {}", errno(&e));
+
+    let ok = "y".repeat(255);
+    let mut f = File::create(c.path(&ok)).unwrap_or_else(|e| panic!("creating a 255-byte name: {}", errno(&e)));
+    f.write_all(b"max length name").unwrap();
+    drop(f);
+    assert_eq!(fs::read(c.path(&ok)).unwrap(), b"max length name");
+    assert_eq!(names(&c.mnt), set(&[ok.as_str()]), "only the 255-byte name exists");
+    let e = fs::rename(c.path(&ok), c.path(&long)).expect_err("renaming to a 256-byte name succeeded");
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG), "rename to a 256-byte name: {}", errno(&e));
+    assert_eq!(fs::read(c.path(&ok)).unwrap(), b"max length name");
+}
+
+#[test]
+fn status_reports_nodes_and_bytes() {
+    let c = DevCluster::start();
+    let mut rng = seeded_rng();
+    write_random_file(&c.path("eight.bin"), 8, &mut rng);
+
+    let v = c.status_json();
+    let nodes = v["nodes"].as_array().unwrap_or_else(|| panic!("no nodes[] in status: {v}"));
+    assert_eq!(nodes.len(), 3, "tessera dev starts 3 chunk servers: {v}");
+    for n in nodes {
+        assert_eq!(n["state"], "up", "node state: {n}");
+        for key in ["id", "zone", "addr", "capacity", "used", "blocks"] {
+            assert!(!n[key].is_null(), "node has no {key}: {n}");
+        }
+        assert!(n["capacity"].as_u64().unwrap_or(0) > 0, "node capacity: {n}");
+    }
+    assert!(v["blocks"]["total"].as_u64().unwrap_or(0) >= 2, "8 MiB is at least two 4 MiB blocks: {v}");
+    assert!(v["bytes"]["logical"].as_u64().unwrap_or(0) >= 8 * MIB as u64, "logical bytes: {v}");
+    // Stored bytes come with the chunk servers' heartbeats: allow them a few seconds.
+    let stored = wait_for(Duration::from_secs(15), || {
+        let v = c.status_json();
+        let s = v["bytes"]["stored"].as_u64()?;
+        (s >= 8 * MIB as u64).then_some(s)
+    });
+    assert!(stored.is_some(), "stored bytes never reached 8 MiB: {}", c.status_json());
+}
