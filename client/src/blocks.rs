@@ -4,7 +4,6 @@
 use crate::error::{FsError, FsResult};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tessera_common::net::RpcClient;
@@ -173,6 +172,5 @@ impl Blocks {
                 None => break,
             }
         }
-        let _ = NonZeroUsize::new(1);
     }
 }

@@ -84,11 +84,9 @@ impl MetaClient {
     pub async fn block_map(&self, ino: u64) -> FsResult<(u64, Vec<(u64, BlockRef)>)> {
         let mut out = Vec::new();
         let mut first = 0;
-        let mut size = 0;
         loop {
             match self.call(MetaRequest::GetBlocks { ino, first, count: 16384 }).await? {
-                MetaResponse::Blocks { size: s, blocks } => {
-                    size = s;
+                MetaResponse::Blocks { size, blocks } => {
                     let n = blocks.len();
                     if let Some((last, _)) = blocks.last() {
                         first = last + 1;
@@ -100,7 +98,6 @@ impl MetaClient {
                 }
                 r => return Err(unexpected(r)),
             }
-            let _ = size;
         }
     }
 

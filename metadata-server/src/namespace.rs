@@ -757,3 +757,158 @@ impl Namespace {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns() -> (tempfile::TempDir, Namespace) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        (d, Namespace::open(s, FsParams { block_size: 4096 }).unwrap())
+    }
+
+    struct C<'a> {
+        ns: &'a Namespace,
+        seq: u64,
+    }
+
+    impl C<'_> {
+        fn m(&mut self, op: Mutation) -> MetaResponse {
+            self.seq += 1;
+            self.ns.mutate(1, self.seq, op)
+        }
+        fn mk(&mut self, parent: u64, name: &str, kind: FileKind) -> u64 {
+            match self.m(Mutation::Create { parent, name: name.into(), kind, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None }) {
+                MetaResponse::Attr(a) => a.ino,
+                r => panic!("create {name}: {r:?}"),
+            }
+        }
+        fn code(&mut self, op: Mutation) -> Option<ErrorCode> {
+            match self.m(op) {
+                MetaResponse::Error(e) => Some(e.code),
+                _ => None,
+            }
+        }
+    }
+
+    fn names(ns: &Namespace, dir: u64) -> Vec<String> {
+        ns.readdir(dir, 0, 1000).unwrap().0.into_iter().map(|e| String::from_utf8(e.name).unwrap()).collect()
+    }
+
+    fn bref(n: u8, len: u32) -> BlockRef {
+        BlockRef { id: BlockId::of(&[n]), len }
+    }
+
+    #[test]
+    fn create_rename_unlink_rmdir_rules() {
+        let (_d, ns) = ns();
+        let mut c = C { ns: &ns, seq: 0 };
+        let a = c.mk(ROOT_INO, "a", FileKind::Dir);
+        let b = c.mk(a, "b", FileKind::Dir);
+        let f = c.mk(b, "f", FileKind::File);
+        let g = c.mk(ROOT_INO, "g", FileKind::File);
+        assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: "g".into(), kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None }), Some(ErrorCode::Exists));
+        assert_eq!(c.code(Mutation::Rmdir { parent: ROOT_INO, name: "a".into() }), Some(ErrorCode::NotEmpty));
+        assert_eq!(c.code(Mutation::Unlink { parent: ROOT_INO, name: "a".into() }), Some(ErrorCode::IsDir));
+        assert_eq!(c.code(Mutation::Rmdir { parent: ROOT_INO, name: "g".into() }), Some(ErrorCode::NotDir));
+        // A directory cannot move into its own subtree.
+        assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "a".into(), new_parent: b, new_name: "x".into(), flags: 0 }), Some(ErrorCode::InvalidArgument));
+        // Rename over an existing file replaces it; the replaced inode is gone.
+        assert_eq!(c.code(Mutation::Rename { parent: b, name: "f".into(), new_parent: ROOT_INO, new_name: "g".into(), flags: 0 }), None);
+        assert_eq!(ns.lookup(ROOT_INO, b"g").unwrap().ino, f);
+        assert!(ns.getattr(g).is_err());
+        assert!(names(&ns, b).is_empty());
+        // A file cannot replace a directory, nor a directory a file.
+        assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "g".into(), new_parent: ROOT_INO, new_name: "a".into(), flags: 0 }), Some(ErrorCode::IsDir));
+        assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "a".into(), new_parent: ROOT_INO, new_name: "g".into(), flags: 0 }), Some(ErrorCode::NotDir));
+        assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "g".into(), new_parent: a, new_name: "b".into(), flags: RENAME_NOREPLACE }), Some(ErrorCode::Exists));
+        // Moving a directory across parents fixes both link counts.
+        let nl = |ino| ns.getattr(ino).unwrap().nlink;
+        assert_eq!((nl(ROOT_INO), nl(a)), (3, 3));
+        assert_eq!(c.code(Mutation::Rename { parent: a, name: "b".into(), new_parent: ROOT_INO, new_name: "b2".into(), flags: 0 }), None);
+        assert_eq!((nl(ROOT_INO), nl(a)), (4, 2));
+        assert_eq!(c.code(Mutation::Rmdir { parent: ROOT_INO, name: "b2".into() }), None);
+        assert_eq!(c.code(Mutation::Rmdir { parent: ROOT_INO, name: "a".into() }), None);
+        assert_eq!(names(&ns, ROOT_INO), vec!["g"]);
+        // Hard links.
+        assert!(matches!(c.m(Mutation::Link { ino: f, new_parent: ROOT_INO, new_name: "h".into() }), MetaResponse::Attr(ref x) if x.nlink == 2));
+        assert_eq!(c.code(Mutation::Unlink { parent: ROOT_INO, name: "g".into() }), None);
+        assert_eq!(ns.getattr(f).unwrap().nlink, 1);
+        assert_eq!(ns.stats().unwrap().files, 2);
+        // Names: too long, slash.
+        assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: vec![b'x'; 256], kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None }), Some(ErrorCode::NameTooLong));
+        assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: b"a/b".to_vec(), kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None }), Some(ErrorCode::InvalidArgument));
+    }
+
+    #[test]
+    fn readdir_offsets_survive_changes() {
+        let (_d, ns) = ns();
+        let mut c = C { ns: &ns, seq: 0 };
+        for i in 0..10 {
+            c.mk(ROOT_INO, &format!("f{i}"), FileKind::File);
+        }
+        let (first, done) = ns.readdir(ROOT_INO, 0, 4).unwrap();
+        assert!(!done);
+        // Remove an entry already returned and one not yet returned, add a new one.
+        c.m(Mutation::Unlink { parent: ROOT_INO, name: "f1".into() });
+        c.m(Mutation::Unlink { parent: ROOT_INO, name: "f7".into() });
+        c.mk(ROOT_INO, "new", FileKind::File);
+        let rest = ns.readdir(ROOT_INO, first.last().unwrap().cookie, 100).unwrap().0;
+        let got: Vec<String> = first.iter().chain(rest.iter()).map(|e| String::from_utf8(e.name.clone()).unwrap()).collect();
+        assert_eq!(got, vec!["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f8", "f9", "new"]);
+    }
+
+    #[test]
+    fn commit_truncate_and_refcounts() {
+        let (_d, ns) = ns();
+        let mut c = C { ns: &ns, seq: 0 };
+        let f = c.mk(ROOT_INO, "f", FileKind::File);
+        let blocks = vec![(0, bref(1, 4096)), (1, bref(2, 4096)), (2, bref(1, 4096)), (3, bref(3, 100))];
+        assert!(matches!(c.m(Mutation::CommitBlocks { ino: f, blocks, size: 3 * 4096 + 100 }), MetaResponse::Attr(ref a) if a.size == 12388));
+        let refs: HashMap<BlockId, u64> = ns.list_blocks(None, 100).unwrap().into_iter().collect();
+        assert_eq!(refs[&BlockId::of(&[1])], 2);
+        assert_eq!(ns.stats().unwrap().blocks, 3);
+        assert_eq!(ns.stats().unwrap().logical_bytes, 12388);
+        // Truncate into block 1: blocks 2 and 3 go, block 1 keeps its id with a shorter length.
+        c.m(Mutation::SetAttr { ino: f, attr: SetAttr { size: Some(4096 + 10), ..Default::default() } });
+        let (size, map) = ns.get_blocks(f, 0, 100).unwrap();
+        assert_eq!(size, 4106);
+        assert_eq!(map, vec![(0, bref(1, 4096)), (1, bref(2, 10))]);
+        let refs: HashMap<BlockId, u64> = ns.list_blocks(None, 100).unwrap().into_iter().collect();
+        assert_eq!(refs.len(), 2);
+        assert_eq!(refs[&BlockId::of(&[1])], 1);
+        // Blocks must lie inside the file.
+        assert_eq!(c.code(Mutation::CommitBlocks { ino: f, blocks: vec![(9, bref(4, 10))], size: 100 }), Some(ErrorCode::InvalidArgument));
+        // Unlinking the file drops every reference.
+        c.m(Mutation::Unlink { parent: ROOT_INO, name: "f".into() });
+        assert!(ns.list_blocks(None, 100).unwrap().is_empty());
+        assert_eq!(ns.stats().unwrap().blocks, 0);
+        assert_eq!(ns.stats().unwrap().logical_bytes, 0);
+    }
+
+    #[test]
+    fn a_retried_mutation_is_answered_not_reapplied() {
+        let (_d, ns) = ns();
+        let op = Mutation::Create { parent: ROOT_INO, name: "x".into(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None };
+        let first = ns.mutate(7, 1, op.clone());
+        assert!(matches!(first, MetaResponse::Attr(_)));
+        assert_eq!(ns.mutate(7, 1, op.clone()), first, "same (session, seq): the stored reply");
+        assert!(matches!(ns.mutate(7, 2, op), MetaResponse::Error(ref e) if e.code == ErrorCode::Exists));
+    }
+
+    #[test]
+    fn state_survives_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let ino = {
+            let ns = Namespace::open(Store::open(d.path()).unwrap(), FsParams { block_size: 4096 }).unwrap();
+            let mut c = C { ns: &ns, seq: 0 };
+            c.mk(ROOT_INO, "keep", FileKind::File)
+        };
+        let ns = Namespace::open(Store::open(d.path()).unwrap(), FsParams { block_size: 1 << 20 }).unwrap();
+        assert_eq!(ns.params.block_size, 4096, "block size is fixed at creation");
+        assert_eq!(ns.lookup(ROOT_INO, b"keep").unwrap().ino, ino);
+        let mut c = C { ns: &ns, seq: 100 };
+        assert!(c.mk(ROOT_INO, "next", FileKind::File) > ino, "inode numbers are never reused");
+    }
+}

@@ -36,8 +36,12 @@ impl Cf {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("metadata store: {0}")]
-pub struct StoreError(#[from] rocksdb::Error);
+pub enum StoreError {
+    #[error("metadata store: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("metadata store: WAL sync failed; refusing to acknowledge writes")]
+    SyncFailed,
+}
 
 enum Op {
     Put(Cf, Vec<u8>, Vec<u8>),
@@ -72,6 +76,7 @@ struct SyncState {
 pub struct Store {
     db: Arc<DB>,
     sync: Arc<(Mutex<SyncState>, Condvar)>,
+    syncer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Store {
@@ -84,8 +89,8 @@ impl Store {
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
         let sync = Arc::new((Mutex::new(SyncState { written: 0, synced: 0, failed: false, stop: false }), Condvar::new()));
         let (db2, sync2) = (db.clone(), sync.clone());
-        std::thread::Builder::new().name("meta-wal-sync".into()).spawn(move || sync_loop(db2, sync2)).expect("spawning the WAL sync thread");
-        Ok(Store { db, sync })
+        let syncer = std::thread::Builder::new().name("meta-wal-sync".into()).spawn(move || sync_loop(db2, sync2)).expect("spawning the WAL sync thread");
+        Ok(Store { db, sync, syncer: Some(syncer) })
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -138,7 +143,7 @@ impl Store {
             s = cv.wait(s).unwrap();
         }
         if s.failed {
-            return Err(StoreError(rocksdb::Error::new("WAL sync failed".into())));
+            return Err(StoreError::SyncFailed);
         }
         Ok(())
     }
@@ -155,6 +160,10 @@ impl Drop for Store {
         let (m, cv) = &*self.sync;
         m.lock().unwrap().stop = true;
         cv.notify_all();
+        // The thread holds the database open; join it so the files are closed when we return.
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
     }
 }
 
