@@ -1,6 +1,7 @@
 //! Tessera chunk server: stores content-addressed blocks and serves put/get/has/delete over
 //! QUIC; registers with the metadata server and sends heartbeats.
 
+pub mod repair;
 pub mod store;
 
 use anyhow::{bail, Context};
@@ -14,6 +15,7 @@ use tessera_common::net::{self, Service};
 use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
 use tessera_common::proto::meta::{MetaRequest, MetaResponse};
 use tessera_common::tls::{Identity, NodeCerts, Role};
+use tessera_common::ring::Ring;
 use tessera_common::{ErrorCode, WireError};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -30,6 +32,10 @@ pub struct ChunkConfig {
     /// Bytes offered to the cluster; defaults to the size of the data directory's disk.
     pub capacity: Option<u64>,
     pub heartbeat: Duration,
+    /// Repair and rebalance traffic limit, MB/s.
+    pub repair_rate: f64,
+    /// Time between repair scans.
+    pub scan_interval: Duration,
 }
 
 impl From<ChunkError> for WireError {
@@ -132,39 +138,85 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
     info!(node_id, %addr, blocks = store.count(), "chunk server listening");
 
     let svc = Arc::new(ChunkService { store: store.clone(), node_id });
-    let hb = tokio::spawn(heartbeat_loop(meta, store, node_id, advertise, cfg.zone.clone(), capacity, cfg.heartbeat, shutdown.clone()));
+    let (ring_tx, ring_rx) = watch::channel(Arc::new(Ring::default()));
+    let pending = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let peer_ep = ep.clone();
+    let peers: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<net::RpcClient>>>> = Default::default();
+    let repairer = repair::Repairer {
+        store: store.clone(),
+        me: node_id,
+        ring: ring_rx,
+        peers: Arc::new(move |addr: &str| {
+            peers.lock().unwrap().entry(addr.to_string()).or_insert_with(|| Arc::new(net::RpcClient::new(peer_ep.clone(), addr, 1, Duration::from_secs(30)))).clone()
+        }),
+        rate: repair::RateLimiter::new(cfg.repair_rate),
+        interval: cfg.scan_interval,
+        pending: pending.clone(),
+        sent: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    };
+    let rep = tokio::spawn(repairer.run(shutdown.clone()));
+    let beat = Heartbeat { meta, store, node_id, addr: advertise, zone: cfg.zone.clone(), capacity, every: cfg.heartbeat, ring: ring_tx, pending };
+    let hb = tokio::spawn(beat.run(shutdown.clone()));
     let task = tokio::spawn(async move {
         net::serve(ep, svc, shutdown).await;
         hb.abort();
+        rep.abort();
     });
     Ok(ChunkServer { addr, node_id, task })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn heartbeat_loop(meta: Arc<MetaLink>, store: Arc<BlockStore>, node_id: u64, addr: String, zone: String, capacity: u64, every: Duration, mut shutdown: watch::Receiver<bool>) {
-    let mut registered = false;
-    loop {
-        let req = if registered {
-            MetaRequest::Heartbeat { node_id, capacity, used: store.used(), blocks: store.count() }
-        } else {
-            MetaRequest::RegisterChunk { node_id, addr: addr.clone(), zone: zone.clone(), capacity }
-        };
-        match meta.call(&req).await {
-            Ok(MetaResponse::Ring(r)) => {
-                info!(ring_version = r.version, "registered with the metadata server");
-                registered = true;
+struct Heartbeat {
+    meta: Arc<MetaLink>,
+    store: Arc<BlockStore>,
+    node_id: u64,
+    addr: String,
+    zone: String,
+    capacity: u64,
+    every: Duration,
+    ring: watch::Sender<Arc<Ring>>,
+    pending: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Heartbeat {
+    /// Register, then beat; follow the ring version the replies carry.
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut registered = false;
+        loop {
+            let req = if registered {
+                MetaRequest::Heartbeat {
+                    node_id: self.node_id,
+                    capacity: self.capacity,
+                    used: self.store.used(),
+                    blocks: self.store.count(),
+                    repair_pending: self.pending.load(std::sync::atomic::Ordering::Relaxed),
+                }
+            } else {
+                MetaRequest::RegisterChunk { node_id: self.node_id, addr: self.addr.clone(), zone: self.zone.clone(), capacity: self.capacity }
+            };
+            match self.meta.call(&req).await {
+                Ok(MetaResponse::Ring(r)) => {
+                    info!(ring_version = r.version, "registered with the metadata server");
+                    registered = true;
+                    self.ring.send_replace(Arc::new(r));
+                }
+                Ok(MetaResponse::HeartbeatAck { ring_version }) => {
+                    if ring_version != self.ring.borrow().version {
+                        if let Ok(MetaResponse::Ring(r)) = self.meta.call(&MetaRequest::GetRing).await {
+                            self.ring.send_replace(Arc::new(r));
+                        }
+                    }
+                }
+                Ok(MetaResponse::Error(e)) if e.code == ErrorCode::NotFound => registered = false,
+                Ok(other) => warn!("unexpected heartbeat reply: {other:?}"),
+                Err(e) => {
+                    warn!("heartbeat: {e}");
+                    registered = false;
+                }
             }
-            Ok(MetaResponse::HeartbeatAck { .. }) => {}
-            Ok(MetaResponse::Error(e)) if e.code == ErrorCode::NotFound => registered = false,
-            Ok(other) => warn!("unexpected heartbeat reply: {other:?}"),
-            Err(e) => {
-                warn!("heartbeat: {e}");
-                registered = false;
+            tokio::select! {
+                _ = tokio::time::sleep(self.every) => {}
+                _ = shutdown.changed() => return,
             }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => return,
         }
     }
 }

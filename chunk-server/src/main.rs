@@ -23,6 +23,12 @@ struct Args {
     /// Bytes offered to the cluster (default: the size of the data directory's disk).
     #[arg(long)]
     capacity: Option<u64>,
+    /// Repair and rebalance traffic limit in MB/s.
+    #[arg(long, default_value_t = 100.0)]
+    repair_rate: f64,
+    /// Seconds between repair scans.
+    #[arg(long, default_value_t = 10)]
+    scan_interval: u64,
     /// Address other nodes reach this server at (default: the listen address).
     #[arg(long)]
     advertise: Option<String>,
@@ -39,7 +45,11 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let cfg = ChunkConfig { data_dir: a.data_dir, listen: a.listen, advertise: a.advertise, meta, certs: a.certs, zone: a.zone, capacity: a.capacity, heartbeat: Duration::from_secs(1) };
+    let cfg = ChunkConfig { data_dir: a.data_dir, listen: a.listen, advertise: a.advertise, meta, certs: a.certs, zone: a.zone, capacity: a.capacity, heartbeat: Duration::from_secs(1), repair_rate: a.repair_rate, scan_interval: Duration::from_secs(a.scan_interval.max(1)) };
+    if !(cfg.repair_rate > 0.0) {
+        eprintln!("tessera-chunk: --repair-rate must be a positive number of MB/s");
+        std::process::exit(2);
+    }
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = match tessera_chunk::start(cfg, rx).await {
         Ok(s) => s,

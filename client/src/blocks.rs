@@ -3,7 +3,7 @@
 
 use crate::error::{FsError, FsResult};
 use futures::future::{BoxFuture, FutureExt, Shared};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tessera_common::net::RpcClient;
@@ -17,24 +17,31 @@ type Fetch = Shared<BoxFuture<'static, Result<Arc<Vec<u8>>, FsError>>>;
 pub struct Blocks {
     ep: quinn::Endpoint,
     clients: Mutex<HashMap<String, Arc<RpcClient>>>,
-    ring: RwLock<Arc<Ring>>,
+    /// The current ring first, then the last few older versions (readers fall back to them
+    /// while blocks move).
+    rings: RwLock<VecDeque<Arc<Ring>>>,
     pub replicas: usize,
+    pub write_quorum: usize,
     cache: Mutex<lru::LruCache<BlockId, Arc<Vec<u8>>>>,
     cache_bytes: Mutex<usize>,
     cache_limit: usize,
     inflight: Mutex<HashMap<BlockId, Fetch>>,
 }
 
+/// Older ring versions kept for readers.
+const RING_HISTORY: usize = 3;
+
 /// Connections per chunk server: one QUIC connection tops out well below the loopback link.
 const CONNS_PER_SERVER: usize = 2;
 
 impl Blocks {
-    pub fn new(ep: quinn::Endpoint, ring: Ring, replicas: usize, cache_limit: usize) -> Arc<Self> {
+    pub fn new(ep: quinn::Endpoint, ring: Ring, replicas: usize, write_quorum: usize, cache_limit: usize) -> Arc<Self> {
         Arc::new(Blocks {
             ep,
             clients: Mutex::new(HashMap::new()),
-            ring: RwLock::new(Arc::new(ring)),
+            rings: RwLock::new(VecDeque::from([Arc::new(ring)])),
             replicas,
+            write_quorum: write_quorum.clamp(1, replicas.max(1)),
             cache: Mutex::new(lru::LruCache::unbounded()),
             cache_bytes: Mutex::new(0),
             cache_limit,
@@ -43,14 +50,43 @@ impl Blocks {
     }
 
     pub fn ring(&self) -> Arc<Ring> {
-        self.ring.read().unwrap().clone()
+        self.rings.read().unwrap()[0].clone()
     }
 
     pub fn set_ring(&self, ring: Ring) {
-        let mut g = self.ring.write().unwrap();
-        if ring.version != g.version {
-            *g = Arc::new(ring);
+        let mut g = self.rings.write().unwrap();
+        if ring.version != g[0].version {
+            g.push_front(Arc::new(ring));
+            g.truncate(RING_HISTORY + 1);
         }
+    }
+
+    /// Servers to read `id` from, best first: the current owners that are up, the next servers
+    /// clockwise (writes land there while an owner is down), the owners under older rings, and
+    /// last the owners that are down.
+    fn read_order(&self, id: &BlockId) -> Vec<String> {
+        let rings = self.rings.read().unwrap().clone();
+        let mut order: Vec<String> = Vec::new();
+        let mut down: Vec<String> = Vec::new();
+        let mut add = |addr: &str, up: bool, order: &mut Vec<String>| {
+            if !order.iter().any(|a| a == addr) && !down.iter().any(|a| a == addr) {
+                if up {
+                    order.push(addr.to_string())
+                } else {
+                    down.push(addr.to_string())
+                }
+            }
+        };
+        for n in rings[0].clockwise(id).into_iter().take(self.replicas + 2) {
+            add(&n.addr, n.up, &mut order);
+        }
+        for r in rings.iter().skip(1) {
+            for n in r.owners(id, self.replicas) {
+                add(&n.addr, n.up, &mut order);
+            }
+        }
+        order.extend(down);
+        order
     }
 
     fn client(&self, addr: &str) -> Arc<RpcClient> {
@@ -60,12 +96,13 @@ impl Blocks {
             .clone()
     }
 
-    /// Store `data` (whose id is `id`) on its replicas in parallel; all of them must accept.
+    /// Store `data` (whose id is `id`) on the first N servers of the ring that are up, in
+    /// parallel; at least the write quorum of them must accept.
     pub async fn put(&self, id: BlockId, data: Arc<Vec<u8>>) -> FsResult<()> {
         let ring = self.ring();
-        let owners: Vec<String> = ring.owners(&id, self.replicas).iter().map(|n| n.addr.clone()).collect();
+        let owners: Vec<String> = ring.targets(&id, self.replicas).iter().map(|n| n.addr.clone()).collect();
         if owners.is_empty() {
-            return Err(FsError::Io("no chunk servers in the ring".into()));
+            return Err(FsError::Io("no chunk server is up".into()));
         }
         let puts = owners.iter().map(|addr| {
             let c = self.client(addr);
@@ -79,13 +116,22 @@ impl Blocks {
                 }
             }
         });
+        let mut acked = 0;
+        let mut last = None;
         for r in futures::future::join_all(puts).await {
-            if let Err(e) = r {
-                warn!(block = %id.short(), "put failed: {e}");
-                return Err(e);
+            match r {
+                Ok(()) => acked += 1,
+                Err(e) => {
+                    warn!(block = %id.short(), "put failed: {e}");
+                    last = Some(e);
+                }
             }
         }
-        self.cache_insert(id, data);
+        // A cluster smaller than the quorum can hold at most one copy per server.
+        if acked < self.write_quorum.min(ring.nodes.len()) || acked == 0 {
+            return Err(last.unwrap_or_else(|| FsError::Io("write quorum not reached".into())));
+        }
+        // Written blocks are not cached: a writer rarely reads back, and the cache is for readers.
         Ok(())
     }
 
@@ -128,8 +174,7 @@ impl Blocks {
     }
 
     async fn fetch(&self, id: BlockId) -> FsResult<Arc<Vec<u8>>> {
-        let ring = self.ring();
-        let owners: Vec<String> = ring.owners(&id, self.replicas).iter().map(|n| n.addr.clone()).collect();
+        let owners = self.read_order(&id);
         let mut last = FsError::Io(format!("block {} has no reachable replica", id.short()));
         for addr in owners {
             let c = self.client(&addr);

@@ -58,6 +58,7 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
             listen: "127.0.0.1:0".parse().unwrap(),
             certs: certs.join("meta"),
             replicas: o.replicas,
+            write_quorum: None,
             block_size: tessera_common::DEFAULT_BLOCK_SIZE,
             down_after: Duration::from_secs(5),
             out_after: Duration::from_secs(600),
@@ -79,6 +80,8 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
                 zone: format!("zone-{i}"),
                 capacity: None,
                 heartbeat: Duration::from_secs(1),
+                repair_rate: 100.0,
+                scan_interval: Duration::from_secs(10),
             },
             stop_rx.clone(),
         )

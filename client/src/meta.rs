@@ -14,6 +14,7 @@ pub struct MetaClient {
     seq: AtomicU64,
     pub block_size: u32,
     pub replicas: u32,
+    pub write_quorum: u32,
     pub first_ring: Ring,
 }
 
@@ -26,8 +27,8 @@ impl MetaClient {
     pub async fn connect(ep: quinn::Endpoint, addrs: &[String], name: &str) -> FsResult<Self> {
         let link = MetaLink::new(ep, addrs, Duration::from_secs(30));
         match link.call(&MetaRequest::OpenSession { client: name.to_string() }).await? {
-            MetaResponse::Session { session, block_size, replicas, ring } => {
-                Ok(MetaClient { link, session, seq: AtomicU64::new(1), block_size, replicas, first_ring: ring })
+            MetaResponse::Session { session, block_size, replicas, write_quorum, ring } => {
+                Ok(MetaClient { link, session, seq: AtomicU64::new(1), block_size, replicas, write_quorum, first_ring: ring })
             }
             MetaResponse::Error(e) => Err(e.into()),
             r => Err(unexpected(r)),

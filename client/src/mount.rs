@@ -35,7 +35,7 @@ pub async fn connect(certs: &NodeCerts, meta: &[String]) -> anyhow::Result<Arc<F
         .await
         .with_context(|| format!("cannot reach the metadata server at {}", meta.join(",")))?;
     let mc = Arc::new(mc);
-    let blocks = Blocks::new(ep, mc.first_ring.clone(), mc.replicas as usize, CACHE_BYTES);
+    let blocks = Blocks::new(ep, mc.first_ring.clone(), mc.replicas as usize, mc.write_quorum as usize, CACHE_BYTES);
     let fs = Fs::new(mc.clone(), blocks.clone());
     // Follow ring changes (servers joining, leaving).
     tokio::spawn(async move {

@@ -16,12 +16,17 @@ pub struct RingNode {
     pub addr: String,
     pub zone: String,
     pub capacity: u64,
+    /// False while the server is `down`: it keeps its place (nothing moves), but readers and
+    /// writers skip it.
+    pub up: bool,
 }
 
 /// A published version of the ring: the servers that hold data (`up` or `down`, not `out`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ring {
     pub version: u64,
+    /// Copies of every block (cluster-wide).
+    pub replicas: u32,
     pub nodes: Vec<RingNode>,
     #[serde(skip)]
     points: Vec<(u64, usize)>,
@@ -42,9 +47,9 @@ fn point(node: u64, i: usize) -> u64 {
 }
 
 impl Ring {
-    pub fn new(version: u64, mut nodes: Vec<RingNode>) -> Self {
+    pub fn new(version: u64, replicas: u32, mut nodes: Vec<RingNode>) -> Self {
         nodes.sort_by_key(|n| n.id);
-        let mut r = Ring { version, nodes, points: Vec::new() };
+        let mut r = Ring { version, replicas, nodes, points: Vec::new() };
         r.build();
         r
     }
@@ -65,20 +70,31 @@ impl Ring {
         self.nodes.iter().find(|n| n.id == id)
     }
 
-    /// The `n` servers that own `block`, primary first.
+    /// The `n` servers that own `block`, primary first (up or down).
     pub fn owners(&self, block: &BlockId, n: usize) -> Vec<&RingNode> {
-        self.walk(block.ring_position(), n)
+        self.walk(block.ring_position(), n, false)
     }
 
-    fn walk(&self, pos: u64, n: usize) -> Vec<&RingNode> {
+    /// Where a write of `block` goes now: the first `n` servers clockwise that are up.
+    pub fn targets(&self, block: &BlockId, n: usize) -> Vec<&RingNode> {
+        self.walk(block.ring_position(), n, true)
+    }
+
+    /// Every server in clockwise order from `block` (zone-spread first, as placement is).
+    pub fn clockwise(&self, block: &BlockId) -> Vec<&RingNode> {
+        self.walk(block.ring_position(), self.nodes.len(), false)
+    }
+
+    fn walk(&self, pos: u64, n: usize, up_only: bool) -> Vec<&RingNode> {
         if self.points.is_empty() && !self.nodes.is_empty() {
             // A ring that came off the wire without its table.
             let mut r = self.clone();
             r.build();
-            return r.walk(pos, n).into_iter().map(|x| self.node(x.id).unwrap()).collect();
+            return r.walk(pos, n, up_only).into_iter().map(|x| self.node(x.id).unwrap()).collect();
         }
-        let want = n.min(self.nodes.len());
-        let zones: HashSet<&str> = self.nodes.iter().map(|x| x.zone.as_str()).collect();
+        let eligible = |i: usize| !up_only || self.nodes[i].up;
+        let want = n.min((0..self.nodes.len()).filter(|&i| eligible(i)).count());
+        let zones: HashSet<&str> = (0..self.nodes.len()).filter(|&i| eligible(i)).map(|i| self.nodes[i].zone.as_str()).collect();
         let start = self.points.partition_point(|&(p, _)| p < pos);
         let mut chosen: Vec<usize> = Vec::with_capacity(want);
         let mut used_zones: HashSet<&str> = HashSet::new();
@@ -89,7 +105,7 @@ impl Ring {
                     break;
                 }
                 let idx = self.points[(start + k) % self.points.len()].1;
-                if chosen.contains(&idx) {
+                if chosen.contains(&idx) || !eligible(idx) {
                     continue;
                 }
                 let zone = self.nodes[idx].zone.as_str();
@@ -111,8 +127,9 @@ mod tests {
     fn ring(n: u64, zones: u64) -> Ring {
         Ring::new(
             1,
+            3,
             (1..=n)
-                .map(|id| RingNode { id, addr: format!("127.0.0.1:{id}"), zone: format!("z{}", id % zones), capacity: 100 * GIB })
+                .map(|id| RingNode { id, addr: format!("127.0.0.1:{id}"), zone: format!("z{}", id % zones), capacity: 100 * GIB, up: true })
                 .collect(),
         )
     }
@@ -152,6 +169,21 @@ mod tests {
         let moved = (0..total).filter(|&i| before.owners(&block(i), 1)[0].id != after.owners(&block(i), 1)[0].id).count();
         let ideal = total as f64 / 11.0;
         assert!((moved as f64) < ideal * 1.5, "moved {moved}, ideal {ideal}");
+    }
+
+    #[test]
+    fn writes_skip_down_servers_without_moving_others() {
+        let mut r = ring(5, 5);
+        let b = block(42);
+        let owners: Vec<u64> = r.owners(&b, 3).iter().map(|n| n.id).collect();
+        let down = owners[0];
+        r.nodes.iter_mut().find(|n| n.id == down).unwrap().up = false;
+        let targets: Vec<u64> = r.targets(&b, 3).iter().map(|n| n.id).collect();
+        assert_eq!(targets.len(), 3);
+        assert!(!targets.contains(&down));
+        assert!(targets.contains(&owners[1]) && targets.contains(&owners[2]));
+        assert_eq!(r.owners(&b, 3).iter().map(|n| n.id).collect::<Vec<_>>(), owners, "down servers keep their place");
+        assert_eq!(r.clockwise(&b).len(), 5);
     }
 
     #[test]

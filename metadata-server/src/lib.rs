@@ -25,6 +25,8 @@ pub struct MetaConfig {
     pub listen: SocketAddr,
     pub certs: PathBuf,
     pub replicas: u32,
+    /// Acknowledged copies a client needs before it commits a block (default: all).
+    pub write_quorum: Option<u32>,
     pub block_size: u32,
     pub down_after: Duration,
     pub out_after: Duration,
@@ -34,6 +36,9 @@ impl MetaConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if !(1..=16).contains(&self.replicas) {
             bail!("--replicas must be between 1 and 16");
+        }
+        if self.write_quorum.is_some_and(|q| q == 0 || q > self.replicas) {
+            bail!("--write-quorum must be between 1 and --replicas");
         }
         if self.block_size < 4096 || self.block_size > tessera_common::MAX_BLOCK_SIZE || !self.block_size.is_power_of_two() {
             bail!("--block-size must be a power of two between 4 KiB and 16 MiB");
@@ -46,6 +51,7 @@ struct MetaService {
     ns: Arc<Namespace>,
     members: Arc<Membership>,
     replicas: u32,
+    write_quorum: u32,
 }
 
 fn denied(role: Role, what: &str) -> MetaResponse {
@@ -61,6 +67,7 @@ impl MetaService {
                 session,
                 block_size: ns.params.block_size,
                 replicas: self.replicas,
+                write_quorum: self.write_quorum,
                 ring: self.members.ring(),
             })),
             MetaRequest::Lookup { parent, name } => r(ns.lookup(parent, &name).map(MetaResponse::Attr)),
@@ -78,9 +85,13 @@ impl MetaService {
                 Role::Chunk => r(self.members.register(node_id, addr, zone, capacity).map(MetaResponse::Ring)),
                 role => denied(role, "register a chunk server"),
             },
-            MetaRequest::Heartbeat { node_id, capacity, used, blocks } => match peer.role {
-                Role::Chunk => r(self.members.heartbeat(node_id, capacity, used, blocks).map(|ring_version| MetaResponse::HeartbeatAck { ring_version })),
+            MetaRequest::Heartbeat { node_id, capacity, used, blocks, repair_pending } => match peer.role {
+                Role::Chunk => r(self.members.heartbeat(node_id, capacity, used, blocks, repair_pending).map(|ring_version| MetaResponse::HeartbeatAck { ring_version })),
                 role => denied(role, "send heartbeats"),
+            },
+            MetaRequest::NodeAdmin { node_id, action } => match peer.role {
+                Role::Admin => r(self.members.admin(node_id, action).map(|_| MetaResponse::Done)),
+                role => denied(role, "change membership"),
             },
             MetaRequest::Status => match peer.role {
                 Role::Admin | Role::Meta => r(self.status()),
@@ -149,11 +160,11 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     std::fs::create_dir_all(&db_dir).with_context(|| format!("creating {}", db_dir.display()))?;
     let store = store::Store::open(&db_dir).with_context(|| format!("opening {}", db_dir.display()))?;
     let ns = Arc::new(Namespace::open(store, FsParams { block_size: cfg.block_size })?);
-    let members = Arc::new(Membership::load(ns.clone(), cfg.down_after, cfg.out_after)?);
+    let members = Arc::new(Membership::load(ns.clone(), cfg.replicas, cfg.down_after, cfg.out_after)?);
     let ep = net::server_endpoint(&certs, cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = ep.local_addr()?;
     info!(%addr, block_size = ns.params.block_size, replicas = cfg.replicas, "metadata server listening");
-    let svc = Arc::new(MetaService { ns, members: members.clone(), replicas: cfg.replicas });
+    let svc = Arc::new(MetaService { ns, members: members.clone(), replicas: cfg.replicas, write_quorum: cfg.write_quorum.unwrap_or(cfg.replicas) });
     let mut sd = shutdown.clone();
     let ticker = tokio::spawn(async move {
         loop {

@@ -16,6 +16,10 @@ struct Args {
     /// Copies of every block.
     #[arg(long, default_value_t = 3)]
     replicas: u32,
+    /// Acknowledged copies needed before a write commits (default: --replicas). Below N, repair
+    /// fills in the rest later.
+    #[arg(long)]
+    write_quorum: Option<u32>,
     /// Block size in bytes, fixed when the file system is created.
     #[arg(long, default_value_t = tessera_common::DEFAULT_BLOCK_SIZE)]
     block_size: u32,
@@ -36,6 +40,7 @@ async fn main() {
         listen: a.listen,
         certs: a.certs,
         replicas: a.replicas,
+        write_quorum: a.write_quorum,
         block_size: a.block_size,
         down_after: Duration::from_secs(a.down_after),
         out_after: Duration::from_secs(a.out_after),

@@ -363,6 +363,17 @@ impl DevCluster {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("tessera status --json printed invalid JSON ({e}):\n{out}"))
     }
 
+    /// A second, independent client: `tessera mount --foreground` of this cluster on
+    /// `ROOT/name`, with the address and bundle of `cluster.env`. It has no cache of what the
+    /// first mount wrote, so it reads from the servers.
+    pub fn second_mount(&self, name: &str) -> Proc {
+        let env = self.env();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("cluster.env has no {k}: {env:?}"));
+        let mnt = self.root().join(name);
+        std::fs::create_dir_all(&mnt).unwrap();
+        start_mount(&get("TESSERA_META"), Path::new(&get("TESSERA_CERTS")), &mnt, &self.root().join(format!("{name}.log")))
+    }
+
     pub fn log_tail(&self, n: usize) -> String {
         tail(&self.log, n)
     }

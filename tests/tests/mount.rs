@@ -77,6 +77,18 @@ fn large_file_round_trip_256mib() {
     let read = hash_file(&path).unwrap_or_else(|e| panic!("reading back: {}", errno(&e)));
     eprintln!("read 256 MiB in {:?}", t.elapsed());
     assert_eq!(read, written, "BLAKE3 of the bytes read back differs from the bytes written");
+
+    // A second client has none of this in its caches: it reads from the chunk servers.
+    let mut m2 = c.second_mount("mnt2");
+    let other = c.root().join("mnt2/big.bin");
+    assert_eq!(fs::metadata(&other).unwrap().len(), 256 * MIB as u64, "size seen by a second client");
+    let t = Instant::now();
+    let read2 = hash_file(&other).unwrap_or_else(|e| panic!("reading back through a second mount: {}", errno(&e)));
+    eprintln!("read 256 MiB through a second mount in {:?}", t.elapsed());
+    assert_eq!(read2, written, "BLAKE3 of the bytes a second client reads differs from the bytes written");
+    let status = m2.stop();
+    assert!(status.success(), "tessera mount exited with {status} on SIGTERM\n{}", tail(&m2.log, 40));
+    assert!(!is_mounted(&c.root().join("mnt2")), "tessera mount exited but left its mount behind");
 }
 
 #[test]
@@ -108,6 +120,15 @@ fn thousand_small_files() {
         assert_eq!(got.len(), data.len(), "size of {name}");
         assert!(got == *data, "contents of {name} differ from what was written");
     }
+
+    // And through a second client, which reads from the servers.
+    let _m2 = c.second_mount("mnt2");
+    let dir2 = c.root().join("mnt2/small");
+    for (name, data) in &files {
+        let got = fs::read(dir2.join(name)).unwrap_or_else(|e| panic!("reading {name} through a second mount: {}", errno(&e)));
+        assert!(got == *data, "contents of {name} seen by a second client differ from what was written");
+    }
+    assert_eq!(names(&dir2).len(), 1000, "entries listed by a second client");
 
     let listed = names(&dir);
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 1000, "read_dir entry count");
@@ -255,6 +276,23 @@ fn truncate_append_and_sparse_write() {
     f.read_exact_at(&mut edge, GIB - KIB as u64).unwrap();
     assert_zeros(&edge[..KIB], "last KiB of the hole");
     assert!(edge[KIB..] == data[..KIB], "first KiB of the data after the hole");
+    drop(f);
+
+    // A second client, reading from the servers, sees the same.
+    let multi = fs::read(c.path("multi")).unwrap();
+    let _m2 = c.second_mount("mnt2");
+    let m2 = c.root().join("mnt2");
+    assert_eq!(fs::read(m2.join("t")).unwrap(), fs::read(c.path("t")).unwrap(), "'t' seen by a second client");
+    assert!(fs::read(m2.join("multi")).unwrap() == multi, "'multi' seen by a second client");
+    assert_eq!(fs::read_to_string(m2.join("log")).unwrap(), "first\nsecond\nthird\nfourth\n", "'log' seen by a second client");
+    let f = File::open(m2.join("sparse")).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), GIB + data.len() as u64, "sparse size seen by a second client");
+    f.read_exact_at(&mut got, GIB).unwrap();
+    assert!(got == data, "data at 1 GiB seen by a second client");
+    for off in [0, GIB / 2, GIB - MIB as u64] {
+        f.read_exact_at(&mut buf, off).unwrap();
+        assert_zeros(&buf, &format!("hole at {off} seen by a second client"));
+    }
 }
 
 #[test]
@@ -290,6 +328,11 @@ fn two_processes_write_at_once() {
         let p = c.path(format!("f{i}"));
         assert_eq!(fs::metadata(&p).unwrap().len(), 32 * MIB as u64, "size of f{i}");
         assert_eq!(hash_file(&p).unwrap(), *want, "contents of f{i} differ from its source");
+    }
+    let _m2 = c.second_mount("mnt2");
+    for (i, (_, want)) in expected.iter().enumerate() {
+        let p = c.root().join(format!("mnt2/f{i}"));
+        assert_eq!(hash_file(&p).unwrap(), *want, "contents of f{i} seen by a second client differ from its source");
     }
 }
 

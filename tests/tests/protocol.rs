@@ -37,6 +37,7 @@ impl Server {
             listen: "127.0.0.1:0".parse().unwrap(),
             certs: d.join("meta"),
             replicas: 1,
+            write_quorum: None,
             block_size: tessera_common::DEFAULT_BLOCK_SIZE,
             down_after: Duration::from_secs(5),
             out_after: Duration::from_secs(600),
@@ -185,7 +186,7 @@ async fn roles_are_enforced() {
         .await
         .unwrap();
     denied(&r, "a client registering a chunk server");
-    let (r, _) = client.call::<_, MetaResponse>(&MetaRequest::Heartbeat { node_id: 99, capacity: 1, used: 0, blocks: 0 }, &[]).await.unwrap();
+    let (r, _) = client.call::<_, MetaResponse>(&MetaRequest::Heartbeat { node_id: 99, capacity: 1, used: 0, blocks: 0, repair_pending: 0 }, &[]).await.unwrap();
     denied(&r, "a client sending heartbeats");
     let (r, _) = client.call::<_, MetaResponse>(&MetaRequest::Status, &[]).await.unwrap();
     denied(&r, "a client reading the cluster status");

@@ -118,13 +118,24 @@ pub enum MetaRequest {
     GetRing,
     /// Chunk servers only. Reply: `Ring`.
     RegisterChunk { node_id: u64, addr: String, zone: String, capacity: u64 },
-    /// Chunk servers only. Reply: `HeartbeatAck`.
-    Heartbeat { node_id: u64, capacity: u64, used: u64, blocks: u64 },
+    /// Chunk servers only. `repair_pending`: copies the server found missing elsewhere in its
+    /// last scan and has not sent yet. Reply: `HeartbeatAck`.
+    Heartbeat { node_id: u64, capacity: u64, used: u64, blocks: u64, repair_pending: u64 },
+    /// Admin only: take a chunk server out of the ring. Reply: `Done`.
+    NodeAdmin { node_id: u64, action: NodeAction },
     /// Admin only. Reply: `Status`.
     Status,
     /// Admin only: referenced blocks with their reference counts, in id order, after `after`.
     /// Reply: `BlockList`.
     ListBlocks { after: Option<BlockId>, limit: u32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeAction {
+    /// Leave the ring now; the remaining copies are re-replicated.
+    Remove,
+    /// Leave the ring but keep serving: the server hands its blocks to their new owners.
+    Drain,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +158,8 @@ pub struct NodeStatus {
     pub blocks: u64,
     /// Milliseconds since the last heartbeat.
     pub last_heartbeat_ms: u64,
+    pub draining: bool,
+    pub repair_pending: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,7 +175,7 @@ pub struct ClusterStatus {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaResponse {
-    Session { session: u64, block_size: u32, replicas: u32, ring: Ring },
+    Session { session: u64, block_size: u32, replicas: u32, write_quorum: u32, ring: Ring },
     Attr(Attr),
     Dir { entries: Vec<DirEntry>, done: bool },
     Link(Vec<u8>),

@@ -1,0 +1,164 @@
+//! Keeping N copies: a background scan of this server's blocks against the current ring.
+//!
+//! For each block held here, the current owners that are up and lack it are sent a copy
+//! (rate-limited); a block this server does not own is deleted here once every owner is up and
+//! holds it. The same rule re-replicates after a server goes out, fills a server that joins,
+//! drains a server that leaves, and cleans up copies written elsewhere while an owner was down.
+//! Only verified bytes are sent: a corrupt local copy is quarantined by the read instead.
+
+use crate::store::BlockStore;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tessera_common::net::RpcClient;
+use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
+use tessera_common::ring::Ring;
+use tessera_common::BlockId;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// Bytes per second, spent ahead of time: the caller sleeps off any debt.
+pub struct RateLimiter {
+    bytes_per_sec: f64,
+    next: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    pub fn new(mb_per_sec: f64) -> Self {
+        RateLimiter { bytes_per_sec: (mb_per_sec * 1e6).max(1.0), next: Mutex::new(Instant::now()) }
+    }
+
+    pub async fn take(&self, bytes: usize) {
+        let wait = {
+            let mut next = self.next.lock().unwrap();
+            let now = Instant::now();
+            if *next < now {
+                *next = now;
+            }
+            *next += Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
+            next.saturating_duration_since(now)
+        };
+        if wait > Duration::from_millis(1) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+pub struct Repairer {
+    pub store: Arc<BlockStore>,
+    pub me: u64,
+    pub ring: watch::Receiver<Arc<Ring>>,
+    pub peers: Arc<dyn Fn(&str) -> Arc<RpcClient> + Send + Sync>,
+    pub rate: RateLimiter,
+    pub interval: Duration,
+    /// Copies found missing in the last scan and not yet sent.
+    pub pending: Arc<AtomicU64>,
+    /// Bytes sent to other servers since start.
+    pub sent: Arc<AtomicU64>,
+}
+
+impl Repairer {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = self.ring.changed() => {}
+                _ = shutdown.changed() => return,
+            }
+            let ring = self.ring.borrow().clone();
+            if ring.nodes.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.scan(&ring).await {
+                warn!("repair scan: {e}");
+            }
+        }
+    }
+
+    async fn scan(&self, ring: &Ring) -> anyhow::Result<()> {
+        let store = self.store.clone();
+        let ids: Vec<BlockId> = tokio::task::spawn_blocking(move || {
+            let mut v = Vec::new();
+            store.for_each(|id, _| v.push(id)).map(|_| v)
+        })
+        .await??;
+        let n = ring.replicas as usize;
+        // Ask each owner which of our blocks it lacks.
+        let mut ask: HashMap<u64, Vec<BlockId>> = HashMap::new();
+        for id in &ids {
+            for o in ring.owners(id, n) {
+                if o.id != self.me && o.up {
+                    ask.entry(o.id).or_default().push(*id);
+                }
+            }
+        }
+        let mut has: HashSet<(u64, BlockId)> = HashSet::new();
+        let mut reachable: HashSet<u64> = HashSet::new();
+        for (node, list) in &ask {
+            let Some(info) = ring.node(*node) else { continue };
+            let c = (self.peers)(&info.addr);
+            let mut ok = true;
+            for chunk in list.chunks(4096) {
+                match c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: chunk.to_vec() }, &[]).await {
+                    Ok((ChunkResponse::Has(flags), _)) => has.extend(chunk.iter().zip(flags).filter(|(_, h)| *h).map(|(id, _)| (*node, *id))),
+                    _ => ok = false,
+                }
+            }
+            if ok {
+                reachable.insert(*node);
+            }
+        }
+        let missing: Vec<(BlockId, u64)> = ask
+            .iter()
+            .filter(|(node, _)| reachable.contains(node))
+            .flat_map(|(node, list)| list.iter().filter(|id| !has.contains(&(*node, **id))).map(|id| (*id, *node)))
+            .collect();
+        self.pending.store(missing.len() as u64, Ordering::Relaxed);
+        if !missing.is_empty() {
+            info!(copies = missing.len(), "repair: sending missing copies");
+        }
+        for (id, node) in missing {
+            let Some(info) = ring.node(node) else { continue };
+            let store = self.store.clone();
+            let data = match tokio::task::spawn_blocking(move || store.get(&id)).await? {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(block = %id.short(), "repair: local copy unusable: {e}");
+                    self.pending.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            self.rate.take(data.len()).await;
+            let c = (self.peers)(&info.addr);
+            match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id }, &data).await {
+                Ok((ChunkResponse::Stored, _)) => {
+                    has.insert((node, id));
+                    self.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    debug!(block = %id.short(), to = %info.addr, "repair: copy sent");
+                }
+                other => warn!(block = %id.short(), to = %info.addr, "repair: send failed: {other:?}"),
+            }
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        // Drop copies this server does not own once every owner is up and holds the block.
+        let mut dropped = 0;
+        for id in &ids {
+            let owners = ring.owners(id, n);
+            if owners.iter().any(|o| o.id == self.me) || owners.len() < n {
+                continue;
+            }
+            if owners.iter().all(|o| o.up && reachable.contains(&o.id) && has.contains(&(o.id, *id))) {
+                let store = self.store.clone();
+                let id = *id;
+                if tokio::task::spawn_blocking(move || store.delete(&id)).await?.unwrap_or(false) {
+                    dropped += 1;
+                }
+            }
+        }
+        if dropped > 0 {
+            info!(dropped, "repair: dropped copies now held by their owners");
+        }
+        Ok(())
+    }
+}
