@@ -35,6 +35,8 @@ struct NodeJson {
     used: u64,
     blocks: u64,
     last_heartbeat_ms: u64,
+    draining: bool,
+    repair_pending: u64,
 }
 
 #[derive(Serialize, Debug)]
@@ -52,6 +54,8 @@ struct StatusJson {
     files: u64,
     replicas: u32,
     ring_version: u64,
+    /// Copies the servers found missing in their last scan and have not sent yet.
+    repair_pending: u64,
 }
 
 impl Admin {
@@ -64,6 +68,13 @@ impl Admin {
         match self.link.call(&req).await.context("cannot reach the metadata server")? {
             MetaResponse::Error(e) => bail!("metadata server: {}", e.message),
             r => Ok(r),
+        }
+    }
+
+    pub async fn node(&self, node_id: u64, action: tessera_common::proto::meta::NodeAction) -> anyhow::Result<()> {
+        match self.call(MetaRequest::NodeAdmin { node_id, action }).await? {
+            MetaResponse::Done => Ok(()),
+            r => bail!("unexpected reply {r:?}"),
         }
     }
 
@@ -152,11 +163,14 @@ impl Admin {
                     used: n.used,
                     blocks: n.blocks,
                     last_heartbeat_ms: n.last_heartbeat_ms,
+                    draining: n.draining,
+                    repair_pending: n.repair_pending,
                 })
                 .collect(),
             blocks,
             bytes: Bytes { logical: s.logical_bytes, stored, dedup_ratio: if stored == 0 { 1.0 } else { s.logical_bytes as f64 * s.replicas as f64 / stored as f64 } },
             files: s.files,
+            repair_pending: s.nodes.iter().map(|n| n.repair_pending).sum(),
             replicas: s.replicas,
             ring_version: s.ring_version,
         };
@@ -164,14 +178,14 @@ impl Admin {
             println!("{}", serde_json::to_string_pretty(&out)?);
             return Ok(());
         }
-        println!("{:<16}  {:<10} {:<22} {:<5} {:>10} {:>10} {:>8} {:>8}", "ID", "ZONE", "ADDRESS", "STATE", "CAPACITY", "USED", "BLOCKS", "LAST HB");
+        println!("{:<16}  {:<10} {:<22} {:<8} {:>10} {:>10} {:>8} {:>8}", "ID", "ZONE", "ADDRESS", "STATE", "CAPACITY", "USED", "BLOCKS", "LAST HB");
         for n in &out.nodes {
             println!(
-                "{:<16}  {:<10} {:<22} {:<5} {:>10} {:>10} {:>8} {:>7.1}s",
+                "{:<16}  {:<10} {:<22} {:<8} {:>10} {:>10} {:>8} {:>7.1}s",
                 n.id,
                 n.zone,
                 n.addr,
-                n.state,
+                if n.draining && n.state != "out" { format!("{}/drain", n.state) } else { n.state.clone() },
                 human(n.capacity),
                 human(n.used),
                 n.blocks,
@@ -185,6 +199,7 @@ impl Admin {
             "blocks: {} total, {} under-replicated, {} missing, {} misplaced",
             out.blocks.total, out.blocks.under_replicated, out.blocks.missing, out.blocks.misplaced
         );
+        println!("repair: {} copies waiting to be sent", out.repair_pending);
         Ok(())
     }
 }

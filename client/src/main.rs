@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tessera_client::{admin, dev, mount};
 use tessera_common::metalink::parse_meta_list;
+use tessera_common::proto::meta::NodeAction;
 use tessera_common::tls::{self, NodeCerts, Role};
 
 /// Tessera: a distributed block file system.
@@ -53,10 +54,35 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Take a chunk server out of the ring: `remove` now (its copies are re-replicated from
+    /// the others), or `drain` (it keeps serving while it hands its blocks to their new owners).
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
     /// Create the cluster CA and issue node certificates.
     Cert {
         #[command(subcommand)]
         cmd: CertCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    Remove {
+        /// Server id as shown by `tessera status`.
+        id: String,
+        #[arg(long, env = "TESSERA_META")]
+        meta: String,
+        #[arg(long, env = "TESSERA_CERTS")]
+        certs: PathBuf,
+    },
+    Drain {
+        id: String,
+        #[arg(long, env = "TESSERA_META")]
+        meta: String,
+        #[arg(long, env = "TESSERA_CERTS")]
+        certs: PathBuf,
     },
 }
 
@@ -116,6 +142,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let meta = meta_list(&meta)?;
             let certs = NodeCerts::load(&certs)?;
             runtime()?.block_on(async { admin::Admin::connect(&certs, &meta)?.status(json).await })
+        }
+        Cmd::Node { cmd } => {
+            let (id, meta, certs, action) = match cmd {
+                NodeCmd::Remove { id, meta, certs } => (id, meta, certs, NodeAction::Remove),
+                NodeCmd::Drain { id, meta, certs } => (id, meta, certs, NodeAction::Drain),
+            };
+            let node_id = u64::from_str_radix(id.trim_start_matches("0x"), 16).map_err(|_| anyhow::anyhow!("'{id}' is not a server id (16 hex digits, see tessera status)"))?;
+            let meta = meta_list(&meta)?;
+            let certs = NodeCerts::load(&certs)?;
+            runtime()?.block_on(async { admin::Admin::connect(&certs, &meta)?.node(node_id, action).await })?;
+            println!("server {node_id:016x}: {}", if action == NodeAction::Remove { "removed from the ring" } else { "draining" });
+            Ok(())
         }
         Cmd::Dev { mountpoint, data_dir, chunk_servers, replicas } => {
             runtime()?.block_on(dev::run(dev::DevOptions { mountpoint, data_dir, chunk_servers, replicas }))

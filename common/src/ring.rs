@@ -22,21 +22,44 @@ pub struct RingNode {
 }
 
 /// A published version of the ring: the servers that hold data (`up` or `down`, not `out`).
+/// On the wire only the members travel; the point table is rebuilt when decoded.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RingWire", into = "RingWire")]
 pub struct Ring {
     pub version: u64,
     /// Copies of every block (cluster-wide).
     pub replicas: u32,
     pub nodes: Vec<RingNode>,
-    #[serde(skip)]
     points: Vec<(u64, usize)>,
+    /// Distinct zones among all nodes and among the nodes that are up.
+    zones: (usize, usize),
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct RingWire {
+    version: u64,
+    replicas: u32,
+    nodes: Vec<RingNode>,
+}
+
+impl From<RingWire> for Ring {
+    fn from(w: RingWire) -> Self {
+        Ring::new(w.version, w.replicas, w.nodes)
+    }
+}
+
+impl From<Ring> for RingWire {
+    fn from(r: Ring) -> Self {
+        RingWire { version: r.version, replicas: r.replicas, nodes: r.nodes }
+    }
 }
 
 const GIB: u64 = 1 << 30;
 
-/// Virtual nodes for a server: one per 16 GiB of capacity, within [32, 1024].
+/// Virtual nodes for a server: one per 4 GiB of capacity, within [128, 2048] (128 keeps the
+/// busiest server within ~25% of the mean; see docs/placement.md).
 pub fn vnodes(capacity: u64) -> usize {
-    (capacity / (16 * GIB)).clamp(32, 1024) as usize
+    (capacity / (4 * GIB)).clamp(128, 2048) as usize
 }
 
 fn point(node: u64, i: usize) -> u64 {
@@ -49,13 +72,12 @@ fn point(node: u64, i: usize) -> u64 {
 impl Ring {
     pub fn new(version: u64, replicas: u32, mut nodes: Vec<RingNode>) -> Self {
         nodes.sort_by_key(|n| n.id);
-        let mut r = Ring { version, replicas, nodes, points: Vec::new() };
+        let mut r = Ring { version, replicas, nodes, points: Vec::new(), zones: (0, 0) };
         r.build();
         r
     }
 
-    /// Rebuild the point table (after deserialising).
-    pub fn build(&mut self) {
+    fn build(&mut self) {
         let mut pts = Vec::new();
         for (idx, n) in self.nodes.iter().enumerate() {
             for i in 0..vnodes(n.capacity) {
@@ -64,6 +86,9 @@ impl Ring {
         }
         pts.sort_unstable();
         self.points = pts;
+        let all: HashSet<&str> = self.nodes.iter().map(|n| n.zone.as_str()).collect();
+        let up: HashSet<&str> = self.nodes.iter().filter(|n| n.up).map(|n| n.zone.as_str()).collect();
+        self.zones = (all.len(), up.len());
     }
 
     pub fn node(&self, id: u64) -> Option<&RingNode> {
@@ -86,15 +111,9 @@ impl Ring {
     }
 
     fn walk(&self, pos: u64, n: usize, up_only: bool) -> Vec<&RingNode> {
-        if self.points.is_empty() && !self.nodes.is_empty() {
-            // A ring that came off the wire without its table.
-            let mut r = self.clone();
-            r.build();
-            return r.walk(pos, n, up_only).into_iter().map(|x| self.node(x.id).unwrap()).collect();
-        }
         let eligible = |i: usize| !up_only || self.nodes[i].up;
         let want = n.min((0..self.nodes.len()).filter(|&i| eligible(i)).count());
-        let zones: HashSet<&str> = (0..self.nodes.len()).filter(|&i| eligible(i)).map(|i| self.nodes[i].zone.as_str()).collect();
+        let zones = if up_only { self.zones.1 } else { self.zones.0 };
         let start = self.points.partition_point(|&(p, _)| p < pos);
         let mut chosen: Vec<usize> = Vec::with_capacity(want);
         let mut used_zones: HashSet<&str> = HashSet::new();
@@ -109,7 +128,7 @@ impl Ring {
                     continue;
                 }
                 let zone = self.nodes[idx].zone.as_str();
-                if pass == 0 && used_zones.contains(zone) && used_zones.len() < zones.len() {
+                if pass == 0 && used_zones.contains(zone) && used_zones.len() < zones {
                     continue;
                 }
                 used_zones.insert(zone);
@@ -123,6 +142,7 @@ impl Ring {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn ring(n: u64, zones: u64) -> Ring {
         Ring::new(
@@ -184,6 +204,44 @@ mod tests {
         assert!(targets.contains(&owners[1]) && targets.contains(&owners[2]));
         assert_eq!(r.owners(&b, 3).iter().map(|n| n.id).collect::<Vec<_>>(), owners, "down servers keep their place");
         assert_eq!(r.clockwise(&b).len(), 5);
+    }
+
+    /// The placement table of docs/placement.md: load spread and data moved on a join or a
+    /// leave, on simulated clusters (equal capacities, one zone per server, 3 replicas).
+    #[test]
+    fn placement_table() {
+        println!("| servers | blocks | copies per server max/mean | moved on join (x ideal) | moved on leave (x ideal) |");
+        println!("|---|---|---|---|---|");
+        for (n, blocks) in [(10u64, 50_000u64), (100, 100_000), (1000, 200_000)] {
+            let r = ring(n, n);
+            let mut per: HashMap<u64, u64> = HashMap::new();
+            let placed: Vec<Vec<u64>> = (0..blocks)
+                .map(|i| {
+                    let o: Vec<u64> = r.owners(&block(i), 3).iter().map(|x| x.id).collect();
+                    for id in &o {
+                        *per.entry(*id).or_default() += 1;
+                    }
+                    o
+                })
+                .collect();
+            let mean = (blocks * 3) as f64 / n as f64;
+            let max = *per.values().max().unwrap() as f64;
+            // Copies that must move: owners in the new ring that did not hold the block before.
+            let moved = |other: &Ring| -> u64 {
+                (0..blocks)
+                    .map(|i| other.owners(&block(i), 3).iter().filter(|x| !placed[i as usize].contains(&x.id)).count() as u64)
+                    .sum()
+            };
+            let joined = ring(n + 1, n + 1);
+            let join = moved(&joined) as f64 / ((blocks * 3) as f64 / (n + 1) as f64);
+            let mut left = r.clone();
+            left.nodes.retain(|x| x.id != 1);
+            let left = Ring::new(2, 3, left.nodes);
+            let leave = moved(&left) as f64 / ((blocks * 3) as f64 / n as f64);
+            println!("| {n} | {blocks} | {:.2} | {join:.2} | {leave:.2} |", max / mean);
+            assert!(max / mean < 1.6, "load spread {:.2} at {n} servers", max / mean);
+            assert!(join < 1.3 && leave < 1.3, "movement {join:.2}/{leave:.2} x ideal at {n} servers");
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
+pub mod cluster;
+
 // ---------------------------------------------------------------------------------------------
 // Binaries, ports, mounts, small utilities
 // ---------------------------------------------------------------------------------------------
