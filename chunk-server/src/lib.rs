@@ -1,7 +1,9 @@
 //! Tessera chunk server: stores content-addressed blocks and serves put/get/has/delete over
 //! QUIC; registers with the metadata server and sends heartbeats.
 
+pub mod peers;
 pub mod repair;
+pub mod scrub;
 pub mod store;
 
 use anyhow::{bail, Context};
@@ -36,6 +38,10 @@ pub struct ChunkConfig {
     pub repair_rate: f64,
     /// Time between repair scans.
     pub scan_interval: Duration,
+    /// Scrub traffic limit, MB/s.
+    pub scrub_rate: f64,
+    /// Time between background scrub passes.
+    pub scrub_interval: Duration,
 }
 
 impl From<ChunkError> for WireError {
@@ -52,6 +58,15 @@ impl From<ChunkError> for WireError {
 struct ChunkService {
     store: Arc<BlockStore>,
     node_id: u64,
+    scrubber: Arc<scrub::Scrubber>,
+}
+
+fn admin_only(peer: &Identity, what: &str) -> Result<(), WireError> {
+    if matches!(peer.role, Role::Meta | Role::Admin) {
+        Ok(())
+    } else {
+        Err(WireError::new(ErrorCode::PermissionDenied, format!("role {} may not {what}", peer.role)))
+    }
 }
 
 impl Service for ChunkService {
@@ -64,20 +79,32 @@ impl Service for ChunkService {
             ChunkRequest::Put { id } => blocking(move || store.put(&id, &payload).map(|_| (ChunkResponse::Stored, vec![]))).await,
             ChunkRequest::Get { id } => blocking(move || store.get(&id).map(|d| (ChunkResponse::Block, d))).await,
             ChunkRequest::Has { ids } => Ok((ChunkResponse::Has(ids.iter().map(|i| store.has(i)).collect()), vec![])),
-            ChunkRequest::Delete { ids } => {
-                if !matches!(peer.role, Role::Meta | Role::Admin) {
-                    Err(WireError::new(ErrorCode::PermissionDenied, format!("role {} may not delete blocks", peer.role)))
-                } else {
+            ChunkRequest::Delete { ids, min_idle_secs } => match admin_only(&peer, "delete blocks") {
+                Err(e) => Err(e),
+                Ok(()) => {
                     blocking(move || {
                         let mut count = 0;
                         for id in &ids {
-                            count += store.delete(id)? as u64;
+                            count += store.delete_if_idle(id, min_idle_secs)? as u64;
                         }
                         Ok((ChunkResponse::Deleted { count }, vec![]))
                     })
                     .await
                 }
-            }
+            },
+            ChunkRequest::List { after, limit } => match admin_only(&peer, "list blocks") {
+                Err(e) => Err(e),
+                Ok(()) => blocking(move || store.list(after, limit.clamp(1, 65536) as usize).map(|l| (ChunkResponse::List(l), vec![]))).await,
+            },
+            ChunkRequest::Scrub { wait } => match admin_only(&peer, "start a scrub") {
+                Err(e) => Err(e),
+                Ok(()) if wait => Ok((ChunkResponse::Scrubbed(self.scrubber.pass().await), vec![])),
+                Ok(()) => {
+                    let s = self.scrubber.clone();
+                    tokio::spawn(async move { s.pass().await });
+                    Ok((ChunkResponse::Scrubbed(Default::default()), vec![]))
+                }
+            },
             ChunkRequest::Stat => Ok((ChunkResponse::Stat { node_id: self.node_id, blocks: store.count(), used: store.used() }, vec![])),
         };
         res.unwrap_or_else(|e| (ChunkResponse::Error(e), vec![]))
@@ -137,18 +164,33 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
     let meta = Arc::new(MetaLink::new(ep.clone(), &cfg.meta, Duration::from_secs(10)));
     info!(node_id, %addr, blocks = store.count(), "chunk server listening");
 
-    let svc = Arc::new(ChunkService { store: store.clone(), node_id });
     let (ring_tx, ring_rx) = watch::channel(Arc::new(Ring::default()));
     let pending = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let peer_ep = ep.clone();
-    let peers: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<net::RpcClient>>>> = Default::default();
+    let peers = peers::Peers::new(ep.clone());
+    let scrubber = Arc::new(scrub::Scrubber {
+        store: store.clone(),
+        me: node_id,
+        ring: ring_rx.clone(),
+        peers: peers.clone(),
+        rate: repair::RateLimiter::new(cfg.scrub_rate),
+        running: Default::default(),
+    });
+    let svc = Arc::new(ChunkService { store: store.clone(), node_id, scrubber: scrubber.clone() });
+    let scrub_every = cfg.scrub_interval;
+    let mut scrub_stop = shutdown.clone();
+    let scrub_task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(scrub_every) => { scrubber.pass().await; }
+                _ = scrub_stop.changed() => return,
+            }
+        }
+    });
     let repairer = repair::Repairer {
         store: store.clone(),
         me: node_id,
         ring: ring_rx,
-        peers: Arc::new(move |addr: &str| {
-            peers.lock().unwrap().entry(addr.to_string()).or_insert_with(|| Arc::new(net::RpcClient::new(peer_ep.clone(), addr, 1, Duration::from_secs(30)))).clone()
-        }),
+        peers,
         rate: repair::RateLimiter::new(cfg.repair_rate),
         interval: cfg.scan_interval,
         pending: pending.clone(),
@@ -161,6 +203,7 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
         net::serve(ep, svc, shutdown).await;
         hb.abort();
         rep.abort();
+        scrub_task.abort();
     });
     Ok(ChunkServer { addr, node_id, task })
 }

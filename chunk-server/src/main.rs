@@ -29,6 +29,12 @@ struct Args {
     /// Seconds between repair scans.
     #[arg(long, default_value_t = 10)]
     scan_interval: u64,
+    /// Scrub (re-hash) traffic limit in MB/s.
+    #[arg(long, default_value_t = 50.0)]
+    scrub_rate: f64,
+    /// Hours between background scrub passes.
+    #[arg(long, default_value_t = 24.0)]
+    scrub_interval_hours: f64,
     /// Address other nodes reach this server at (default: the listen address).
     #[arg(long)]
     advertise: Option<String>,
@@ -45,9 +51,9 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let cfg = ChunkConfig { data_dir: a.data_dir, listen: a.listen, advertise: a.advertise, meta, certs: a.certs, zone: a.zone, capacity: a.capacity, heartbeat: Duration::from_secs(1), repair_rate: a.repair_rate, scan_interval: Duration::from_secs(a.scan_interval.max(1)) };
-    if !(cfg.repair_rate > 0.0) {
-        eprintln!("tessera-chunk: --repair-rate must be a positive number of MB/s");
+    let cfg = ChunkConfig { data_dir: a.data_dir, listen: a.listen, advertise: a.advertise, meta, certs: a.certs, zone: a.zone, capacity: a.capacity, heartbeat: Duration::from_secs(1), repair_rate: a.repair_rate, scan_interval: Duration::from_secs(a.scan_interval.max(1)), scrub_rate: a.scrub_rate, scrub_interval: Duration::from_secs_f64((a.scrub_interval_hours * 3600.0).max(1.0)) };
+    if !(cfg.repair_rate > 0.0 && cfg.scrub_rate > 0.0 && a.scrub_interval_hours > 0.0) {
+        eprintln!("tessera-chunk: --repair-rate, --scrub-rate and --scrub-interval-hours must be positive numbers");
         std::process::exit(2);
     }
     let (tx, rx) = tokio::sync::watch::channel(false);

@@ -6,12 +6,12 @@
 //! drains a server that leaves, and cleans up copies written elsewhere while an owner was down.
 //! Only verified bytes are sent: a corrupt local copy is quarantined by the read instead.
 
+use crate::peers::Peers;
 use crate::store::BlockStore;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tessera_common::net::RpcClient;
 use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
 use tessera_common::ring::Ring;
 use tessera_common::BlockId;
@@ -49,7 +49,7 @@ pub struct Repairer {
     pub store: Arc<BlockStore>,
     pub me: u64,
     pub ring: watch::Receiver<Arc<Ring>>,
-    pub peers: Arc<dyn Fn(&str) -> Arc<RpcClient> + Send + Sync>,
+    pub peers: Peers,
     pub rate: RateLimiter,
     pub interval: Duration,
     /// Copies found missing in the last scan and not yet sent.
@@ -97,7 +97,7 @@ impl Repairer {
         let mut reachable: HashSet<u64> = HashSet::new();
         for (node, list) in &ask {
             let Some(info) = ring.node(*node) else { continue };
-            let c = (self.peers)(&info.addr);
+            let c = self.peers.get(&info.addr);
             let mut ok = true;
             for chunk in list.chunks(4096) {
                 match c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: chunk.to_vec() }, &[]).await {
@@ -130,7 +130,7 @@ impl Repairer {
                 }
             };
             self.rate.take(data.len()).await;
-            let c = (self.peers)(&info.addr);
+            let c = self.peers.get(&info.addr);
             match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id }, &data).await {
                 Ok((ChunkResponse::Stored, _)) => {
                     has.insert((node, id));

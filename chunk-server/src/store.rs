@@ -28,6 +28,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ChunkError + '_ {
 
 pub struct BlockStore {
     root: PathBuf,
+    /// Orders "use" (has/put) against "delete if idle" so neither slips between the other's
+    /// check and action.
+    gc_lock: std::sync::Mutex<()>,
     blocks: AtomicU64,
     used: AtomicU64,
     tmp_seq: AtomicU64,
@@ -54,7 +57,7 @@ impl BlockStore {
         for e in fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
             let _ = fs::remove_file(e.path());
         }
-        let s = BlockStore { root: root.to_owned(), blocks: AtomicU64::new(0), used: AtomicU64::new(0), tmp_seq: AtomicU64::new(0) };
+        let s = BlockStore { root: root.to_owned(), gc_lock: Default::default(), blocks: AtomicU64::new(0), used: AtomicU64::new(0), tmp_seq: AtomicU64::new(0) };
         let (mut n, mut bytes) = (0, 0);
         s.for_each(|_, len| {
             n += 1;
@@ -82,8 +85,43 @@ impl BlockStore {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Whether the block is stored; a hit counts as a use (see `delete_if_idle`).
     pub fn has(&self, id: &BlockId) -> bool {
-        self.path(id).exists()
+        let _g = self.gc_lock.lock().unwrap();
+        self.touch(&self.path(id))
+    }
+
+    /// Refresh the last-use time (the file's mtime). False if the file is missing.
+    fn touch(&self, p: &Path) -> bool {
+        File::options().write(true).open(p).and_then(|f| f.set_modified(std::time::SystemTime::now())).is_ok()
+    }
+
+    /// Seconds since the block was last put or found.
+    pub fn idle_secs(&self, id: &BlockId) -> Option<u64> {
+        let m = fs::metadata(self.path(id)).ok()?.modified().ok()?;
+        Some(m.elapsed().map(|d| d.as_secs()).unwrap_or(0))
+    }
+
+    /// Delete the block if it has not been used for `min_idle` seconds.
+    pub fn delete_if_idle(&self, id: &BlockId, min_idle: u64) -> Result<bool, ChunkError> {
+        let _g = self.gc_lock.lock().unwrap();
+        match self.idle_secs(id) {
+            Some(idle) if idle >= min_idle => self.delete(id),
+            _ => Ok(false),
+        }
+    }
+
+    /// Stored blocks in id order after `after`, with seconds since last use.
+    pub fn list(&self, after: Option<BlockId>, limit: usize) -> Result<Vec<(BlockId, u64)>, ChunkError> {
+        let mut ids = Vec::new();
+        self.for_each(|id, _| {
+            if after.is_none_or(|a| id > a) {
+                ids.push(id)
+            }
+        })?;
+        ids.sort_unstable();
+        ids.truncate(limit);
+        Ok(ids.into_iter().map(|id| (id, self.idle_secs(&id).unwrap_or(0))).collect())
     }
 
     /// Store `data` as block `id`. Returns true when the block was new.
@@ -92,8 +130,11 @@ impl BlockStore {
             return Err(ChunkError::BadHash(*id));
         }
         let dest = self.path(id);
-        if dest.exists() {
-            return Ok(false);
+        {
+            let _g = self.gc_lock.lock().unwrap();
+            if self.touch(&dest) {
+                return Ok(false);
+            }
         }
         let dir = dest.parent().unwrap();
         fs::create_dir_all(dir).map_err(io(dir))?;
@@ -195,6 +236,11 @@ mod tests {
         s.put(&id, &data).unwrap();
         let reopened = BlockStore::open(d.path()).unwrap();
         assert_eq!(reopened.count(), 1);
+        // Just used: not idle for an hour, so not collected.
+        assert!(!reopened.delete_if_idle(&id, 3600).unwrap());
+        assert!(reopened.has(&id));
+        assert_eq!(reopened.list(None, 10).unwrap().len(), 1);
+        assert!(reopened.list(Some(id), 10).unwrap().is_empty());
         assert!(reopened.delete(&id).unwrap());
         assert!(matches!(reopened.get(&id), Err(ChunkError::NotFound(_))));
     }

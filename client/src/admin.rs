@@ -71,6 +71,38 @@ impl Admin {
         }
     }
 
+    pub async fn gc(&self, wait: bool) -> anyhow::Result<tessera_common::proto::meta::GcReport> {
+        match self.call(MetaRequest::Gc { wait }).await? {
+            MetaResponse::Gc(r) => Ok(r),
+            r => bail!("unexpected reply {r:?}"),
+        }
+    }
+
+    /// Scrub every server that is up, in parallel; the sum of their reports.
+    pub async fn scrub(&self, wait: bool) -> anyhow::Result<tessera_common::proto::chunk::ScrubReport> {
+        let status = self.cluster_status().await?;
+        let calls = status.nodes.iter().filter(|n| n.state == "up").map(|n| {
+            let c = RpcClient::new(self.ep.clone(), &n.addr, 1, Duration::from_secs(24 * 3600));
+            async move {
+                match c.call::<_, ChunkResponse>(&ChunkRequest::Scrub { wait }, &[]).await {
+                    Ok((ChunkResponse::Scrubbed(r), _)) => Ok(r),
+                    Ok((ChunkResponse::Error(e), _)) => bail!("{}: {}", c.addr(), e.message),
+                    Ok((r, _)) => bail!("{}: unexpected reply {r:?}", c.addr()),
+                    Err(e) => Err(anyhow::Error::new(e)),
+                }
+            }
+        });
+        let mut total = tessera_common::proto::chunk::ScrubReport::default();
+        for r in futures::future::join_all(calls).await {
+            let r = r?;
+            total.checked += r.checked;
+            total.corrupt += r.corrupt;
+            total.repaired += r.repaired;
+            total.bytes += r.bytes;
+        }
+        Ok(total)
+    }
+
     pub async fn node(&self, node_id: u64, action: tessera_common::proto::meta::NodeAction) -> anyhow::Result<()> {
         match self.call(MetaRequest::NodeAdmin { node_id, action }).await? {
             MetaResponse::Done => Ok(()),

@@ -97,7 +97,9 @@ impl Blocks {
     }
 
     /// Store `data` (whose id is `id`) on the first N servers of the ring that are up, in
-    /// parallel; at least the write quorum of them must accept.
+    /// parallel; at least the write quorum of them must accept. A server that already holds the
+    /// block is not sent it again (dedup); its "has" also protects the block from garbage
+    /// collection until we commit.
     pub async fn put(&self, id: BlockId, data: Arc<Vec<u8>>) -> FsResult<()> {
         let ring = self.ring();
         let owners: Vec<String> = ring.targets(&id, self.replicas).iter().map(|n| n.addr.clone()).collect();
@@ -108,6 +110,11 @@ impl Blocks {
             let c = self.client(addr);
             let data = data.clone();
             async move {
+                if let Ok((ChunkResponse::Has(h), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: vec![id] }, &[]).await {
+                    if h.first() == Some(&true) {
+                        return Ok(());
+                    }
+                }
                 match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id }, &data).await {
                     Ok((ChunkResponse::Stored, _)) => Ok(()),
                     Ok((ChunkResponse::Error(e), _)) => Err(FsError::Io(format!("{}: {e}", c.addr()))),

@@ -16,6 +16,8 @@ pub struct DevOptions {
     pub data_dir: Option<PathBuf>,
     pub chunk_servers: usize,
     pub replicas: u32,
+    /// Seconds before an unreferenced block is collected.
+    pub gc_grace: u64,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -62,6 +64,8 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
             block_size: tessera_common::DEFAULT_BLOCK_SIZE,
             down_after: Duration::from_secs(5),
             out_after: Duration::from_secs(600),
+            gc_grace: Duration::from_secs(o.gc_grace),
+            gc_interval: Duration::from_secs(o.gc_grace.clamp(1, 600)),
         },
         stop_rx.clone(),
     )
@@ -82,6 +86,8 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
                 heartbeat: Duration::from_secs(1),
                 repair_rate: 100.0,
                 scan_interval: Duration::from_secs(10),
+                scrub_rate: 50.0,
+                scrub_interval: Duration::from_secs(24 * 3600),
             },
             stop_rx.clone(),
         )

@@ -37,6 +37,8 @@ struct FileState {
     /// Uploaded blocks not yet committed to the metadata server.
     pending: BTreeMap<u64, BlockRef>,
     size_dirty: bool,
+    /// The size the metadata server has (as of our last commit or load).
+    committed_size: u64,
     /// A background upload failed: reported by the next write, flush or fsync.
     error: Option<FsError>,
     last_read_end: u64,
@@ -176,6 +178,7 @@ impl Fs {
             }
         }
         st.size = size;
+        st.committed_size = size;
         f.size_hint.store(size, Ordering::Relaxed);
         Ok(a)
     }
@@ -198,6 +201,7 @@ impl Fs {
                 match self.meta.block_map(ino).await {
                     Ok((size, map)) => {
                         st.size = size;
+                        st.committed_size = size;
                         st.map = map.into_iter().collect();
                         st.loaded = true;
                         f.size_hint.store(size, Ordering::Relaxed);
@@ -260,11 +264,34 @@ impl Fs {
         if let Some(e) = st.error.take() {
             return Err(e);
         }
-        self.commit(f, st).await
+        let size = st.size;
+        self.commit(f, st, size).await?;
+        st.size_dirty = false;
+        Ok(())
     }
 
-    async fn commit(&self, f: &OpenFile, st: &mut FileState) -> FsResult<()> {
-        if st.pending.is_empty() && !st.size_dirty {
+    /// Commit uploaded blocks of files nobody is flushing, so that a block is referenced soon
+    /// after its upload (garbage collection spares unreferenced blocks only for a grace period).
+    /// The size committed covers the blocks known so far, not bytes still in the buffer.
+    pub async fn commit_idle(&self) {
+        let open: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
+        for f in open {
+            let Ok(mut st) = f.st.try_lock() else { continue };
+            reap(&mut st, false).await;
+            if st.pending.is_empty() {
+                continue;
+            }
+            let bs = self.bs;
+            let extent = st.map.iter().next_back().map(|(i, b)| i * bs + b.len as u64).unwrap_or(0);
+            let size = st.size.min(st.committed_size.max(extent));
+            if let Err(e) = self.commit(&f, &mut st, size).await {
+                tracing::warn!(ino = f.ino, "background commit failed: {e}");
+            }
+        }
+    }
+
+    async fn commit(&self, f: &OpenFile, st: &mut FileState, size: u64) -> FsResult<()> {
+        if st.pending.is_empty() && size == st.committed_size && !st.size_dirty {
             return Ok(());
         }
         let entries: Vec<(u64, BlockRef)> = st.pending.iter().map(|(k, v)| (*k, *v)).collect();
@@ -273,12 +300,12 @@ impl Fs {
             chunks.push(vec![]);
         }
         for c in chunks {
-            self.meta.mutate_attr(Mutation::CommitBlocks { ino: f.ino, blocks: c.clone(), size: st.size }).await?;
+            self.meta.mutate_attr(Mutation::CommitBlocks { ino: f.ino, blocks: c.clone(), size }).await?;
             for (i, _) in c {
                 st.pending.remove(&i);
             }
+            st.committed_size = size;
         }
-        st.size_dirty = false;
         Ok(())
     }
 
@@ -341,7 +368,8 @@ impl Fs {
         }
         reap(&mut st, false).await;
         if st.pending.len() >= COMMIT_BATCH {
-            self.commit(&f, &mut st).await?;
+            let size = st.size;
+            self.commit(&f, &mut st, size).await?;
         }
         Ok(data.len() as u32)
     }

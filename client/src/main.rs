@@ -43,6 +43,9 @@ enum Cmd {
         chunk_servers: usize,
         #[arg(long, default_value_t = 3)]
         replicas: u32,
+        /// Seconds an unreferenced block stays before garbage collection deletes it.
+        #[arg(long, default_value_t = 3600)]
+        gc_grace: u64,
     },
     /// Show the cluster: servers, capacity, blocks, replication health.
     Status {
@@ -51,6 +54,31 @@ enum Cmd {
         /// Certificate bundle with role admin.
         #[arg(long, env = "TESSERA_CERTS")]
         certs: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a garbage-collection pass now: delete blocks no file references, once unused for the
+    /// grace period.
+    Gc {
+        #[arg(long, env = "TESSERA_META")]
+        meta: String,
+        #[arg(long, env = "TESSERA_CERTS")]
+        certs: PathBuf,
+        /// Wait for the pass to finish and print what it deleted.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every stored block on every server now; corrupt copies are replaced.
+    Scrub {
+        #[arg(long, env = "TESSERA_META")]
+        meta: String,
+        #[arg(long, env = "TESSERA_CERTS")]
+        certs: PathBuf,
+        /// Wait for the passes to finish and print blocks checked, corrupt and repaired.
+        #[arg(long)]
+        wait: bool,
         #[arg(long)]
         json: bool,
     },
@@ -143,6 +171,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let certs = NodeCerts::load(&certs)?;
             runtime()?.block_on(async { admin::Admin::connect(&certs, &meta)?.status(json).await })
         }
+        Cmd::Gc { meta, certs, wait, json } => {
+            let meta = meta_list(&meta)?;
+            let certs = NodeCerts::load(&certs)?;
+            let r = runtime()?.block_on(async { admin::Admin::connect(&certs, &meta)?.gc(wait).await })?;
+            if json {
+                println!("{}", serde_json::json!({ "scanned": r.scanned, "deleted": r.deleted, "unreachable": r.unreachable }));
+            } else if wait {
+                println!("gc: {} copies scanned, {} deleted, {} servers unreachable", r.scanned, r.deleted, r.unreachable);
+            } else {
+                println!("gc: pass started");
+            }
+            Ok(())
+        }
+        Cmd::Scrub { meta, certs, wait, json } => {
+            let meta = meta_list(&meta)?;
+            let certs = NodeCerts::load(&certs)?;
+            let r = runtime()?.block_on(async { admin::Admin::connect(&certs, &meta)?.scrub(wait).await })?;
+            if json {
+                println!("{}", serde_json::json!({ "checked": r.checked, "corrupt": r.corrupt, "repaired": r.repaired, "bytes": r.bytes }));
+            } else if wait {
+                println!("scrub: {} blocks checked ({}), {} corrupt, {} repaired", r.checked, admin::human(r.bytes), r.corrupt, r.repaired);
+            } else {
+                println!("scrub: started on every server that is up");
+            }
+            Ok(())
+        }
         Cmd::Node { cmd } => {
             let (id, meta, certs, action) = match cmd {
                 NodeCmd::Remove { id, meta, certs } => (id, meta, certs, NodeAction::Remove),
@@ -155,8 +209,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("server {node_id:016x}: {}", if action == NodeAction::Remove { "removed from the ring" } else { "draining" });
             Ok(())
         }
-        Cmd::Dev { mountpoint, data_dir, chunk_servers, replicas } => {
-            runtime()?.block_on(dev::run(dev::DevOptions { mountpoint, data_dir, chunk_servers, replicas }))
+        Cmd::Dev { mountpoint, data_dir, chunk_servers, replicas, gc_grace } => {
+            runtime()?.block_on(dev::run(dev::DevOptions { mountpoint, data_dir, chunk_servers, replicas, gc_grace }))
         }
         Cmd::Mount { meta, certs, mountpoint, options, foreground } => {
             let meta = meta_list(&meta)?;

@@ -46,6 +46,16 @@ pub async fn connect(certs: &NodeCerts, meta: &[String]) -> anyhow::Result<Arc<F
             }
         }
     });
+    let weak = Arc::downgrade(&fs);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match weak.upgrade() {
+                Some(fs) => fs.commit_idle().await,
+                None => return,
+            }
+        }
+    });
     Ok(fs)
 }
 

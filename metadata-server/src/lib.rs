@@ -1,6 +1,7 @@
 //! Tessera metadata server: the namespace in RocksDB, client sessions, chunk-server membership
 //! and the ring, served over QUIC.
 
+pub mod gc;
 pub mod membership;
 pub mod namespace;
 pub mod store;
@@ -30,6 +31,10 @@ pub struct MetaConfig {
     pub block_size: u32,
     pub down_after: Duration,
     pub out_after: Duration,
+    /// Unreferenced blocks are deleted once unused for this long.
+    pub gc_grace: Duration,
+    /// Time between garbage-collection passes.
+    pub gc_interval: Duration,
 }
 
 impl MetaConfig {
@@ -52,6 +57,7 @@ struct MetaService {
     members: Arc<Membership>,
     replicas: u32,
     write_quorum: u32,
+    gc: Arc<gc::Gc>,
 }
 
 fn denied(role: Role, what: &str) -> MetaResponse {
@@ -101,6 +107,7 @@ impl MetaService {
                 Role::Admin | Role::Meta => r(ns.list_blocks(after, limit).map(MetaResponse::BlockList)),
                 role => denied(role, "list blocks"),
             },
+            MetaRequest::Gc { .. } => unreachable!("answered in handle"),
         }
     }
 
@@ -136,6 +143,17 @@ impl Service for MetaService {
     type Resp = MetaResponse;
 
     async fn handle(self: Arc<Self>, peer: Arc<Identity>, req: MetaRequest, _payload: Vec<u8>) -> (MetaResponse, Vec<u8>) {
+        if let MetaRequest::Gc { wait } = req {
+            if peer.role != Role::Admin {
+                return (denied(peer.role, "start garbage collection"), vec![]);
+            }
+            let gc = self.gc.clone();
+            if wait {
+                return (MetaResponse::Gc(gc.pass().await), vec![]);
+            }
+            tokio::spawn(async move { gc.pass().await });
+            return (MetaResponse::Gc(Default::default()), vec![]);
+        }
         // RocksDB reads and WAL syncs block: keep them off the async threads.
         let resp = tokio::task::spawn_blocking(move || self.answer(&peer, req))
             .await
@@ -164,7 +182,17 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     let ep = net::server_endpoint(&certs, cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = ep.local_addr()?;
     info!(%addr, block_size = ns.params.block_size, replicas = cfg.replicas, "metadata server listening");
-    let svc = Arc::new(MetaService { ns, members: members.clone(), replicas: cfg.replicas, write_quorum: cfg.write_quorum.unwrap_or(cfg.replicas) });
+    let gc = Arc::new(gc::Gc::new(ns.clone(), members.clone(), ep.clone(), cfg.gc_grace));
+    let svc = Arc::new(MetaService { ns, members: members.clone(), replicas: cfg.replicas, write_quorum: cfg.write_quorum.unwrap_or(cfg.replicas), gc: gc.clone() });
+    let (gc_every, mut gc_stop) = (cfg.gc_interval, shutdown.clone());
+    let gc_task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(gc_every) => { gc.pass().await; }
+                _ = gc_stop.changed() => return,
+            }
+        }
+    });
     let mut sd = shutdown.clone();
     let ticker = tokio::spawn(async move {
         loop {
@@ -179,6 +207,7 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     let task = tokio::spawn(async move {
         net::serve(ep, svc, shutdown).await;
         ticker.abort();
+        gc_task.abort();
     });
     Ok(MetaServer { addr, task })
 }

@@ -29,6 +29,12 @@ struct Args {
     /// Seconds without a heartbeat before a chunk server is `out` and leaves the ring.
     #[arg(long, default_value_t = 600)]
     out_after: u64,
+    /// Seconds an unreferenced block stays unused before garbage collection deletes it.
+    #[arg(long, default_value_t = 3600)]
+    gc_grace: u64,
+    /// Seconds between garbage-collection passes.
+    #[arg(long, default_value_t = 600)]
+    gc_interval: u64,
 }
 
 #[tokio::main]
@@ -44,6 +50,8 @@ async fn main() {
         block_size: a.block_size,
         down_after: Duration::from_secs(a.down_after),
         out_after: Duration::from_secs(a.out_after),
+        gc_grace: Duration::from_secs(a.gc_grace),
+        gc_interval: Duration::from_secs(a.gc_interval.max(1)),
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = match tessera_meta::start(cfg, rx).await {

@@ -437,6 +437,10 @@ impl Namespace {
         Ok(self.store.get(Cf::Cluster, KEY_STATS)?.map(|v| dec(&v)).transpose()?.unwrap_or_default())
     }
 
+    pub fn is_referenced(&self, id: &BlockId) -> Result<bool, WireError> {
+        Ok(self.store.get(Cf::Refcounts, &id.0)?.is_some())
+    }
+
     /// Referenced blocks with their reference counts, in id order, after `after`.
     pub fn list_blocks(&self, after: Option<BlockId>, limit: u32) -> Result<Vec<(BlockId, u64)>, WireError> {
         let start = match after {

@@ -102,7 +102,9 @@ pub fn block_ids_of(data: &[u8]) -> Vec<String> {
 
 /// Serialises the clusters of this file across nextest's test processes: each cluster is a
 /// dozen processes on a 2-core machine, and the failure timeouts are tight.
-struct RunLock(File);
+struct RunLock {
+    _file: File,
+}
 
 impl RunLock {
     fn take() -> Self {
@@ -116,7 +118,7 @@ impl RunLock {
         if t.elapsed() > Duration::from_secs(1) {
             eprintln!("waited {:?} for another cluster test to finish", t.elapsed());
         }
-        RunLock(f)
+        RunLock { _file: f }
     }
 }
 
@@ -313,6 +315,7 @@ impl Cluster {
 
     /// `tessera status --json` with the admin bundle; `Err` with the reason when it fails.
     pub fn try_status(&self) -> Result<serde_json::Value, String> {
+        let t = Instant::now();
         let out = run_timeout(
             Command::new(bin("tessera"))
                 .args(["status", "--json", "--meta", &self.meta_addr, "--certs"])
@@ -321,6 +324,9 @@ impl Cluster {
                 .env_remove("TESSERA_CERTS"),
             Duration::from_secs(90),
         );
+        if t.elapsed() > Duration::from_secs(3) {
+            eprintln!("{} note: tessera status took {:?}", self.t(), t.elapsed());
+        }
         if !out.status.success() {
             return Err(format!("tessera status failed with {}: {}", out.status, String::from_utf8_lossy(&out.stderr)));
         }
@@ -349,6 +355,21 @@ impl Cluster {
         let ok = self.wait_until(timeout, |c| c.try_status().is_ok_and(|s| c.node_state(&s, i).as_deref() == Some(state)));
         assert!(ok, "chunk{i} is not `{state}` {timeout:?} after asking; last status: {:?}", self.try_status());
         eprintln!("{} chunk{i} is {state} (waited {:?})", self.t(), t.elapsed());
+    }
+
+    /// Wait until `status` reports chunk server `i` as not `up` (`down` or `out`): status may
+    /// take longer than the down-to-out interval right after a server died.
+    pub fn wait_not_up(&self, i: usize, timeout: Duration) -> String {
+        let t = Instant::now();
+        let mut state = None;
+        let ok = self.wait_until(timeout, |c| {
+            state = c.try_status().ok().and_then(|s| c.node_state(&s, i));
+            matches!(state.as_deref(), Some("down" | "out"))
+        });
+        assert!(ok, "chunk{i} is still `{state:?}` {timeout:?} after it was killed");
+        let state = state.unwrap();
+        eprintln!("{} chunk{i} is {state} (waited {:?})", self.t(), t.elapsed());
+        state
     }
 
     /// Poll `cond` (every 500 ms) until it holds or `timeout` passes; returns whether it held.

@@ -251,13 +251,15 @@ impl DevCluster {
     /// Start with extra CLI flags (e.g. `["--chunk-servers", "1"]`).
     pub fn start_with(extra: &[&str]) -> Self {
         let root = tempfile::Builder::new().prefix("tessera-dev-").tempdir().expect("tempdir");
-        let mnt = root.path().join("mnt");
-        let data_dir = root.path().join("data");
+        // /proc/mounts shows canonical paths.
+        let base = root.path().canonicalize().unwrap();
+        let mnt = base.join("mnt");
+        let data_dir = base.join("data");
         std::fs::create_dir(&mnt).unwrap();
         let mut c = DevCluster {
             mnt,
             data_dir,
-            log: root.path().join("dev.log"),
+            log: base.join("dev.log"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             root,
@@ -269,7 +271,7 @@ impl DevCluster {
     /// The temporary directory holding everything of this cluster (for scratch files that must
     /// live outside the mount).
     pub fn root(&self) -> &Path {
-        self.root.path()
+        self.mnt.parent().unwrap()
     }
 
     /// `MOUNTPOINT/rel`.
@@ -331,6 +333,21 @@ impl DevCluster {
     /// Stop, then start again on the same data directory and mount point.
     pub fn restart(&mut self) {
         self.stop();
+        self.spawn();
+    }
+
+    /// Crash: SIGKILL the whole cluster (servers and client die together), then clear the dead
+    /// FUSE mount it leaves behind.
+    pub fn crash(&mut self) {
+        let mut child = self.child.take().expect("dev cluster is not running");
+        let _ = child.kill();
+        let _ = child.wait();
+        force_unmount(&self.mnt);
+        assert!(!is_mounted(&self.mnt), "cannot clear the mount of the killed cluster on {}", self.mnt.display());
+    }
+
+    /// Start again on the same data directory (after [`crash`](Self::crash)).
+    pub fn start_again(&mut self) {
         self.spawn();
     }
 
@@ -530,6 +547,8 @@ pub fn start_chunk(data_dir: &Path, port: u16, meta: &str, certs: &Path, log: &P
 /// Start `tessera mount --meta META --certs CERTS MOUNTPOINT --foreground` and wait (up to 60 s)
 /// until the mount point is a FUSE mount.
 pub fn start_mount(meta: &str, certs: &Path, mountpoint: &Path, log: &Path) -> Proc {
+    // /proc/mounts shows canonical paths.
+    let mountpoint = &mountpoint.canonicalize().unwrap_or_else(|e| panic!("mount point {}: {e}", mountpoint.display()));
     let mut p = Proc::spawn(
         "tessera mount",
         Command::new(bin("tessera"))
@@ -562,13 +581,16 @@ pub struct ManualCluster {
     pub meta_addr: String,
     pub meta: Proc,
     pub chunks: Vec<Proc>,
+    /// Canonical path of `root`.
+    base: PathBuf,
     root: TempDir,
 }
 
 impl ManualCluster {
     pub fn start(chunks: usize, replicas: u32) -> Self {
         let root = tempfile::Builder::new().prefix("tessera-manual-").tempdir().expect("tempdir");
-        let r = root.path();
+        let base = root.path().canonicalize().unwrap();
+        let r = base.as_path();
         let ca = r.join("ca");
         cert_init(&ca);
         cert_issue(&ca, &r.join("certs/meta"), "meta-1", "meta");
@@ -591,7 +613,7 @@ impl ManualCluster {
                 &["--zone", &format!("z{i}"), "--capacity", &cap],
             ));
         }
-        let c = ManualCluster { ca, admin: r.join("certs/admin"), client: r.join("certs/client"), meta_addr, meta, chunks: procs, root };
+        let c = ManualCluster { ca, admin: r.join("certs/admin"), client: r.join("certs/client"), meta_addr, meta, chunks: procs, base: base.clone(), root };
         let ready = wait_for(Duration::from_secs(30), || {
             let out = c.status_output(&c.admin);
             if !out.status.success() {
@@ -612,7 +634,7 @@ impl ManualCluster {
     }
 
     pub fn root(&self) -> &Path {
-        self.root.path()
+        &self.base
     }
 
     /// Panic (with its log) if the metadata server or a chunk server has exited.

@@ -81,7 +81,7 @@ fn mount_with_unreachable_metadata_server() {
     cert_init(&ca);
     let client = dir.path().join("client");
     cert_issue(&ca, &client, "client-1", "client");
-    let mnt = dir.path().join("mnt");
+    let mnt = dir.path().canonicalize().unwrap().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let _guard = UnmountOnDrop(mnt.clone());
 

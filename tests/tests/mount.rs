@@ -483,3 +483,151 @@ fn status_reports_nodes_and_bytes() {
     });
     assert!(stored.is_some(), "stored bytes never reached 8 MiB: {}", c.status_json());
 }
+
+#[test]
+fn partial_overwrites() {
+    let c = DevCluster::start();
+    let mut rng = seeded_rng();
+    let p = c.path("patched");
+    let size = 9 * MIB; // three 4 MiB blocks, the last one partial
+    let mut model = random_bytes(&mut rng, size);
+    fs::write(&p, &model).unwrap();
+
+    let f = OpenOptions::new().write(true).open(&p).unwrap();
+    let apply = |f: &File, model: &mut Vec<u8>, off: usize, len: usize, rng: &mut rand::rngs::SmallRng| {
+        let data = random_bytes(rng, len);
+        f.write_all_at(&data, off as u64).unwrap_or_else(|e| panic!("pwrite of {len} bytes at {off}: {}", errno(&e)));
+        if model.len() < off + len {
+            model.resize(off + len, 0);
+        }
+        model[off..off + len].copy_from_slice(&data);
+    };
+    // Chosen edges: the start, across the first block boundary, inside the second block, the
+    // last bytes, and a write that runs past the end of the file.
+    for (off, len) in [(0, 100), (4 * MIB - 50, 100), (5 * MIB + 7, 3000), (size - 10, 10), (size - 5, 20)] {
+        apply(&f, &mut model, off, len, &mut rng);
+    }
+    // Within one mount, a reader sees the writes at once (before any fsync).
+    let got = fs::read(&p).unwrap();
+    assert_eq!(got.len(), model.len(), "size seen by a reader before fsync");
+    assert!(got == model, "contents seen by a reader before fsync differ");
+    // Many small writes at random places.
+    for _ in 0..200 {
+        let off = rng.random_range(0..model.len());
+        let len = rng.random_range(1..=8 * KIB);
+        apply(&f, &mut model, off, len, &mut rng);
+    }
+    f.sync_all().unwrap();
+    drop(f);
+
+    let got = fs::read(&p).unwrap();
+    assert_eq!(got.len(), model.len(), "size after the overwrites");
+    assert!(got == model, "contents after the overwrites differ");
+    let _m2 = c.second_mount("mnt2");
+    let got = fs::read(c.root().join("mnt2/patched")).unwrap();
+    assert_eq!(got.len(), model.len(), "size seen by a second client");
+    assert!(got == model, "contents seen by a second client differ");
+}
+
+#[test]
+fn unlinked_open_file_stays_readable() {
+    let c = DevCluster::start();
+    let mut rng = seeded_rng();
+    let p = c.path("doomed");
+    let data = random_bytes(&mut rng, 6 * MIB);
+    fs::write(&p, &data).unwrap();
+    let f = File::open(&p).unwrap();
+    fs::remove_file(&p).unwrap();
+    assert_not_found(&p);
+    let mut got = vec![0u8; data.len()];
+    f.read_exact_at(&mut got, 0).unwrap_or_else(|e| panic!("reading an open file after unlink: {}", errno(&e)));
+    assert!(got == data, "an open file's contents changed after unlink");
+    // The name can be reused at once for a new file.
+    fs::write(&p, b"new file").unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"new file");
+    f.read_exact_at(&mut got[..4096], 0).unwrap();
+    assert!(got[..4096] == data[..4096], "the unlinked file now shows the new file's bytes");
+}
+
+#[test]
+fn close_to_open_between_two_mounts() {
+    let c = DevCluster::start();
+    let mut rng = seeded_rng();
+    let _m2 = c.second_mount("mnt2");
+    let other = c.root().join("mnt2");
+
+    // Look at the file in the second mount first, so that it has something cached.
+    let v1 = random_bytes(&mut rng, MIB);
+    fs::write(c.path("shared"), &v1).unwrap();
+    assert!(fs::read(other.join("shared")).unwrap() == v1, "a file written and closed in mount 1, opened in mount 2");
+
+    // Rewritten (longer) and closed in mount 1: mount 2 opens it again and sees all of it.
+    let v2 = random_bytes(&mut rng, 2 * MIB + 5);
+    fs::write(c.path("shared"), &v2).unwrap();
+    let got = fs::read(other.join("shared")).unwrap();
+    assert_eq!(got.len(), v2.len(), "size of a rewritten file in the other mount");
+    assert!(got == v2, "contents of a rewritten file in the other mount");
+
+    // Rewritten shorter.
+    let v3 = random_bytes(&mut rng, 1000);
+    fs::write(c.path("shared"), &v3).unwrap();
+    assert_eq!(fs::read(other.join("shared")).unwrap(), v3, "a shortened file in the other mount");
+
+    // The other direction: a partial overwrite in mount 2, read in mount 1.
+    {
+        let f = OpenOptions::new().write(true).open(other.join("shared")).unwrap();
+        f.write_all_at(b"PATCH", 100).unwrap();
+    }
+    let mut want = v3.clone();
+    want[100..105].copy_from_slice(b"PATCH");
+    assert_eq!(fs::read(c.path("shared")).unwrap(), want, "a patch made in mount 2, read in mount 1");
+
+    // A new directory and file made in mount 2 appear in mount 1.
+    fs::create_dir(other.join("d2")).unwrap();
+    fs::write(other.join("d2/f"), b"from mount 2").unwrap();
+    assert_eq!(fs::read(c.path("d2/f")).unwrap(), b"from mount 2");
+}
+
+#[test]
+fn fsynced_data_survives_sigkill() {
+    let mut c = DevCluster::start();
+    let mut rng = seeded_rng();
+    let big = write_random_file(&c.path("durable.bin"), 8, &mut rng);
+    fs::create_dir_all(c.path("d/e")).unwrap();
+    let small = random_bytes(&mut rng, 5000);
+    {
+        let mut f = File::create(c.path("d/e/small")).unwrap();
+        f.write_all(&small).unwrap();
+        f.sync_all().unwrap();
+    }
+    // Overwrite part of the big file and fsync: the new bytes must survive too.
+    let patch = random_bytes(&mut rng, 4096);
+    {
+        let f = OpenOptions::new().write(true).open(c.path("durable.bin")).unwrap();
+        f.write_all_at(&patch, 3 * MIB as u64).unwrap();
+        f.sync_all().unwrap();
+    }
+    let content = fs::read(c.path("durable.bin")).unwrap();
+    assert!(content[3 * MIB..3 * MIB + 4096] == patch[..], "the patch is not visible before the crash");
+    assert_ne!(blake3::hash(&content), big);
+    let want = blake3::hash(&content);
+
+    c.crash();
+    c.start_again();
+
+    assert_eq!(hash_file(&c.path("durable.bin")).unwrap(), want, "fsynced file after SIGKILL");
+    assert_eq!(fs::read(c.path("d/e/small")).unwrap(), small, "fsynced small file after SIGKILL");
+}
+
+#[test]
+fn dev_with_one_chunk_server_and_one_replica() {
+    let c = DevCluster::start_with(&["--chunk-servers", "1", "--replicas", "1"]);
+    let mut rng = seeded_rng();
+    let h = write_random_file(&c.path("f"), 5, &mut rng);
+    assert_eq!(hash_file(&c.path("f")).unwrap(), h);
+    let v = c.status_json();
+    let nodes = v["nodes"].as_array().unwrap_or_else(|| panic!("no nodes[] in status: {v}"));
+    assert_eq!(nodes.len(), 1, "--chunk-servers 1: {v}");
+    assert_eq!(nodes[0]["state"], "up", "{v}");
+    assert!(v["blocks"]["total"].as_u64().unwrap_or(0) >= 2, "5 MiB is two 4 MiB blocks: {v}");
+}

@@ -41,6 +41,8 @@ impl Server {
             block_size: tessera_common::DEFAULT_BLOCK_SIZE,
             down_after: Duration::from_secs(5),
             out_after: Duration::from_secs(600),
+            gc_grace: Duration::from_secs(3600),
+            gc_interval: Duration::from_secs(600),
         };
         let s = tessera_meta::start(cfg, rx).await.expect("starting the metadata server");
         Server { dir, addr: s.addr, shutdown, task: s.task }

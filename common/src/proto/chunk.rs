@@ -2,8 +2,13 @@
 //!
 //! `Put` carries the block bytes as the frame payload; the server recomputes BLAKE3 and refuses
 //! a mismatch with `BadHash`. A put of a block already stored is a no-op. `Get` answers with the
-//! bytes as payload; the client verifies them again. `Delete` is refused unless the peer's
-//! certificate has the `meta` or `admin` role.
+//! bytes as payload; the client verifies them again. `Delete`, `List` and `Scrub` are refused
+//! unless the peer's certificate has the `meta` or `admin` role.
+//!
+//! Garbage collection safety: a `Put` and a `Has` that finds the block both refresh the block's
+//! last-use time, and `Delete` removes a block only if it has not been used for `min_idle_secs`
+//! (checked and deleted atomically), so a block a client has just put or found by dedup, and is
+//! about to commit, is never collected under it.
 
 use crate::{BlockId, WireError};
 use serde::{Deserialize, Serialize};
@@ -16,8 +21,15 @@ pub enum ChunkRequest {
     Get { id: BlockId },
     /// Reply: `Has`, one flag per id.
     Has { ids: Vec<BlockId> },
-    /// Meta/admin only. Reply: `Deleted`.
-    Delete { ids: Vec<BlockId> },
+    /// Meta/admin only: delete blocks unused for at least `min_idle_secs`. Reply: `Deleted`.
+    Delete { ids: Vec<BlockId>, min_idle_secs: u64 },
+    /// Meta/admin only: stored blocks in id order after `after`, with seconds since last use.
+    /// Reply: `List`.
+    List { after: Option<BlockId>, limit: u32 },
+    /// Meta/admin only: re-hash every stored block now; corrupt copies are dropped and
+    /// re-fetched from another server. Reply: `Scrubbed`, when the pass is done if `wait`
+    /// (otherwise at once, with zero counts).
+    Scrub { wait: bool },
     /// Reply: `Stat`.
     Stat,
 }
@@ -29,5 +41,15 @@ pub enum ChunkResponse {
     Has(Vec<bool>),
     Deleted { count: u64 },
     Stat { node_id: u64, blocks: u64, used: u64 },
+    List(Vec<(BlockId, u64)>),
+    Scrubbed(ScrubReport),
     Error(WireError),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubReport {
+    pub checked: u64,
+    pub corrupt: u64,
+    pub repaired: u64,
+    pub bytes: u64,
 }

@@ -128,6 +128,20 @@ pub enum MetaRequest {
     /// Admin only: referenced blocks with their reference counts, in id order, after `after`.
     /// Reply: `BlockList`.
     ListBlocks { after: Option<BlockId>, limit: u32 },
+    /// Admin only: run a garbage-collection pass now; with `wait`, reply when it is done.
+    /// Reply: `Gc`.
+    Gc { wait: bool },
+}
+
+/// What a garbage-collection pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReport {
+    /// Copies looked at on all servers.
+    pub scanned: u64,
+    /// Unreferenced copies past the grace period that were deleted.
+    pub deleted: u64,
+    /// Servers that could not be asked.
+    pub unreachable: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +200,7 @@ pub enum MetaResponse {
     HeartbeatAck { ring_version: u64 },
     Status(ClusterStatus),
     BlockList(Vec<(BlockId, u64)>),
+    Gc(GcReport),
     Error(WireError),
     /// This server does not lead; retry at `leader` if known.
     NotLeader { leader: Option<String> },

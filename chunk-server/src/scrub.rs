@@ -1,0 +1,78 @@
+//! Scrubbing: re-hash every stored block (rate-limited); a corrupt copy is quarantined by the
+//! read and fetched again, verified, from another server.
+
+use crate::peers::Peers;
+use crate::repair::RateLimiter;
+use crate::store::{BlockStore, ChunkError};
+use std::sync::Arc;
+use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse, ScrubReport};
+use tessera_common::ring::Ring;
+use tessera_common::BlockId;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+pub struct Scrubber {
+    pub store: Arc<BlockStore>,
+    pub me: u64,
+    pub ring: watch::Receiver<Arc<Ring>>,
+    pub peers: Peers,
+    pub rate: RateLimiter,
+    /// One pass at a time.
+    pub running: tokio::sync::Mutex<()>,
+}
+
+impl Scrubber {
+    pub async fn pass(&self) -> ScrubReport {
+        let _one = self.running.lock().await;
+        let mut report = ScrubReport::default();
+        let store = self.store.clone();
+        let ids = match tokio::task::spawn_blocking(move || store.list(None, usize::MAX)).await {
+            Ok(Ok(v)) => v,
+            _ => return report,
+        };
+        for (id, _) in ids {
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.get(&id)).await {
+                Ok(Ok(data)) => {
+                    report.checked += 1;
+                    report.bytes += data.len() as u64;
+                    self.rate.take(data.len()).await;
+                }
+                Ok(Err(ChunkError::Corrupt(_))) => {
+                    report.checked += 1;
+                    report.corrupt += 1;
+                    error!(node = self.me, block = %id.short(), "scrub: corrupt copy found");
+                    if self.refetch(id).await {
+                        report.repaired += 1;
+                    }
+                }
+                Ok(Err(ChunkError::NotFound(_))) => {}
+                Ok(Err(e)) => warn!(block = %id.short(), "scrub: {e}"),
+                Err(e) => warn!("scrub: {e}"),
+            }
+        }
+        info!(checked = report.checked, corrupt = report.corrupt, repaired = report.repaired, "scrub pass done");
+        report
+    }
+
+    /// Fetch a good copy of `id` from another server and store it here.
+    pub async fn refetch(&self, id: BlockId) -> bool {
+        let ring = self.ring.borrow().clone();
+        for n in ring.clockwise(&id) {
+            if n.id == self.me || !n.up {
+                continue;
+            }
+            let c = self.peers.get(&n.addr);
+            if let Ok((ChunkResponse::Block, data)) = c.call::<_, ChunkResponse>(&ChunkRequest::Get { id }, &[]).await {
+                let store = self.store.clone();
+                // put() verifies the bytes against the id before storing them.
+                if let Ok(Ok(_)) = tokio::task::spawn_blocking(move || store.put(&id, &data)).await {
+                    info!(block = %id.short(), from = %n.addr, "scrub: corrupt copy replaced");
+                    return true;
+                }
+            }
+        }
+        warn!(block = %id.short(), "scrub: no good copy found elsewhere");
+        false
+    }
+}

@@ -1,0 +1,84 @@
+//! Garbage collection of blocks.
+//!
+//! A pass lists the blocks of every server that is up, and deletes those that no file
+//! references and that have not been put or found by a dedup check for the grace period. The
+//! chunk server re-checks the idle time when it deletes, atomically with its put/has path, so a
+//! block a client has just put or found, and is about to commit, is never collected under it.
+//! This also reclaims blocks of uploads that were never committed (a client that crashed).
+
+use crate::membership::Membership;
+use crate::namespace::Namespace;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tessera_common::net::RpcClient;
+use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
+use tessera_common::proto::meta::GcReport;
+use tessera_common::BlockId;
+use tracing::{info, warn};
+
+pub struct Gc {
+    pub ns: Arc<Namespace>,
+    pub members: Arc<Membership>,
+    pub ep: quinn::Endpoint,
+    pub grace: Duration,
+    clients: Mutex<HashMap<String, Arc<RpcClient>>>,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Gc {
+    pub fn new(ns: Arc<Namespace>, members: Arc<Membership>, ep: quinn::Endpoint, grace: Duration) -> Self {
+        Gc { ns, members, ep, grace, clients: Default::default(), running: Default::default() }
+    }
+
+    fn client(&self, addr: &str) -> Arc<RpcClient> {
+        self.clients
+            .lock()
+            .unwrap()
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(RpcClient::new(self.ep.clone(), addr, 1, Duration::from_secs(60))))
+            .clone()
+    }
+
+    pub async fn pass(&self) -> GcReport {
+        let _one = self.running.lock().await;
+        let mut report = GcReport::default();
+        let grace = self.grace.as_secs();
+        for node in self.members.status().into_iter().filter(|n| n.state == "up") {
+            let c = self.client(&node.addr);
+            let mut after: Option<BlockId> = None;
+            loop {
+                let list = match c.call::<_, ChunkResponse>(&ChunkRequest::List { after, limit: 65536 }, &[]).await {
+                    Ok((ChunkResponse::List(l), _)) => l,
+                    other => {
+                        warn!(server = %node.addr, "gc: cannot list blocks: {other:?}");
+                        report.unreachable += 1;
+                        break;
+                    }
+                };
+                report.scanned += list.len() as u64;
+                let n = list.len();
+                after = list.last().map(|(id, _)| *id);
+                let ns = self.ns.clone();
+                let idle: Vec<BlockId> = list.into_iter().filter(|(_, idle)| *idle >= grace).map(|(id, _)| id).collect();
+                let garbage: Vec<BlockId> = match tokio::task::spawn_blocking(move || idle.into_iter().filter(|id| !ns.is_referenced(id).unwrap_or(true)).collect()).await {
+                    Ok(g) => g,
+                    Err(_) => break,
+                };
+                for chunk in garbage.chunks(4096) {
+                    match c.call::<_, ChunkResponse>(&ChunkRequest::Delete { ids: chunk.to_vec(), min_idle_secs: grace }, &[]).await {
+                        Ok((ChunkResponse::Deleted { count }, _)) => report.deleted += count,
+                        other => warn!(server = %node.addr, "gc: delete failed: {other:?}"),
+                    }
+                }
+                if n < 65536 {
+                    break;
+                }
+            }
+        }
+        if report.deleted > 0 {
+            info!(deleted = report.deleted, scanned = report.scanned, "gc pass done");
+        }
+        report
+    }
+}
