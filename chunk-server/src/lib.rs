@@ -77,7 +77,15 @@ impl Service for ChunkService {
         let store = self.store.clone();
         let res: Result<(ChunkResponse, Vec<u8>), WireError> = match req {
             ChunkRequest::Put { id } => blocking(move || store.put(&id, &payload).map(|_| (ChunkResponse::Stored, vec![]))).await,
-            ChunkRequest::Get { id } => blocking(move || store.get(&id).map(|d| (ChunkResponse::Block, d))).await,
+            ChunkRequest::Get { id } => {
+                let r = blocking(move || store.get(&id).map(|d| (ChunkResponse::Block, d))).await;
+                if matches!(&r, Err(e) if e.code == ErrorCode::BadHash) {
+                    // The read quarantined a corrupt copy: replace it from a good one.
+                    let s = self.scrubber.clone();
+                    tokio::spawn(async move { s.refetch(id).await });
+                }
+                r
+            }
             ChunkRequest::Has { ids } => Ok((ChunkResponse::Has(ids.iter().map(|i| store.has(i)).collect()), vec![])),
             ChunkRequest::Delete { ids, min_idle_secs } => match admin_only(&peer, "delete blocks") {
                 Err(e) => Err(e),

@@ -64,6 +64,33 @@ impl Admin {
         Ok(Admin { link: MetaLink::new(ep.clone(), meta, Duration::from_secs(15)), ep })
     }
 
+    pub fn ep(&self) -> &quinn::Endpoint {
+        &self.ep
+    }
+
+    pub async fn call_meta(&self, req: MetaRequest) -> anyhow::Result<MetaResponse> {
+        self.call(req).await
+    }
+
+    /// Reference counts of every referenced block.
+    pub async fn referenced_counts(&self) -> anyhow::Result<Vec<(BlockId, u64)>> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            match self.call(MetaRequest::ListBlocks { after, limit: 65536 }).await? {
+                MetaResponse::BlockList(l) => {
+                    let n = l.len();
+                    after = l.last().map(|x| x.0);
+                    out.extend(l);
+                    if n < 65536 {
+                        return Ok(out);
+                    }
+                }
+                r => bail!("unexpected reply {r:?}"),
+            }
+        }
+    }
+
     async fn call(&self, req: MetaRequest) -> anyhow::Result<MetaResponse> {
         match self.link.call(&req).await.context("cannot reach the metadata server")? {
             MetaResponse::Error(e) => bail!("metadata server: {}", e.message),
@@ -119,21 +146,7 @@ impl Admin {
 
     /// Every referenced block.
     pub async fn referenced(&self) -> anyhow::Result<Vec<BlockId>> {
-        let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            match self.call(MetaRequest::ListBlocks { after, limit: 65536 }).await? {
-                MetaResponse::BlockList(l) => {
-                    let n = l.len();
-                    out.extend(l.into_iter().map(|(id, _)| id));
-                    if n < 65536 {
-                        return Ok(out);
-                    }
-                    after = out.last().copied();
-                }
-                r => bail!("unexpected reply {r:?}"),
-            }
-        }
+        Ok(self.referenced_counts().await?.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Which up server holds which of `ids`.

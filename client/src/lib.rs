@@ -6,6 +6,7 @@ pub mod blocks;
 pub mod dev;
 pub mod error;
 pub mod fs;
+pub mod fsck;
 pub mod fuse;
 pub mod meta;
 pub mod mount;

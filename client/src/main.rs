@@ -82,6 +82,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check that every referenced block has N reachable, correct copies; report orphan blocks
+    /// and dangling references. Exits non-zero when anything is wrong.
+    Fsck {
+        #[arg(long, env = "TESSERA_META")]
+        meta: String,
+        #[arg(long, env = "TESSERA_CERTS")]
+        certs: PathBuf,
+        /// Copy under-replicated blocks to the servers that should hold them.
+        #[arg(long)]
+        repair: bool,
+        /// Read every copy and re-hash it.
+        #[arg(long)]
+        deep: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Take a chunk server out of the ring: `remove` now (its copies are re-replicated from
     /// the others), or `drain` (it keeps serving while it hands its blocks to their new owners).
     Node {
@@ -170,6 +186,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let meta = meta_list(&meta)?;
             let certs = NodeCerts::load(&certs)?;
             runtime()?.block_on(async { admin::Admin::connect(&certs, &meta)?.status(json).await })
+        }
+        Cmd::Fsck { meta, certs, repair, deep, json } => {
+            let meta = meta_list(&meta)?;
+            let certs = NodeCerts::load(&certs)?;
+            let r = runtime()?.block_on(async { admin::Admin::connect(&certs, &meta)?.fsck(deep, repair).await })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                tessera_client::fsck::print(&r, repair);
+            }
+            if !r.ok(repair) {
+                std::process::exit(3);
+            }
+            Ok(())
         }
         Cmd::Gc { meta, certs, wait, json } => {
             let meta = meta_list(&meta)?;

@@ -239,7 +239,7 @@ pub struct DevCluster {
     extra: Vec<String>,
     child: Option<Child>,
     // Dropped last (after `Drop::drop` unmounted everything).
-    root: TempDir,
+    _root: TempDir,
 }
 
 impl DevCluster {
@@ -262,7 +262,7 @@ impl DevCluster {
             log: base.join("dev.log"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
-            root,
+            _root: root,
         };
         c.spawn();
         c
@@ -583,7 +583,7 @@ pub struct ManualCluster {
     pub chunks: Vec<Proc>,
     /// Canonical path of `root`.
     base: PathBuf,
-    root: TempDir,
+    _root: TempDir,
 }
 
 impl ManualCluster {
@@ -613,7 +613,7 @@ impl ManualCluster {
                 &["--zone", &format!("z{i}"), "--capacity", &cap],
             ));
         }
-        let c = ManualCluster { ca, admin: r.join("certs/admin"), client: r.join("certs/client"), meta_addr, meta, chunks: procs, base: base.clone(), root };
+        let c = ManualCluster { ca, admin: r.join("certs/admin"), client: r.join("certs/client"), meta_addr, meta, chunks: procs, base: base.clone(), _root: root };
         let ready = wait_for(Duration::from_secs(30), || {
             let out = c.status_output(&c.admin);
             if !out.status.success() {

@@ -1,0 +1,236 @@
+//! `tessera fsck`: walk the namespace and check that every referenced block has N reachable,
+//! correct copies; report orphan blocks and dangling references; optionally repair.
+
+use crate::admin::Admin;
+use anyhow::bail;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::IsTerminal;
+use std::time::Duration;
+use tessera_common::net::RpcClient;
+use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
+use tessera_common::proto::meta::{FileKind, MetaRequest, MetaResponse};
+use tessera_common::{BlockId, ROOT_INO};
+
+#[derive(Serialize, Default, Debug)]
+pub struct FsckReport {
+    pub files: u64,
+    pub directories: u64,
+    /// Distinct blocks referenced by files.
+    pub blocks: u64,
+    pub healthy: u64,
+    pub under_replicated: u64,
+    pub missing: u64,
+    /// Copies whose bytes did not match their id (with --deep).
+    pub corrupt_copies: u64,
+    /// Blocks stored on servers that no file references (garbage collection removes them).
+    pub orphans: u64,
+    /// Block-map entries whose reference count is missing or wrong.
+    pub dangling_refs: u64,
+    pub repaired: u64,
+    /// Paths of files with a missing block (at most 100).
+    pub damaged_files: Vec<String>,
+}
+
+impl FsckReport {
+    /// Nothing wrong was found, or (with --repair) everything found was repaired: a corrupt
+    /// copy makes its block under-replicated, so repairing that block replaces the copy.
+    pub fn ok(&self, repair: bool) -> bool {
+        self.missing == 0 && self.dangling_refs == 0 && self.under_replicated == self.repaired && (self.corrupt_copies == 0 || repair)
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    if std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::stderr());
+        pb.set_style(ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({eta})").unwrap().progress_chars("=> "));
+        pb.set_message(what.to_string());
+    } else {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb
+}
+
+impl Admin {
+    async fn meta(&self, req: MetaRequest) -> anyhow::Result<MetaResponse> {
+        self.call_meta(req).await
+    }
+
+    /// Every file's blocks: block id → paths using it, with the number of references.
+    async fn walk(&self, report: &mut FsckReport) -> anyhow::Result<HashMap<BlockId, (u64, Vec<String>)>> {
+        let mut refs: HashMap<BlockId, (u64, Vec<String>)> = HashMap::new();
+        let mut dirs = vec![(ROOT_INO, String::new())];
+        let mut seen_files: HashSet<u64> = HashSet::new();
+        let pb = bar(0, "namespace");
+        while let Some((dir, path)) = dirs.pop() {
+            report.directories += 1;
+            let mut after = 0;
+            loop {
+                let (entries, done) = match self.meta(MetaRequest::ReadDir { ino: dir, after, limit: 1024 }).await? {
+                    MetaResponse::Dir { entries, done } => (entries, done),
+                    r => bail!("unexpected reply {r:?}"),
+                };
+                for e in &entries {
+                    after = e.cookie;
+                    let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
+                    match e.kind {
+                        FileKind::Dir => dirs.push((e.ino, p)),
+                        FileKind::File if seen_files.insert(e.ino) => {
+                            report.files += 1;
+                            pb.inc_length(1);
+                            let mut first = 0;
+                            loop {
+                                let blocks = match self.meta(MetaRequest::GetBlocks { ino: e.ino, first, count: 16384 }).await? {
+                                    MetaResponse::Blocks { blocks, .. } => blocks,
+                                    r => bail!("unexpected reply {r:?}"),
+                                };
+                                let n = blocks.len();
+                                for (idx, b) in blocks {
+                                    first = idx + 1;
+                                    let r = refs.entry(b.id).or_default();
+                                    r.0 += 1;
+                                    if r.1.len() < 3 {
+                                        r.1.push(p.clone());
+                                    }
+                                }
+                                if n < 16384 {
+                                    break;
+                                }
+                            }
+                            pb.inc(1);
+                        }
+                        _ => {}
+                    }
+                }
+                if done || entries.is_empty() {
+                    break;
+                }
+            }
+        }
+        pb.finish_and_clear();
+        Ok(refs)
+    }
+
+    pub async fn fsck(&self, deep: bool, repair: bool) -> anyhow::Result<FsckReport> {
+        let mut report = FsckReport::default();
+        let status = self.cluster_status().await?;
+        let ring = match self.meta(MetaRequest::GetRing).await? {
+            MetaResponse::Ring(r) => r,
+            r => bail!("unexpected reply {r:?}"),
+        };
+        let refs = self.walk(&mut report).await?;
+        report.blocks = refs.len() as u64;
+
+        // Reference counts must match the block maps.
+        let counted: HashMap<BlockId, u64> = self.referenced_counts().await?.into_iter().collect();
+        for (id, (n, _)) in &refs {
+            if counted.get(id) != Some(n) {
+                report.dangling_refs += 1;
+            }
+        }
+        report.dangling_refs += counted.keys().filter(|id| !refs.contains_key(id)).count() as u64;
+
+        // Which server holds what.
+        let up: Vec<_> = status.nodes.iter().filter(|n| n.state == "up").collect();
+        let mut holders: HashMap<BlockId, Vec<u64>> = HashMap::new();
+        let mut stored: HashSet<BlockId> = HashSet::new();
+        let clients: BTreeMap<u64, RpcClient> = up.iter().map(|n| (n.id, RpcClient::new(self.ep().clone(), &n.addr, 1, Duration::from_secs(60)))).collect();
+        let pb = bar(up.len() as u64, "servers");
+        for (node, c) in &clients {
+            let mut after = None;
+            loop {
+                let list = match c.call::<_, ChunkResponse>(&ChunkRequest::List { after, limit: 65536 }, &[]).await {
+                    Ok((ChunkResponse::List(l), _)) => l,
+                    other => bail!("{}: cannot list blocks: {other:?}", c.addr()),
+                };
+                let n = list.len();
+                after = list.last().map(|x| x.0);
+                for (id, _) in list {
+                    stored.insert(id);
+                    holders.entry(id).or_default().push(*node);
+                }
+                if n < 65536 {
+                    break;
+                }
+            }
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        report.orphans = stored.iter().filter(|id| !refs.contains_key(id)).count() as u64;
+
+        let want = (ring.replicas as usize).min(ring.nodes.len()).max(1);
+        let pb = bar(refs.len() as u64, "blocks");
+        for (id, (_, paths)) in &refs {
+            pb.inc(1);
+            let mut good: Vec<u64> = holders.get(id).cloned().unwrap_or_default();
+            if deep {
+                let mut ok = Vec::new();
+                for node in &good {
+                    match clients[node].call::<_, ChunkResponse>(&ChunkRequest::Get { id: *id }, &[]).await {
+                        Ok((ChunkResponse::Block, data)) if id.verify(&data) => ok.push(*node),
+                        _ => report.corrupt_copies += 1,
+                    }
+                }
+                good = ok;
+            }
+            if good.is_empty() {
+                report.missing += 1;
+                for p in paths {
+                    if report.damaged_files.len() < 100 && !report.damaged_files.contains(p) {
+                        report.damaged_files.push(p.clone());
+                    }
+                }
+                continue;
+            }
+            if good.len() >= want {
+                report.healthy += 1;
+                continue;
+            }
+            report.under_replicated += 1;
+            if repair {
+                // Copy from a good holder to the servers the ring names that lack it.
+                let src = &clients[&good[0]];
+                let Ok((ChunkResponse::Block, data)) = src.call::<_, ChunkResponse>(&ChunkRequest::Get { id: *id }, &[]).await else { continue };
+                if !id.verify(&data) {
+                    continue;
+                }
+                let mut have = good.len();
+                for t in ring.targets(id, ring.nodes.len()) {
+                    if have >= want {
+                        break;
+                    }
+                    if good.contains(&t.id) {
+                        continue;
+                    }
+                    let dst = RpcClient::new(self.ep().clone(), &t.addr, 1, Duration::from_secs(60));
+                    if let Ok((ChunkResponse::Stored, _)) = dst.call::<_, ChunkResponse>(&ChunkRequest::Put { id: *id }, &data).await {
+                        have += 1;
+                    }
+                }
+                if have >= want {
+                    report.repaired += 1;
+                }
+            }
+        }
+        pb.finish_and_clear();
+        Ok(report)
+    }
+}
+
+pub fn print(r: &FsckReport, repair: bool) {
+    println!("fsck: {} files, {} directories, {} blocks referenced", r.files, r.directories, r.blocks);
+    println!(
+        "fsck: {} healthy, {} under-replicated, {} missing, {} corrupt copies, {} orphans, {} dangling references",
+        r.healthy, r.under_replicated, r.missing, r.corrupt_copies, r.orphans, r.dangling_refs
+    );
+    if r.repaired > 0 {
+        println!("fsck: {} blocks repaired", r.repaired);
+    }
+    for p in &r.damaged_files {
+        println!("fsck: damaged file {p}");
+    }
+    let found = r.under_replicated + r.missing + r.corrupt_copies + r.dangling_refs > 0;
+    println!("fsck: {}", if !found { "clean" } else if r.ok(repair) { "problems found and repaired" } else { "PROBLEMS FOUND" });
+}
