@@ -242,15 +242,16 @@ impl RpcClient {
 /// Turn a QUIC/TLS failure into a sentence that names the cause.
 pub fn describe_conn_error(e: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError::*;
+    let text = e.to_string();
     match e {
-        TransportError(t) if t.to_string().contains("UnknownIssuer") || t.to_string().contains("unknown ca") || t.to_string().contains("BadCertificate") => {
-            format!("TLS handshake refused: certificate not signed by this cluster's CA ({t})")
+        TransportError(_) if text.contains("invalid peer certificate") => {
+            format!("TLS handshake failed: the server's certificate is not signed by the CA in our --certs bundle (a certificate from another cluster's CA?): {text}")
         }
-        ConnectionClosed(c) if c.error_code.to_string().contains("unknown ca") || c.error_code.to_string().contains("certificate") => {
-            format!("TLS handshake refused by the server: our certificate is not from its CA ({c})")
+        ConnectionClosed(_) if text.contains("certificate") || text.contains("alert") => {
+            format!("TLS handshake refused by the server: our certificate is not signed by its CA (a certificate from another cluster's CA?): {text}")
         }
         ApplicationClosed(c) if c.error_code == CLOSE_FORBIDDEN.into() => format!("refused by the server: {}", String::from_utf8_lossy(&c.reason)),
         TimedOut => "timed out (is the server running and reachable?)".into(),
-        other => other.to_string(),
+        _ => text,
     }
 }

@@ -97,7 +97,9 @@ pub fn init_ca(dir: &Path) -> Result<(), TlsError> {
         return Err(TlsError::Exists(key_path));
     }
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, "Tessera cluster CA");
+    // A distinct name per CA, so a certificate from another cluster reads as "unknown issuer".
+    let tag: u64 = rand::random();
+    params.distinguished_name.push(DnType::CommonName, format!("Tessera cluster CA {tag:016x}"));
     params.distinguished_name.push(DnType::OrganizationName, "Tessera");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
