@@ -28,6 +28,9 @@ pub struct Blocks {
     inflight: Mutex<HashMap<BlockId, Fetch>>,
 }
 
+/// Blocks at least this large are offered with a "has" before they are sent.
+const DEDUP_CHECK_MIN: usize = 64 * 1024;
+
 /// Older ring versions kept for readers.
 const RING_HISTORY: usize = 3;
 
@@ -110,9 +113,12 @@ impl Blocks {
             let c = self.client(addr);
             let data = data.clone();
             async move {
-                if let Ok((ChunkResponse::Has(h), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: vec![id] }, &[]).await {
-                    if h.first() == Some(&true) {
-                        return Ok(());
+                // Asking first costs a round trip; for a small block, sending it costs about the same.
+                if data.len() >= DEDUP_CHECK_MIN {
+                    if let Ok((ChunkResponse::Has(h), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: vec![id] }, &[]).await {
+                        if h.first() == Some(&true) {
+                            return Ok(());
+                        }
                     }
                 }
                 match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id }, &data).await {

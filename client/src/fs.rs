@@ -29,6 +29,8 @@ struct FileState {
     size: u64,
     /// Latest known block of each index (committed or uploaded).
     map: BTreeMap<u64, BlockRef>,
+    /// The content of a small file kept in the metadata (the start of block 0; zeros follow).
+    inline: Option<Arc<Vec<u8>>>,
     /// Blocks being written, each holding the block's bytes up to its last written byte.
     dirty: BTreeMap<u64, Vec<u8>>,
     /// Sealed blocks whose upload has not been merged into `map` yet.
@@ -171,6 +173,11 @@ impl Fs {
         let size = attr.size.unwrap();
         let a = self.meta.mutate_attr(Mutation::SetAttr { ino, attr }).await?;
         let bs = self.bs;
+        if let Some(d) = st.inline.as_mut() {
+            if d.len() as u64 > size {
+                Arc::make_mut(d).truncate(size as usize);
+            }
+        }
         st.map.retain(|&i, _| i < size.div_ceil(bs));
         if size % bs != 0 {
             if let Some(b) = st.map.get_mut(&(size / bs)) {
@@ -184,6 +191,16 @@ impl Fs {
     }
 
     // ---- open files ----
+
+    /// Open a file this mount has just created: its state is known, no round trip needed.
+    pub fn open_new(&self, ino: u64) -> u64 {
+        let st = FileState { loaded: true, ..Default::default() };
+        let f = Arc::new(OpenFile { ino, st: tokio::sync::Mutex::new(st), opens: AtomicUsize::new(1), size_hint: AtomicU64::new(0) });
+        self.files.lock().unwrap().insert(ino, f.clone());
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, f);
+        fh
+    }
 
     pub async fn open(&self, ino: u64) -> FsResult<u64> {
         let f = {
@@ -199,10 +216,11 @@ impl Fs {
             // Close-to-open: a clean file is re-read from the metadata server on every open.
             if !st.loaded || st.clean() {
                 match self.meta.block_map(ino).await {
-                    Ok((size, map)) => {
+                    Ok((size, map, inline)) => {
                         st.size = size;
                         st.committed_size = size;
                         st.map = map.into_iter().collect();
+                        st.inline = inline.map(Arc::new);
                         st.loaded = true;
                         f.size_hint.store(size, Ordering::Relaxed);
                     }
@@ -256,6 +274,15 @@ impl Fs {
     }
 
     async fn flush_state(&self, f: &OpenFile, st: &mut FileState) -> FsResult<()> {
+        if self.flush_inline(f, st).await? {
+            return Ok(());
+        }
+        // Inline content becomes block 0 when the file outgrows it.
+        if let Some(d) = st.inline.take() {
+            if !st.dirty.contains_key(&0) && !st.sealed.contains_key(&0) && !st.map.contains_key(&0) {
+                st.dirty.insert(0, d.as_ref().clone());
+            }
+        }
         let idxs: Vec<u64> = st.dirty.keys().copied().collect();
         for idx in idxs {
             self.seal(st, idx).await;
@@ -270,6 +297,33 @@ impl Fs {
         Ok(())
     }
 
+    /// A small file with no blocks is committed as inline data. Returns whether it was.
+    async fn flush_inline(&self, f: &OpenFile, st: &mut FileState) -> FsResult<bool> {
+        let small = st.size as usize <= tessera_common::INLINE_MAX
+            && st.map.is_empty()
+            && st.sealed.is_empty()
+            && st.uploads.is_empty()
+            && st.pending.is_empty()
+            && st.dirty.keys().all(|&i| i == 0);
+        if !small {
+            return Ok(false);
+        }
+        if st.dirty.is_empty() && !st.size_dirty {
+            return Ok(true);
+        }
+        let mut data = match st.dirty.get(&0) {
+            Some(d) => d.clone(),
+            None => st.inline.as_ref().map(|d| d.as_ref().clone()).unwrap_or_default(),
+        };
+        data.resize(st.size as usize, 0);
+        self.meta.mutate_attr(Mutation::CommitInline { ino: f.ino, data: data.clone() }).await?;
+        st.dirty.clear();
+        st.inline = Some(Arc::new(data));
+        st.committed_size = st.size;
+        st.size_dirty = false;
+        Ok(true)
+    }
+
     /// Commit uploaded blocks of files nobody is flushing, so that a block is referenced soon
     /// after its upload (garbage collection spares unreferenced blocks only for a grace period).
     /// The size committed covers the blocks known so far, not bytes still in the buffer.
@@ -278,7 +332,8 @@ impl Fs {
         for f in open {
             let Ok(mut st) = f.st.try_lock() else { continue };
             reap(&mut st, false).await;
-            if st.pending.is_empty() {
+            // A file still holding inline data is committed whole by its next flush.
+            if st.pending.is_empty() || st.inline.is_some() {
                 continue;
             }
             let bs = self.bs;
@@ -367,7 +422,7 @@ impl Fs {
             self.seal(&mut st, first).await;
         }
         reap(&mut st, false).await;
-        if st.pending.len() >= COMMIT_BATCH {
+        if st.pending.len() >= COMMIT_BATCH && st.inline.is_none() {
             let size = st.size;
             self.commit(&f, &mut st, size).await?;
         }
@@ -378,6 +433,9 @@ impl Fs {
     async fn base_for_write(&self, st: &FileState, idx: u64, within: usize, n: usize) -> FsResult<Vec<u8>> {
         if let Some(s) = st.sealed.get(&idx) {
             return Ok(s.as_ref().clone());
+        }
+        if let (0, Some(d), false) = (idx, &st.inline, st.map.contains_key(&0)) {
+            return Ok(if within == 0 && n >= d.len() { Vec::new() } else { d.as_ref().clone() });
         }
         match st.map.get(&idx) {
             Some(b) if !(within == 0 && n >= b.len as usize) => {
@@ -409,6 +467,8 @@ impl Fs {
                     Src::Bytes(s.clone(), 0)
                 } else if let Some(b) = st.map.get(&idx) {
                     Src::Block(*b)
+                } else if let (0, Some(d)) = (idx, &st.inline) {
+                    Src::Bytes(d.clone(), 0)
                 } else {
                     Src::Hole
                 };

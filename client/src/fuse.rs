@@ -408,7 +408,7 @@ impl Filesystem for FuseFs {
         self.spawn(async move {
             let r = async {
                 let a = fs.create(parent.0, &name, FileKind::File, perm, uid, gid, 0, None).await?;
-                let fh = fs.open(a.ino).await?;
+                let fh = fs.open_new(a.ino);
                 Ok::<_, FsError>((a, fh))
             }
             .await;

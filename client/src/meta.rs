@@ -36,7 +36,10 @@ impl MetaClient {
     }
 
     pub async fn call(&self, req: MetaRequest) -> FsResult<MetaResponse> {
-        match self.link.call(&req).await? {
+        let t = std::time::Instant::now();
+        let r = self.link.call(&req).await;
+        tracing::trace!(elapsed_us = t.elapsed().as_micros() as u64, ?req, "metadata call");
+        match r? {
             MetaResponse::Error(e) => Err(e.into()),
             r => Ok(r),
         }
@@ -81,20 +84,22 @@ impl MetaClient {
         }
     }
 
-    /// The whole block map of a file, paged.
-    pub async fn block_map(&self, ino: u64) -> FsResult<(u64, Vec<(u64, BlockRef)>)> {
+    /// The whole block map of a file, paged, with its inline data.
+    pub async fn block_map(&self, ino: u64) -> FsResult<(u64, Vec<(u64, BlockRef)>, Option<Vec<u8>>)> {
         let mut out = Vec::new();
         let mut first = 0;
+        let mut data = None;
         loop {
             match self.call(MetaRequest::GetBlocks { ino, first, count: 16384 }).await? {
-                MetaResponse::Blocks { size, blocks } => {
+                MetaResponse::Blocks { size, blocks, inline } => {
                     let n = blocks.len();
                     if let Some((last, _)) = blocks.last() {
                         first = last + 1;
                     }
                     out.extend(blocks);
+                    data = data.or(inline);
                     if n < 16384 {
-                        return Ok((size, out));
+                        return Ok((size, out, data));
                     }
                 }
                 r => return Err(unexpected(r)),

@@ -17,6 +17,9 @@ pub use error::{ErrorCode, WireError};
 pub const DEFAULT_BLOCK_SIZE: u32 = 4 * 1024 * 1024;
 /// Largest block size a file system may be formatted with; bounds every payload.
 pub const MAX_BLOCK_SIZE: u32 = 16 * 1024 * 1024;
+/// Files up to this size are stored inline in the metadata, not as blocks: a small file then
+/// costs no chunk-server round trip and no block fsyncs.
+pub const INLINE_MAX: usize = 16 * 1024;
 /// Inode number of the root directory (as FUSE expects).
 pub const ROOT_INO: u64 = 1;
 

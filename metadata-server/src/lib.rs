@@ -81,7 +81,7 @@ impl MetaService {
             MetaRequest::ReadDir { ino, after, limit } => r(ns.readdir(ino, after, limit).map(|(entries, done)| MetaResponse::Dir { entries, done })),
             MetaRequest::ReadLink { ino } => r(ns.readlink(ino).map(MetaResponse::Link)),
             MetaRequest::StatFs => r(self.statfs()),
-            MetaRequest::GetBlocks { ino, first, count } => r(ns.get_blocks(ino, first, count).map(|(size, blocks)| MetaResponse::Blocks { size, blocks })),
+            MetaRequest::GetBlocks { ino, first, count } => r(ns.get_blocks(ino, first, count).map(|(size, blocks, inline)| MetaResponse::Blocks { size, blocks, inline })),
             MetaRequest::Mutate { session, seq, op } => match peer.role {
                 Role::Client | Role::Admin => ns.mutate(session, seq, op),
                 role => denied(role, "change the namespace"),

@@ -227,6 +227,7 @@ impl<'a> Txn<'a> {
     fn drop_inode(&mut self, ino: u64, r: &InodeRec) -> Result<(), WireError> {
         if r.kind == FileKind::File {
             self.drop_blocks_from(ino, 0)?;
+            self.batch.delete(Cf::Inline, ino_key(ino));
             self.bytes -= r.size as i64;
         }
         self.files -= 1;
@@ -254,7 +255,28 @@ impl<'a> Txn<'a> {
         }
     }
 
+    fn inline(&self, ino: u64) -> Result<Option<Vec<u8>>, WireError> {
+        match self.store.get(Cf::Inline, &ino_key(ino))? {
+            Some(v) if v.first() == Some(&V1) => Ok(Some(v[1..].to_vec())),
+            Some(_) => Err(err(ErrorCode::Internal, "corrupt inline data")),
+            None => Ok(None),
+        }
+    }
+
+    fn put_inline(&mut self, ino: u64, data: &[u8]) {
+        let mut v = Vec::with_capacity(data.len() + 1);
+        v.push(V1);
+        v.extend_from_slice(data);
+        self.batch.put(Cf::Inline, ino_key(ino), v);
+    }
+
     fn truncate(&mut self, ino: u64, r: &mut InodeRec, size: u64) -> Result<(), WireError> {
+        if let Some(mut d) = self.inline(ino)? {
+            if (d.len() as u64) > size {
+                d.truncate(size as usize);
+                self.put_inline(ino, &d);
+            }
+        }
         if size < r.size {
             let bs = self.block_size;
             self.drop_blocks_from(ino, size.div_ceil(bs))?;
@@ -423,14 +445,18 @@ impl Namespace {
         self.get_inode(ino)?.target.ok_or_else(|| err(ErrorCode::InvalidArgument, "not a symlink"))
     }
 
-    pub fn get_blocks(&self, ino: u64, first: u64, count: u64) -> Result<(u64, Vec<(u64, BlockRef)>), WireError> {
+    pub fn get_blocks(&self, ino: u64, first: u64, count: u64) -> Result<(u64, Vec<(u64, BlockRef)>, Option<Vec<u8>>), WireError> {
         let r = self.get_inode(ino)?;
+        let inline = match self.store.get(Cf::Inline, &ino_key(ino))? {
+            Some(v) if first == 0 && v.first() == Some(&V1) => Some(v[1..].to_vec()),
+            _ => None,
+        };
         let count = count.clamp(1, 16384) as usize;
         let mut out = Vec::new();
         for (k, v) in self.store.scan(Cf::BlockMap, &ino_key(ino), &pair_key(ino, first), count)? {
             out.push((tail_u64(&k), dec_bref(&v)?));
         }
-        Ok((r.size, out))
+        Ok((r.size, out, inline))
     }
 
     pub fn stats(&self) -> Result<Stats, WireError> {
@@ -671,6 +697,7 @@ impl Namespace {
                 if *size < r.size {
                     tx.truncate(*ino, &mut r, *size)?;
                 }
+                tx.batch.delete(Cf::Inline, ino_key(*ino));
                 for (idx, b) in blocks {
                     if b.len == 0 || b.len > bs || idx.saturating_mul(bs as u64) >= *size {
                         return Err(err(ErrorCode::InvalidArgument, format!("block {idx} does not fit the file")));
@@ -685,6 +712,24 @@ impl Namespace {
                 }
                 tx.bytes += *size as i64 - r.size as i64;
                 r.size = *size;
+                r.mtime = now;
+                r.ctime = now;
+                let a = attr(*ino, &r);
+                tx.put_inode(*ino, r);
+                MetaResponse::Attr(a)
+            }
+            Mutation::CommitInline { ino, data } => {
+                let mut r = tx.inode(*ino)?;
+                if r.kind != FileKind::File {
+                    return Err(err(ErrorCode::InvalidArgument, "not a regular file"));
+                }
+                if data.len() > tessera_common::INLINE_MAX {
+                    return Err(err(ErrorCode::InvalidArgument, "inline data too large"));
+                }
+                tx.drop_blocks_from(*ino, 0)?;
+                tx.put_inline(*ino, data);
+                tx.bytes += data.len() as i64 - r.size as i64;
+                r.size = data.len() as u64;
                 r.mtime = now;
                 r.ctime = now;
                 let a = attr(*ino, &r);
@@ -876,7 +921,7 @@ mod tests {
         assert_eq!(ns.stats().unwrap().logical_bytes, 12388);
         // Truncate into block 1: blocks 2 and 3 go, block 1 keeps its id with a shorter length.
         c.m(Mutation::SetAttr { ino: f, attr: SetAttr { size: Some(4096 + 10), ..Default::default() } });
-        let (size, map) = ns.get_blocks(f, 0, 100).unwrap();
+        let (size, map, _) = ns.get_blocks(f, 0, 100).unwrap();
         assert_eq!(size, 4106);
         assert_eq!(map, vec![(0, bref(1, 4096)), (1, bref(2, 10))]);
         let refs: HashMap<BlockId, u64> = ns.list_blocks(None, 100).unwrap().into_iter().collect();
@@ -889,6 +934,23 @@ mod tests {
         assert!(ns.list_blocks(None, 100).unwrap().is_empty());
         assert_eq!(ns.stats().unwrap().blocks, 0);
         assert_eq!(ns.stats().unwrap().logical_bytes, 0);
+    }
+
+    #[test]
+    fn inline_data_replaces_blocks_and_truncates() {
+        let (_d, ns) = ns();
+        let mut c = C { ns: &ns, seq: 0 };
+        let f = c.mk(ROOT_INO, "f", FileKind::File);
+        c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
+        assert!(matches!(c.m(Mutation::CommitInline { ino: f, data: b"hello world".to_vec() }), MetaResponse::Attr(ref a) if a.size == 11));
+        assert_eq!(ns.get_blocks(f, 0, 10).unwrap(), (11, vec![], Some(b"hello world".to_vec())));
+        assert!(ns.list_blocks(None, 10).unwrap().is_empty(), "the replaced block lost its reference");
+        c.m(Mutation::SetAttr { ino: f, attr: SetAttr { size: Some(5), ..Default::default() } });
+        assert_eq!(ns.get_blocks(f, 0, 10).unwrap(), (5, vec![], Some(b"hello".to_vec())));
+        assert_eq!(c.code(Mutation::CommitInline { ino: f, data: vec![0; tessera_common::INLINE_MAX + 1] }), Some(ErrorCode::InvalidArgument));
+        c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(2, 4096))], size: 4096 });
+        assert_eq!(ns.get_blocks(f, 0, 10).unwrap().2, None, "blocks replace inline data");
+        assert_eq!(ns.stats().unwrap().logical_bytes, 4096);
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //!
 //! One column family per kind of record. Every change is one [`Batch`], written atomically.
 //! Durability is grouped: a batch is written to the WAL without a sync, and
-//! [`Store::wait_durable`] waits until a background thread has synced the WAL past it, so
-//! concurrent commits share one fsync.
+//! [`Store::wait_durable`] syncs the WAL past it. The first waiter to find no sync running does
+//! the sync itself (no thread hand-off on the common path); writers that arrive meanwhile wait
+//! for the next sync, which covers all of them: concurrent commits share one fsync.
 
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cf {
@@ -15,19 +16,21 @@ pub enum Cf {
     Dirents,
     DirCookies,
     BlockMap,
+    Inline,
     Refcounts,
     Sessions,
     Cluster,
 }
 
 impl Cf {
-    const ALL: [Cf; 7] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Refcounts, Cf::Sessions, Cf::Cluster];
+    const ALL: [Cf; 8] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster];
     fn name(self) -> &'static str {
         match self {
             Cf::Inodes => "inodes",
             Cf::Dirents => "dirents",
             Cf::DirCookies => "dir_cookies",
             Cf::BlockMap => "block_map",
+            Cf::Inline => "inline_data",
             Cf::Refcounts => "refcounts",
             Cf::Sessions => "sessions",
             Cf::Cluster => "cluster",
@@ -69,14 +72,13 @@ impl Batch {
 struct SyncState {
     written: u64,
     synced: u64,
+    syncing: bool,
     failed: bool,
-    stop: bool,
 }
 
 pub struct Store {
-    db: Arc<DB>,
-    sync: Arc<(Mutex<SyncState>, Condvar)>,
-    syncer: Option<std::thread::JoinHandle<()>>,
+    db: DB,
+    sync: (Mutex<SyncState>, Condvar),
 }
 
 impl Store {
@@ -86,11 +88,9 @@ impl Store {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         let cfs = Cf::ALL.iter().map(|c| ColumnFamilyDescriptor::new(c.name(), Options::default()));
-        let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
-        let sync = Arc::new((Mutex::new(SyncState { written: 0, synced: 0, failed: false, stop: false }), Condvar::new()));
-        let (db2, sync2) = (db.clone(), sync.clone());
-        let syncer = std::thread::Builder::new().name("meta-wal-sync".into()).spawn(move || sync_loop(db2, sync2)).expect("spawning the WAL sync thread");
-        Ok(Store { db, sync, syncer: Some(syncer) })
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let sync = (Mutex::new(SyncState { written: 0, synced: 0, syncing: false, failed: false }), Condvar::new());
+        Ok(Store { db, sync })
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -128,67 +128,47 @@ impl Store {
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
         self.db.write_opt(wb, &wo)?;
-        let (m, cv) = &*self.sync;
-        let mut s = m.lock().unwrap();
+        let mut s = self.sync.0.lock().unwrap();
         s.written += 1;
-        cv.notify_all();
         Ok(s.written)
     }
 
     /// Block until the write with `ticket` is on disk. Concurrent callers share one WAL sync.
     pub fn wait_durable(&self, ticket: u64) -> Result<(), StoreError> {
-        let (m, cv) = &*self.sync;
+        let (m, cv) = &self.sync;
         let mut s = m.lock().unwrap();
-        while s.synced < ticket && !s.failed {
+        loop {
+            if s.failed {
+                return Err(StoreError::SyncFailed);
+            }
+            if s.synced >= ticket {
+                return Ok(());
+            }
+            if !s.syncing {
+                // Lead: one sync covers every write made so far.
+                s.syncing = true;
+                let target = s.written;
+                drop(s);
+                let ok = self.db.flush_wal(true).is_ok();
+                s = m.lock().unwrap();
+                s.syncing = false;
+                if ok {
+                    s.synced = s.synced.max(target);
+                } else {
+                    tracing::error!("WAL sync failed; refusing further acknowledgements");
+                    s.failed = true;
+                }
+                cv.notify_all();
+                continue;
+            }
             s = cv.wait(s).unwrap();
         }
-        if s.failed {
-            return Err(StoreError::SyncFailed);
-        }
-        Ok(())
     }
 
     /// A consistent copy of the database in `dir` (hard links where possible).
     pub fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
         rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
         Ok(())
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        let (m, cv) = &*self.sync;
-        m.lock().unwrap().stop = true;
-        cv.notify_all();
-        // The thread holds the database open; join it so the files are closed when we return.
-        if let Some(t) = self.syncer.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn sync_loop(db: Arc<DB>, sync: Arc<(Mutex<SyncState>, Condvar)>) {
-    let (m, cv) = &*sync;
-    loop {
-        let target = {
-            let mut s = m.lock().unwrap();
-            while s.written == s.synced && !s.stop {
-                s = cv.wait(s).unwrap();
-            }
-            if s.stop && s.written == s.synced {
-                return;
-            }
-            s.written
-        };
-        let ok = db.flush_wal(true).is_ok();
-        let mut s = m.lock().unwrap();
-        if ok {
-            s.synced = s.synced.max(target);
-        } else {
-            tracing::error!("WAL sync failed; refusing further acknowledgements");
-            s.failed = true;
-        }
-        cv.notify_all();
     }
 }
 

@@ -463,13 +463,14 @@ impl Drop for Cluster {
         if is_mounted(&self.mnt) {
             eprintln!("warning: {} is still mounted", self.mnt.display());
         }
+        let keep = std::env::var("TESSERA_KEEP").ok();
         if std::thread::panicking() {
             self.dump_logs(40);
-            if std::env::var_os("TESSERA_KEEP").is_some() {
-                let p = self.root.path().to_owned();
-                eprintln!("keeping {}", p.display());
-                std::mem::forget(std::mem::replace(&mut self.root, tempfile::tempdir().unwrap()));
-            }
+        }
+        // TESSERA_KEEP=1 keeps the directory (data and logs) of a failed test, =always of any.
+        if keep.as_deref() == Some("always") || (keep.is_some() && std::thread::panicking()) {
+            eprintln!("keeping {}", self.root.path().display());
+            std::mem::forget(std::mem::replace(&mut self.root, tempfile::tempdir().unwrap()));
         }
         for n in &mut self.chunks {
             drop(n.proc.take());

@@ -92,8 +92,12 @@ pub enum Mutation {
     Rename { parent: u64, name: Vec<u8>, new_parent: u64, new_name: Vec<u8>, flags: u32 },
     /// Reply: `Attr` of the linked inode.
     Link { ino: u64, new_parent: u64, new_name: Vec<u8> },
-    /// Set block-map entries (index → block) and the new size in one step. Reply: `Attr`.
+    /// Set block-map entries (index → block) and the new size in one step. Inline data, if the
+    /// file had any, is dropped (the client has moved it into block 0). Reply: `Attr`.
     CommitBlocks { ino: u64, blocks: Vec<(u64, BlockRef)>, size: u64 },
+    /// Store the whole content of a small file (at most `INLINE_MAX` bytes) in the metadata;
+    /// its blocks, if any, are dropped. The size becomes `data.len()`. Reply: `Attr`.
+    CommitInline { ino: u64, data: Vec<u8> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +114,8 @@ pub enum MetaRequest {
     ReadLink { ino: u64 },
     /// Reply: `StatFs`.
     StatFs,
-    /// Block-map entries with index in `[first, first + count)`. Reply: `Blocks`.
+    /// Block-map entries with index in `[first, first + count)`, and the inline data of a small
+    /// file. Reply: `Blocks`.
     GetBlocks { ino: u64, first: u64, count: u64 },
     /// A change, applied at most once per `(session, seq)`.
     Mutate { session: u64, seq: u64, op: Mutation },
@@ -194,7 +199,7 @@ pub enum MetaResponse {
     Dir { entries: Vec<DirEntry>, done: bool },
     Link(Vec<u8>),
     StatFs(StatFs),
-    Blocks { size: u64, blocks: Vec<(u64, BlockRef)> },
+    Blocks { size: u64, blocks: Vec<(u64, BlockRef)>, inline: Option<Vec<u8>> },
     Done,
     Ring(Ring),
     HeartbeatAck { ring_version: u64 },
