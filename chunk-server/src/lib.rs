@@ -177,6 +177,7 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
     let peers = peers::Peers::new(ep.clone());
     let scrubber = Arc::new(scrub::Scrubber {
         store: store.clone(),
+        meta: meta.clone(),
         me: node_id,
         ring: ring_rx.clone(),
         peers: peers.clone(),

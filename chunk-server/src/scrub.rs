@@ -13,6 +13,8 @@ use tracing::{error, info, warn};
 
 pub struct Scrubber {
     pub store: Arc<BlockStore>,
+    /// To ask for the current ring when ours knows no other holder (just after start).
+    pub meta: Arc<tessera_common::metalink::MetaLink>,
     pub me: u64,
     pub ring: watch::Receiver<Arc<Ring>>,
     pub peers: Peers,
@@ -58,6 +60,19 @@ impl Scrubber {
     /// Fetch a good copy of `id` from another server and store it here.
     pub async fn refetch(&self, id: BlockId) -> bool {
         let ring = self.ring.borrow().clone();
+        if self.refetch_with(&ring, id).await {
+            return true;
+        }
+        if let Ok(tessera_common::proto::meta::MetaResponse::Ring(fresh)) = self.meta.call(&tessera_common::proto::meta::MetaRequest::GetRing).await {
+            if fresh.version != ring.version && self.refetch_with(&fresh, id).await {
+                return true;
+            }
+        }
+        warn!(block = %id.short(), "scrub: no good copy found elsewhere");
+        false
+    }
+
+    async fn refetch_with(&self, ring: &Ring, id: BlockId) -> bool {
         for n in ring.clockwise(&id) {
             if n.id == self.me || !n.up {
                 continue;
@@ -72,7 +87,6 @@ impl Scrubber {
                 }
             }
         }
-        warn!(block = %id.short(), "scrub: no good copy found elsewhere");
         false
     }
 }
