@@ -58,6 +58,8 @@ pub struct OpenFile {
     opens: AtomicUsize,
     /// The size as this mount sees it, readable without the state lock.
     size_hint: AtomicU64,
+    /// Unlinked while open: the hidden name it was moved to, removed at the last close.
+    hidden: Mutex<Option<(u64, Vec<u8>)>>,
 }
 
 pub struct Fs {
@@ -122,7 +124,33 @@ impl Fs {
     }
 
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        if self.hide_if_open(parent, name).await? {
+            return Ok(());
+        }
         self.meta.mutate_done(Mutation::Unlink { parent, name: name.to_vec() }).await
+    }
+
+    /// POSIX keeps an unlinked file readable through the descriptors that have it open. For
+    /// files open on this mount, the last link is not removed but renamed to a hidden name
+    /// (as NFS clients do), and removed at the last close.
+    async fn hide_if_open(&self, parent: u64, name: &[u8]) -> FsResult<bool> {
+        if self.files.lock().unwrap().is_empty() {
+            return Ok(false);
+        }
+        let a = match self.meta.attr_of(MetaRequest::Lookup { parent, name: name.to_vec() }).await {
+            Ok(a) => a,
+            Err(_) => return Ok(false),
+        };
+        let open = self.files.lock().unwrap().get(&a.ino).filter(|f| f.opens.load(Ordering::Acquire) > 0).cloned();
+        let Some(f) = open.filter(|_| a.kind == FileKind::File && a.nlink == 1) else {
+            return Ok(false);
+        };
+        let hidden = format!(".tessera-unlinked-{:x}", a.ino).into_bytes();
+        self.meta
+            .mutate_done(Mutation::Rename { parent, name: name.to_vec(), new_parent: parent, new_name: hidden.clone(), flags: 0 })
+            .await?;
+        *f.hidden.lock().unwrap() = Some((parent, hidden));
+        Ok(true)
     }
 
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
@@ -131,6 +159,10 @@ impl Fs {
 
     pub async fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> FsResult<()> {
         tessera_common::names::check_name(new_name)?;
+        // A replaced target that is open here stays readable, like an unlinked one.
+        if flags & RENAME_NOREPLACE == 0 && (parent, name) != (new_parent, new_name) {
+            self.hide_if_open(new_parent, new_name).await?;
+        }
         self.meta.mutate_done(Mutation::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags }).await
     }
 
@@ -195,7 +227,7 @@ impl Fs {
     /// Open a file this mount has just created: its state is known, no round trip needed.
     pub fn open_new(&self, ino: u64) -> u64 {
         let st = FileState { loaded: true, ..Default::default() };
-        let f = Arc::new(OpenFile { ino, st: tokio::sync::Mutex::new(st), opens: AtomicUsize::new(1), size_hint: AtomicU64::new(0) });
+        let f = Arc::new(OpenFile { ino, st: tokio::sync::Mutex::new(st), opens: AtomicUsize::new(1), size_hint: AtomicU64::new(0), hidden: Mutex::new(None) });
         self.files.lock().unwrap().insert(ino, f.clone());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(fh, f);
@@ -207,7 +239,7 @@ impl Fs {
             let mut files = self.files.lock().unwrap();
             files
                 .entry(ino)
-                .or_insert_with(|| Arc::new(OpenFile { ino, st: Default::default(), opens: AtomicUsize::new(0), size_hint: AtomicU64::new(0) }))
+                .or_insert_with(|| Arc::new(OpenFile { ino, st: Default::default(), opens: AtomicUsize::new(0), size_hint: AtomicU64::new(0), hidden: Mutex::new(None) }))
                 .clone()
         };
         f.opens.fetch_add(1, Ordering::Relaxed);
@@ -263,6 +295,12 @@ impl Fs {
             self.flush_state(&f, &mut st).await
         };
         self.drop_open(&f);
+        if f.opens.load(Ordering::Acquire) == 0 {
+            let hidden = f.hidden.lock().unwrap().take();
+            if let Some((parent, name)) = hidden {
+                self.meta.mutate_done(Mutation::Unlink { parent, name }).await?;
+            }
+        }
         r
     }
 
