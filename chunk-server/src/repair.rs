@@ -1,7 +1,8 @@
 //! Keeping N copies: a background scan of this server's blocks against the current ring.
 //!
 //! For each block held here, the current owners that are up and lack it are sent a copy
-//! (rate-limited); a block this server does not own is deleted here once every owner is up and
+//! (rate-limited; by one holder: the first owner holding it, else every holder); a block this
+//! server does not own is deleted here once every owner is up and
 //! holds it. The same rule re-replicates after a server goes out, fills a server that joins,
 //! drains a server that leaves, and cleans up copies written elsewhere while an owner was down.
 //! Only verified bytes are sent: a corrupt local copy is quarantined by the read instead.
@@ -109,10 +110,20 @@ impl Repairer {
                 reachable.insert(*node);
             }
         }
+        // One sender per block: the first owner (in ring order) that holds it, or, when no owner
+        // does, every holder (a drained or rejoined server, or copies written while owners were down).
+        let sender = |id: &BlockId| -> bool {
+            let owners = ring.owners(id, n);
+            match owners.iter().find(|o| o.id == self.me || has.contains(&(o.id, *id))) {
+                Some(first) => first.id == self.me,
+                None => true,
+            }
+        };
         let missing: Vec<(BlockId, u64)> = ask
             .iter()
             .filter(|(node, _)| reachable.contains(node))
             .flat_map(|(node, list)| list.iter().filter(|id| !has.contains(&(*node, **id))).map(|id| (*id, *node)))
+            .filter(|(id, _)| sender(id))
             .collect();
         self.pending.store(missing.len() as u64, Ordering::Relaxed);
         if !missing.is_empty() {

@@ -1,6 +1,6 @@
 //! The block store on local disk: one file per block under `blocks/xx/<hex id>`.
 //!
-//! A put writes a temporary file, fsyncs it, renames it into place and fsyncs the directory, so
+//! A put writes a temporary file, fsyncs it, links it into place and fsyncs the directory, so
 //! a block that is acknowledged survives a crash. A put of a stored block is a no-op. Every read
 //! is verified against the id; a corrupt file is moved to `quarantine/` and reported.
 
@@ -36,13 +36,11 @@ pub struct BlockStore {
     tmp_seq: AtomicU64,
 }
 
-/// Removes a temporary file unless disarmed (any early return cleans up).
-struct TempGuard<'a>(Option<&'a Path>);
+/// Removes a temporary file however the put ends.
+struct TempGuard<'a>(&'a Path);
 impl Drop for TempGuard<'_> {
     fn drop(&mut self) {
-        if let Some(p) = self.0 {
-            let _ = fs::remove_file(p);
-        }
+        let _ = fs::remove_file(self.0);
     }
 }
 
@@ -139,13 +137,19 @@ impl BlockStore {
         let dir = dest.parent().unwrap();
         fs::create_dir_all(dir).map_err(io(dir))?;
         let tmp = self.root.join("tmp").join(format!("{}.{}", id.to_hex(), self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
-        let mut guard = TempGuard(Some(&tmp));
+        let guard = TempGuard(&tmp);
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(data).map_err(io(&tmp))?;
         f.sync_data().map_err(io(&tmp))?;
         drop(f);
-        fs::rename(&tmp, &dest).map_err(io(&dest))?;
-        guard.0 = None;
+        // link(2) never replaces: when two puts of the same block race, exactly one creates it
+        // (and counts it); the other finds it there. The guard removes the temporary name.
+        match fs::hard_link(&tmp, &dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(ChunkError::Io { path: dest, source: e }),
+        }
+        drop(guard);
         File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
         self.blocks.fetch_add(1, Ordering::Relaxed);
         self.used.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -224,6 +228,17 @@ mod tests {
         assert_eq!((s.count(), s.used()), (1, 10_000));
         assert_eq!(s.get(&id).unwrap(), data);
         assert!(matches!(s.put(&BlockId::of(b"x"), b"y"), Err(ChunkError::BadHash(_))));
+        // Racing puts of one block count it once.
+        let other = vec![9u8; 5000];
+        let oid = BlockId::of(&other);
+        let news: usize = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..8).map(|_| sc.spawn(|| s.put(&oid, &other).unwrap() as usize)).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(news, 1);
+        assert_eq!((s.count(), s.used()), (2, 15_000));
+        assert!(s.delete(&oid).unwrap());
+        assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0, "no temporary files left");
 
         // Flip a byte on disk: the read refuses it and quarantines the file.
         let mut raw = fs::read(s.path(&id)).unwrap();

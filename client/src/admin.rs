@@ -153,7 +153,8 @@ impl Admin {
     async fn holders(&self, status: &ClusterStatus, ids: &[BlockId]) -> HashMap<BlockId, HashSet<u64>> {
         let mut held: HashMap<BlockId, HashSet<u64>> = HashMap::new();
         for n in status.nodes.iter().filter(|n| n.state == "up") {
-            let c = Arc::new(RpcClient::new(self.ep.clone(), &n.addr, 1, Duration::from_secs(30)));
+            // A server that just died is still "up" for a few seconds: don't wait long on it.
+            let c = Arc::new(RpcClient::new(self.ep.clone(), &n.addr, 1, Duration::from_secs(30)).with_connect_timeout(Duration::from_secs(2)));
             for chunk in ids.chunks(4096) {
                 if let Ok((ChunkResponse::Has(flags), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: chunk.to_vec() }, &[]).await {
                     for (id, has) in chunk.iter().zip(flags) {

@@ -100,43 +100,30 @@ impl Blocks {
     }
 
     /// Store `data` (whose id is `id`) on the first N servers of the ring that are up, in
-    /// parallel; at least the write quorum of them must accept. A server that already holds the
-    /// block is not sent it again (dedup); its "has" also protects the block from garbage
-    /// collection until we commit.
+    /// parallel. A server that fails is replaced by the next one clockwise, so N copies exist
+    /// while enough servers answer; the write fails only if fewer than the write quorum took it.
+    /// A server that already holds the block is not sent it again (dedup); its "has" also
+    /// protects the block from garbage collection until we commit.
     pub async fn put(&self, id: BlockId, data: Arc<Vec<u8>>) -> FsResult<()> {
         let ring = self.ring();
-        let owners: Vec<String> = ring.targets(&id, self.replicas).iter().map(|n| n.addr.clone()).collect();
-        if owners.is_empty() {
+        let candidates: Vec<String> = ring.targets(&id, ring.nodes.len()).iter().map(|n| n.addr.clone()).collect();
+        if candidates.is_empty() {
             return Err(FsError::Io("no chunk server is up".into()));
         }
-        let puts = owners.iter().map(|addr| {
-            let c = self.client(addr);
-            let data = data.clone();
-            async move {
-                // Asking first costs a round trip; for a small block, sending it costs about the same.
-                if data.len() >= DEDUP_CHECK_MIN {
-                    if let Ok((ChunkResponse::Has(h), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: vec![id] }, &[]).await {
-                        if h.first() == Some(&true) {
-                            return Ok(());
-                        }
-                    }
-                }
-                match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id }, &data).await {
-                    Ok((ChunkResponse::Stored, _)) => Ok(()),
-                    Ok((ChunkResponse::Error(e), _)) => Err(FsError::Io(format!("{}: {e}", c.addr()))),
-                    Ok((r, _)) => Err(FsError::Io(format!("{}: unexpected reply {r:?}", c.addr()))),
-                    Err(e) => Err(FsError::from(e)),
-                }
-            }
-        });
+        let want = self.replicas.min(candidates.len());
+        let mut next = 0;
         let mut acked = 0;
         let mut last = None;
-        for r in futures::future::join_all(puts).await {
-            match r {
-                Ok(()) => acked += 1,
-                Err(e) => {
-                    warn!(block = %id.short(), "put failed: {e}");
-                    last = Some(e);
+        while acked < want && next < candidates.len() {
+            let batch = &candidates[next..(next + want - acked).min(candidates.len())];
+            next += batch.len();
+            for r in futures::future::join_all(batch.iter().map(|addr| self.put_one(addr, id, data.clone()))).await {
+                match r {
+                    Ok(()) => acked += 1,
+                    Err(e) => {
+                        warn!(block = %id.short(), "put failed: {e}");
+                        last = Some(e);
+                    }
                 }
             }
         }
@@ -144,8 +131,25 @@ impl Blocks {
         if acked < self.write_quorum.min(ring.nodes.len()) || acked == 0 {
             return Err(last.unwrap_or_else(|| FsError::Io("write quorum not reached".into())));
         }
-        // Written blocks are not cached: a writer rarely reads back, and the cache is for readers.
         Ok(())
+    }
+
+    async fn put_one(&self, addr: &str, id: BlockId, data: Arc<Vec<u8>>) -> FsResult<()> {
+        let c = self.client(addr);
+        // Asking first costs a round trip; for a small block, sending it costs about the same.
+        if data.len() >= DEDUP_CHECK_MIN {
+            if let Ok((ChunkResponse::Has(h), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: vec![id] }, &[]).await {
+                if h.first() == Some(&true) {
+                    return Ok(());
+                }
+            }
+        }
+        match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id }, &data).await {
+            Ok((ChunkResponse::Stored, _)) => Ok(()),
+            Ok((ChunkResponse::Error(e), _)) => Err(FsError::Io(format!("{}: {e}", c.addr()))),
+            Ok((r, _)) => Err(FsError::Io(format!("{}: unexpected reply {r:?}", c.addr()))),
+            Err(e) => Err(FsError::from(e)),
+        }
     }
 
     /// Fetch a verified block: cache, then one fetch shared by all concurrent readers.

@@ -171,7 +171,14 @@ pub struct RpcClient {
     conns: Vec<Mutex<Option<quinn::Connection>>>,
     next: AtomicUsize,
     timeout: Duration,
+    connect_timeout: Duration,
+    /// When a connection attempt last failed: callers in the next `RETRY_AFTER` fail at once
+    /// instead of queueing behind another timeout to a server that is down.
+    failed_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a failed connection attempt makes further calls fail fast.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 impl RpcClient {
     pub fn new(ep: quinn::Endpoint, addr: &str, connections: usize, timeout: Duration) -> Self {
@@ -181,7 +188,15 @@ impl RpcClient {
             conns: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             timeout,
+            connect_timeout: Duration::from_secs(5),
+            failed_at: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Give up on connecting after `t` (default 5 s).
+    pub fn with_connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
     }
 
     pub fn addr(&self) -> &str {
@@ -195,13 +210,21 @@ impl RpcClient {
                 return Ok(c.clone());
             }
         }
-        let sock = resolve(&self.addr).await?;
         let err = |reason: String| NetError::Connect { addr: self.addr.clone(), reason };
-        let connecting = self.ep.connect(sock, host_of(&self.addr)).map_err(|e| err(e.to_string()))?;
-        let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
-            .await
-            .map_err(|_| err("no answer within 5s (is the server running?)".into()))?
-            .map_err(|e| err(describe_conn_error(&e)))?;
+        if self.failed_at.lock().unwrap().is_some_and(|t| t.elapsed() < RETRY_AFTER) {
+            return Err(err("unreachable a moment ago; not retrying yet".into()));
+        }
+        let r = async {
+            let sock = resolve(&self.addr).await?;
+            let connecting = self.ep.connect(sock, host_of(&self.addr)).map_err(|e| err(e.to_string()))?;
+            tokio::time::timeout(self.connect_timeout, connecting)
+                .await
+                .map_err(|_| err(format!("no answer within {}s (is the server running?)", self.connect_timeout.as_secs())))?
+                .map_err(|e| err(describe_conn_error(&e)))
+        }
+        .await;
+        *self.failed_at.lock().unwrap() = if r.is_err() { Some(std::time::Instant::now()) } else { None };
+        let conn = r?;
         *g = Some(conn.clone());
         Ok(conn)
     }
