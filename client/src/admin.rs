@@ -92,7 +92,7 @@ impl Admin {
     }
 
     async fn call(&self, req: MetaRequest) -> anyhow::Result<MetaResponse> {
-        match self.link.call(&req).await.context("cannot reach the metadata server")? {
+        match self.link.call(&req).await.context("metadata server")? {
             MetaResponse::Error(e) => bail!("metadata server: {}", e.message),
             r => Ok(r),
         }

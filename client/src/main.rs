@@ -289,6 +289,7 @@ fn detach(mp: &std::path::Path) -> anyhow::Result<()> {
         }
         if let Some(status) = child.try_wait()? {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let _ = std::fs::remove_file(&log);
             let reason = text.lines().rev().find(|l| l.starts_with("tessera:")).map(|l| l.trim_start_matches("tessera:").trim().to_string());
             bail!("{}", reason.unwrap_or_else(|| format!("mount process exited with {status}; see {}", log.display())));
         }

@@ -33,7 +33,7 @@ pub async fn connect(certs: &NodeCerts, meta: &[String]) -> anyhow::Result<Arc<F
     let ep = net::client_endpoint(certs)?;
     let mc = MetaClient::connect(ep.clone(), meta, &certs.identity.name)
         .await
-        .with_context(|| format!("cannot reach the metadata server at {}", meta.join(",")))?;
+        .with_context(|| format!("cannot connect to the metadata server at {}", meta.join(",")))?;
     let mc = Arc::new(mc);
     let blocks = Blocks::new(ep, mc.first_ring.clone(), mc.replicas as usize, mc.write_quorum as usize, CACHE_BYTES);
     let fs = Fs::new(mc.clone(), blocks.clone());
