@@ -77,14 +77,19 @@ impl Service for ChunkService {
         let store = self.store.clone();
         let res: Result<(ChunkResponse, Vec<u8>), WireError> = match req {
             ChunkRequest::Put { id } => blocking(move || store.put(&id, &payload).map(|_| (ChunkResponse::Stored, vec![]))).await,
-            ChunkRequest::Get { id } => {
-                let r = blocking(move || store.get(&id).map(|d| (ChunkResponse::Block, d))).await;
-                if matches!(&r, Err(e) if e.code == ErrorCode::BadHash) {
-                    // The read quarantined a corrupt copy: replace it from a good one.
-                    let s = self.scrubber.clone();
-                    tokio::spawn(async move { s.refetch(id).await });
+            ChunkRequest::Get { id } => blocking(move || store.read(&id).map(|d| (ChunkResponse::Block, d))).await,
+            ChunkRequest::Report { id } => {
+                // Check the copy; a bad one is quarantined by get() and replaced from a good one.
+                let s = self.scrubber.clone();
+                let check = store.clone();
+                match tokio::task::spawn_blocking(move || check.get(&id)).await {
+                    Ok(Err(ChunkError::Corrupt(_))) => {
+                        tracing::error!(block = %id.short(), reporter = %peer.name, "a reader found this copy corrupt; replacing it");
+                        tokio::spawn(async move { s.refetch(id).await });
+                    }
+                    _ => tracing::warn!(block = %id.short(), reporter = %peer.name, "a reader reported this copy, but it verifies here"),
                 }
-                r
+                Ok((ChunkResponse::Stored, vec![]))
             }
             ChunkRequest::Has { ids } => Ok((ChunkResponse::Has(ids.iter().map(|i| store.has(i)).collect()), vec![])),
             ChunkRequest::Delete { ids, min_idle_secs } => match admin_only(&peer, "delete blocks") {

@@ -204,8 +204,11 @@ impl Blocks {
                     if ok {
                         return Ok(Arc::new(data));
                     }
-                    warn!(block = %id.short(), server = %addr, "replica returned bytes that do not match the block id");
+                    warn!(block = %id.short(), server = %addr, "replica returned bytes that do not match the block id; reported, trying the next");
                     last = FsError::Io(format!("block {}: bad replica on {addr}", id.short()));
+                    tokio::spawn(async move {
+                        let _ = c.call::<_, ChunkResponse>(&ChunkRequest::Report { id }, &[]).await;
+                    });
                 }
                 Ok((ChunkResponse::Error(e), _)) => {
                     warn!(block = %id.short(), server = %addr, "get failed: {e}");

@@ -170,7 +170,11 @@ impl Admin {
                 for node in &good {
                     match clients[node].call::<_, ChunkResponse>(&ChunkRequest::Get { id: *id }, &[]).await {
                         Ok((ChunkResponse::Block, data)) if id.verify(&data) => ok.push(*node),
-                        _ => report.corrupt_copies += 1,
+                        _ => {
+                            report.corrupt_copies += 1;
+                            // The server checks the copy, quarantines it and fetches a good one.
+                            let _ = clients[node].call::<_, ChunkResponse>(&ChunkRequest::Report { id: *id }, &[]).await;
+                        }
                     }
                 }
                 good = ok;

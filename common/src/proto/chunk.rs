@@ -2,7 +2,10 @@
 //!
 //! `Put` carries the block bytes as the frame payload; the server recomputes BLAKE3 and refuses
 //! a mismatch with `BadHash`. A put of a block already stored is a no-op. `Get` answers with the
-//! bytes as payload; the client verifies them again. `Delete`, `List` and `Scrub` are refused
+//! bytes as payload, unverified: the client verifies every block it receives (one hash per
+//! read instead of two), and sends `Report` for a copy that did not match; the server then
+//! checks that copy, quarantines it if it is bad, and fetches a good one. Copies a server sends
+//! to another server (repair) are always verified first, and scrubbing checks every copy. `Delete`, `List` and `Scrub` are refused
 //! unless the peer's certificate has the `meta` or `admin` role.
 //!
 //! Garbage collection safety: a `Put` and a `Has` that finds the block both refresh the block's
@@ -19,6 +22,8 @@ pub enum ChunkRequest {
     Put { id: BlockId },
     /// Reply: `Block` with the bytes as payload.
     Get { id: BlockId },
+    /// The copy of `id` this server sent did not match its id. Reply: `Stored` (checked).
+    Report { id: BlockId },
     /// Reply: `Has`, one flag per id.
     Has { ids: Vec<BlockId> },
     /// Meta/admin only: delete blocks unused for at least `min_idle_secs`. Reply: `Deleted`.
