@@ -59,7 +59,39 @@ pub struct Repairer {
     pub sent: Arc<AtomicU64>,
 }
 
+/// Copies a repair scan sends at once.
+const SENDS_IN_FLIGHT: usize = 4;
+
 impl Repairer {
+    /// Send our verified copy of `id` to `node`; Some((node, id)) once it is stored there.
+    async fn send_copy(&self, ring: &Ring, id: BlockId, node: u64) -> Option<(u64, BlockId)> {
+        let info = ring.node(node)?;
+        let store = self.store.clone();
+        let data = match tokio::task::spawn_blocking(move || store.get(&id)).await {
+            Ok(Ok(d)) => d,
+            other => {
+                warn!(block = %id.short(), "repair: local copy unusable: {other:?}");
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        self.rate.take(data.len()).await;
+        let c = self.peers.get(&info.addr);
+        let r = match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id }, &data).await {
+            Ok((ChunkResponse::Stored, _)) => {
+                self.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                debug!(block = %id.short(), to = %info.addr, "repair: copy sent");
+                Some((node, id))
+            }
+            other => {
+                warn!(block = %id.short(), to = %info.addr, "repair: send failed: {other:?}");
+                None
+            }
+        };
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        r
+    }
+
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
@@ -129,29 +161,15 @@ impl Repairer {
         if !missing.is_empty() {
             info!(copies = missing.len(), "repair: sending missing copies");
         }
-        for (id, node) in missing {
-            let Some(info) = ring.node(node) else { continue };
-            let store = self.store.clone();
-            let data = match tokio::task::spawn_blocking(move || store.get(&id)).await? {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!(block = %id.short(), "repair: local copy unusable: {e}");
-                    self.pending.fetch_sub(1, Ordering::Relaxed);
-                    continue;
-                }
-            };
-            self.rate.take(data.len()).await;
-            let c = self.peers.get(&info.addr);
-            match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id }, &data).await {
-                Ok((ChunkResponse::Stored, _)) => {
-                    has.insert((node, id));
-                    self.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    debug!(block = %id.short(), to = %info.addr, "repair: copy sent");
-                }
-                other => warn!(block = %id.short(), to = %info.addr, "repair: send failed: {other:?}"),
-            }
-            self.pending.fetch_sub(1, Ordering::Relaxed);
-        }
+        // A few copies in flight at once: one at a time leaves the link idle during each fsync.
+        use futures::stream::{self, StreamExt};
+        let sent: Vec<(u64, BlockId)> = stream::iter(missing)
+            .map(|(id, node)| self.send_copy(ring, id, node))
+            .buffer_unordered(SENDS_IN_FLIGHT)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await;
+        has.extend(sent);
         // Drop copies this server does not own once every owner is up and holds the block.
         let mut dropped = 0;
         for id in &ids {
