@@ -49,21 +49,16 @@ enum Cmd {
     },
     /// Show the cluster: servers, capacity, blocks, replication health.
     Status {
-        #[arg(long, env = "TESSERA_META")]
-        meta: String,
-        /// Certificate bundle with role admin.
-        #[arg(long, env = "TESSERA_CERTS")]
-        certs: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         #[arg(long)]
         json: bool,
     },
     /// Run a garbage-collection pass now: delete blocks no file references, once unused for the
     /// grace period.
     Gc {
-        #[arg(long, env = "TESSERA_META")]
-        meta: String,
-        #[arg(long, env = "TESSERA_CERTS")]
-        certs: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Wait for the pass to finish and print what it deleted.
         #[arg(long)]
         wait: bool,
@@ -72,10 +67,8 @@ enum Cmd {
     },
     /// Re-hash every stored block on every server now; corrupt copies are replaced.
     Scrub {
-        #[arg(long, env = "TESSERA_META")]
-        meta: String,
-        #[arg(long, env = "TESSERA_CERTS")]
-        certs: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Wait for the passes to finish and print blocks checked, corrupt and repaired.
         #[arg(long)]
         wait: bool,
@@ -85,10 +78,8 @@ enum Cmd {
     /// Check that every referenced block has N reachable, correct copies; report orphan blocks
     /// and dangling references. Exits non-zero when anything is wrong.
     Fsck {
-        #[arg(long, env = "TESSERA_META")]
-        meta: String,
-        #[arg(long, env = "TESSERA_CERTS")]
-        certs: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Copy under-replicated blocks to the servers that should hold them.
         #[arg(long)]
         repair: bool,
@@ -111,22 +102,41 @@ enum Cmd {
     },
 }
 
+/// How an admin command reaches the cluster.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Metadata servers, comma-separated.
+    #[arg(long, env = "TESSERA_META")]
+    meta: String,
+    /// Certificate bundle with role admin.
+    #[arg(long, env = "TESSERA_CERTS")]
+    certs: PathBuf,
+}
+
+impl ClusterArgs {
+    /// Connect to the metadata service, then run `f` on a fresh runtime.
+    fn run<T, F>(&self, f: impl FnOnce(admin::Admin) -> F) -> anyhow::Result<T>
+    where
+        F: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let meta = meta_list(&self.meta)?;
+        let certs = NodeCerts::load(&self.certs)?;
+        runtime()?.block_on(async { f(admin::Admin::connect(&certs, &meta)?).await })
+    }
+}
+
 #[derive(Subcommand)]
 enum NodeCmd {
     Remove {
         /// Server id as shown by `tessera status`.
         id: String,
-        #[arg(long, env = "TESSERA_META")]
-        meta: String,
-        #[arg(long, env = "TESSERA_CERTS")]
-        certs: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     Drain {
         id: String,
-        #[arg(long, env = "TESSERA_META")]
-        meta: String,
-        #[arg(long, env = "TESSERA_CERTS")]
-        certs: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
 }
 
@@ -182,15 +192,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("issued {name} ({role}) into {}", node_dir.display());
             Ok(())
         }
-        Cmd::Status { meta, certs, json } => {
-            let meta = meta_list(&meta)?;
-            let certs = NodeCerts::load(&certs)?;
-            runtime()?.block_on(async { admin::Admin::connect(&certs, &meta)?.status(json).await })
-        }
-        Cmd::Fsck { meta, certs, repair, deep, json } => {
-            let meta = meta_list(&meta)?;
-            let certs = NodeCerts::load(&certs)?;
-            let r = runtime()?.block_on(async { admin::Admin::connect(&certs, &meta)?.fsck(deep, repair).await })?;
+        Cmd::Status { cluster, json } => cluster.run(|a| async move { a.status(json).await }),
+        Cmd::Fsck { cluster, repair, deep, json } => {
+            let r = cluster.run(|a| async move { a.fsck(deep, repair).await })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -201,10 +205,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Gc { meta, certs, wait, json } => {
-            let meta = meta_list(&meta)?;
-            let certs = NodeCerts::load(&certs)?;
-            let r = runtime()?.block_on(async { admin::Admin::connect(&certs, &meta)?.gc(wait).await })?;
+        Cmd::Gc { cluster, wait, json } => {
+            let r = cluster.run(|a| async move { a.gc(wait).await })?;
             if json {
                 println!("{}", serde_json::json!({ "scanned": r.scanned, "deleted": r.deleted, "unreachable": r.unreachable }));
             } else if wait {
@@ -214,10 +216,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Scrub { meta, certs, wait, json } => {
-            let meta = meta_list(&meta)?;
-            let certs = NodeCerts::load(&certs)?;
-            let r = runtime()?.block_on(async { admin::Admin::connect(&certs, &meta)?.scrub(wait).await })?;
+        Cmd::Scrub { cluster, wait, json } => {
+            let r = cluster.run(|a| async move { a.scrub(wait).await })?;
             if json {
                 println!("{}", serde_json::json!({ "checked": r.checked, "corrupt": r.corrupt, "repaired": r.repaired, "bytes": r.bytes }));
             } else if wait {
@@ -228,14 +228,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Node { cmd } => {
-            let (id, meta, certs, action) = match cmd {
-                NodeCmd::Remove { id, meta, certs } => (id, meta, certs, NodeAction::Remove),
-                NodeCmd::Drain { id, meta, certs } => (id, meta, certs, NodeAction::Drain),
+            let (id, cluster, action) = match cmd {
+                NodeCmd::Remove { id, cluster } => (id, cluster, NodeAction::Remove),
+                NodeCmd::Drain { id, cluster } => (id, cluster, NodeAction::Drain),
             };
             let node_id = u64::from_str_radix(id.trim_start_matches("0x"), 16).map_err(|_| anyhow::anyhow!("'{id}' is not a server id (16 hex digits, see tessera status)"))?;
-            let meta = meta_list(&meta)?;
-            let certs = NodeCerts::load(&certs)?;
-            runtime()?.block_on(async { admin::Admin::connect(&certs, &meta)?.node(node_id, action).await })?;
+            cluster.run(|a| async move { a.node(node_id, action).await })?;
             println!("server {node_id:016x}: {}", if action == NodeAction::Remove { "removed from the ring" } else { "draining" });
             Ok(())
         }
