@@ -57,15 +57,11 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
     let meta = tessera_meta::start(
         MetaConfig {
             data_dir: data.join("meta"),
-            listen: "127.0.0.1:0".parse().unwrap(),
             certs: certs.join("meta"),
             replicas: o.replicas,
-            write_quorum: None,
-            block_size: tessera_common::DEFAULT_BLOCK_SIZE,
-            down_after: Duration::from_secs(5),
-            out_after: Duration::from_secs(600),
             gc_grace: Duration::from_secs(o.gc_grace),
             gc_interval: Duration::from_secs(o.gc_grace.clamp(1, 600)),
+            ..Default::default()
         },
         stop_rx.clone(),
     )

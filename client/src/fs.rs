@@ -18,8 +18,10 @@ const UPLOAD_SLOTS: usize = 16;
 const MAX_DIRTY_BLOCKS: usize = 16;
 /// Block-map entries per commit request.
 const COMMIT_BATCH: usize = 4096;
+/// Largest file size (the metadata server refuses more).
+const MAX_FILE_SIZE: u64 = 1 << 60;
 /// Blocks fetched ahead of a sequential reader.
-const PREFETCH_BLOCKS: u64 = 4;
+const PREFETCH_BLOCKS: u64 = 8;
 
 type Upload = JoinHandle<(u64, Arc<Vec<u8>>, FsResult<BlockRef>)>;
 
@@ -429,7 +431,7 @@ impl Fs {
             return Err(e);
         }
         let bs = self.bs;
-        let end = offset.checked_add(data.len() as u64).ok_or(FsError::Errno(libc::EFBIG))?;
+        let end = offset.checked_add(data.len() as u64).filter(|&e| e <= MAX_FILE_SIZE).ok_or(FsError::Errno(libc::EFBIG))?;
         let mut pos = offset;
         while pos < end {
             let idx = pos / bs;

@@ -37,6 +37,24 @@ pub struct MetaConfig {
     pub gc_interval: Duration,
 }
 
+impl Default for MetaConfig {
+    /// The defaults of `tessera-meta`, on loopback port 0.
+    fn default() -> Self {
+        MetaConfig {
+            data_dir: PathBuf::from("tessera-meta"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            certs: PathBuf::from("certs"),
+            replicas: 3,
+            write_quorum: None,
+            block_size: tessera_common::DEFAULT_BLOCK_SIZE,
+            down_after: Duration::from_secs(5),
+            out_after: Duration::from_secs(600),
+            gc_grace: Duration::from_secs(3600),
+            gc_interval: Duration::from_secs(600),
+        }
+    }
+}
+
 impl MetaConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if !(1..=16).contains(&self.replicas) {

@@ -15,6 +15,9 @@ use tessera_common::names::{check_name, MAX_SYMLINK_LEN};
 use tessera_common::proto::meta::*;
 use tessera_common::{BlockId, ErrorCode, WireError, ROOT_INO};
 
+/// Largest file size accepted (keeps every size and offset far from integer overflow).
+pub const MAX_FILE_SIZE: u64 = 1 << 60;
+
 /// Replies kept per session for retries.
 const RETRY_WINDOW: u64 = 4096;
 /// Encoding version of every persisted record (first byte).
@@ -622,6 +625,9 @@ impl Namespace {
                     r.gid = g;
                 }
                 if let Some(size) = s.size {
+                    if size > MAX_FILE_SIZE {
+                        return Err(err(ErrorCode::InvalidArgument, "file size too large"));
+                    }
                     match r.kind {
                         FileKind::File => tx.truncate(*ino, &mut r, size)?,
                         FileKind::Dir => return Err(err(ErrorCode::IsDir, "cannot truncate a directory")),
@@ -689,6 +695,9 @@ impl Namespace {
                 MetaResponse::Attr(a)
             }
             Mutation::CommitBlocks { ino, blocks, size } => {
+                if *size > MAX_FILE_SIZE {
+                    return Err(err(ErrorCode::InvalidArgument, "file size too large"));
+                }
                 let mut r = tx.inode(*ino)?;
                 if r.kind != FileKind::File {
                     return Err(err(ErrorCode::InvalidArgument, "not a regular file"));

@@ -32,18 +32,7 @@ impl Server {
             tls::issue(&d.join("ca"), &d.join(name), &format!("{name}-1"), role, &hosts).unwrap();
         }
         let (shutdown, rx) = watch::channel(false);
-        let cfg = MetaConfig {
-            data_dir: d.join("data"),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            certs: d.join("meta"),
-            replicas: 1,
-            write_quorum: None,
-            block_size: tessera_common::DEFAULT_BLOCK_SIZE,
-            down_after: Duration::from_secs(5),
-            out_after: Duration::from_secs(600),
-            gc_grace: Duration::from_secs(3600),
-            gc_interval: Duration::from_secs(600),
-        };
+        let cfg = MetaConfig { data_dir: d.join("data"), certs: d.join("meta"), replicas: 1, ..Default::default() };
         let s = tessera_meta::start(cfg, rx).await.expect("starting the metadata server");
         Server { dir, addr: s.addr, shutdown, task: s.task }
     }
