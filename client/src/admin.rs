@@ -240,7 +240,13 @@ impl Admin {
         }
         println!();
         println!("files: {}   replicas: {}   ring version: {}", out.files, out.replicas, out.ring_version);
-        println!("bytes: {} logical, {} stored", human(out.bytes.logical), human(out.bytes.stored));
+        println!(
+            "bytes: {} logical, {} stored ({} copies; dedup ratio {:.2})",
+            human(out.bytes.logical),
+            human(out.bytes.stored),
+            out.replicas,
+            out.bytes.dedup_ratio
+        );
         println!(
             "blocks: {} total, {} under-replicated, {} missing, {} misplaced",
             out.blocks.total, out.blocks.under_replicated, out.blocks.missing, out.blocks.misplaced
