@@ -18,6 +18,9 @@ pub struct MetaClient {
     pub first_ring: Ring,
 }
 
+/// How long calls keep retrying an unreachable metadata service.
+const OUTAGE: Duration = Duration::from_secs(15);
+
 fn unexpected(r: MetaResponse) -> FsError {
     FsError::Io(format!("unexpected reply from the metadata server: {r:?}"))
 }
@@ -35,32 +38,33 @@ impl MetaClient {
         }
     }
 
+    /// Call the metadata service. While it cannot be reached (a restart, a failover), retry
+    /// with backoff for up to `OUTAGE` before failing with EIO; mutations keep their sequence
+    /// number across retries, so a retry is answered, not applied twice.
     pub async fn call(&self, req: MetaRequest) -> FsResult<MetaResponse> {
-        let t = std::time::Instant::now();
-        let r = self.link.call(&req).await;
-        tracing::trace!(elapsed_us = t.elapsed().as_micros() as u64, ?req, "metadata call");
-        match r? {
-            MetaResponse::Error(e) => Err(e.into()),
-            r => Ok(r),
+        let start = std::time::Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let t = std::time::Instant::now();
+            let r = self.link.call(&req).await;
+            tracing::trace!(elapsed_us = t.elapsed().as_micros() as u64, ?req, "metadata call");
+            match r {
+                Ok(MetaResponse::Error(e)) => return Err(e.into()),
+                Ok(r) => return Ok(r),
+                Err(e) if start.elapsed() + pause < OUTAGE => {
+                    tracing::warn!("metadata server unreachable, retrying: {e}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
-    /// Apply a mutation. A lost connection is retried with the same sequence number.
+    /// Apply a mutation, once.
     pub async fn mutate(&self, op: Mutation) -> FsResult<MetaResponse> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let req = MetaRequest::Mutate { session: self.session, seq, op };
-        let mut last = None;
-        for attempt in 0..3 {
-            match self.call(req.clone()).await {
-                Err(FsError::Net(e)) => {
-                    tracing::warn!(attempt, "metadata call failed, retrying: {e}");
-                    last = Some(FsError::Net(e));
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                }
-                r => return r,
-            }
-        }
-        Err(last.unwrap())
+        self.call(MetaRequest::Mutate { session: self.session, seq, op }).await
     }
 
     pub async fn attr_of(&self, req: MetaRequest) -> FsResult<Attr> {
