@@ -9,12 +9,6 @@ pub struct BlockId(pub [u8; 32]);
 impl BlockId {
     /// The id of `data`.
     pub fn of(data: &[u8]) -> Self {
-        if data.len() >= 128 * 1024 {
-            // Large blocks: BLAKE3's tree mode lets rayon-free multi-chunk SIMD do the work.
-            let mut h = blake3::Hasher::new();
-            h.update(data);
-            return BlockId(*h.finalize().as_bytes());
-        }
         BlockId(*blake3::hash(data).as_bytes())
     }
 
