@@ -112,9 +112,13 @@ impl Fs {
     }
 
     /// A file open here shows the size of its local, not yet committed writes.
+    /// A file unlinked while open here (kept under a hidden name) has no links left.
     fn overlay(&self, mut a: Attr) -> Attr {
         if let Some(f) = self.files.lock().unwrap().get(&a.ino) {
             a.size = f.size_hint.load(Ordering::Relaxed);
+            if f.hidden.lock().unwrap().is_some() {
+                a.nlink = 0;
+            }
         }
         a
     }

@@ -379,6 +379,27 @@ impl Filesystem for FuseFs {
         });
     }
 
+    /// Mode 0 (allocate, extending the size) is a size change: blocks are allocated when
+    /// written anyway. Punching holes and keeping the size are not supported.
+    fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        if mode != 0 {
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            let r = async {
+                let size = fs.getattr(ino.0).await?.size;
+                let end = offset.checked_add(length).ok_or(FsError::Errno(libc::EFBIG))?;
+                fs.setattr(ino.0, SetAttr { size: Some(size.max(end)), ..Default::default() }).await
+            }
+            .await;
+            match r {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     // Extended attributes are not stored yet: ENOSYS tells the kernel once, and it answers
     // EOPNOTSUPP itself from then on.
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
