@@ -547,6 +547,25 @@ fn unlinked_open_file_stays_readable() {
     assert_eq!(fs::read(&p).unwrap(), b"new file");
     f.read_exact_at(&mut got[..4096], 0).unwrap();
     assert!(got[..4096] == data[..4096], "the unlinked file now shows the new file's bytes");
+    assert_eq!(f.metadata().unwrap().nlink(), 0, "fstat of an unlinked open file shows no links");
+    // After the last close the hidden name is gone too: the directory lists only the new file.
+    drop(f);
+    assert_eq!(names(&c.mnt), ["doomed".to_string()].into_iter().collect(), "only the new file remains after the last close");
+}
+
+#[test]
+fn fallocate_extends_the_size() {
+    let c = DevCluster::start();
+    let p = c.path("pre");
+    fs::write(&p, b"abc").unwrap();
+    let st = Command::new("fallocate").args(["-l", "10000"]).arg(&p).status().unwrap();
+    assert!(st.success(), "fallocate -l 10000 failed");
+    let got = fs::read(&p).unwrap();
+    assert_eq!(got.len(), 10000);
+    assert_eq!(&got[..3], b"abc");
+    assert_zeros(&got[3..], "allocated range");
+    let st = Command::new("fallocate").args(["--punch-hole", "-o", "0", "-l", "4096"]).arg(&p).output().unwrap();
+    assert!(!st.status.success(), "punching holes is not supported and must say so");
 }
 
 #[test]
