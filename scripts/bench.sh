@@ -16,6 +16,7 @@ cleanup() {
   wait "$dev" 2>/dev/null || true
   mountpoint -q "$mnt" && umount -l "$mnt" || true
   rm -rf "$work"
+  bash "$bench/peers-teardown.sh" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 for _ in $(seq 100); do mountpoint -q "$mnt" && break; sleep 0.2; done

@@ -1,7 +1,6 @@
 //! Tessera chunk server: stores content-addressed blocks and serves put/get/has/delete over
 //! QUIC; registers with the metadata server and sends heartbeats.
 
-pub mod peers;
 pub mod repair;
 pub mod scrub;
 pub mod store;
@@ -179,7 +178,7 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
 
     let (ring_tx, ring_rx) = watch::channel(Arc::new(Ring::default()));
     let pending = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let peers = peers::Peers::new(ep.clone());
+    let peers = net::ClientPool::new(ep.clone(), 1, Duration::from_secs(30));
     let scrubber = Arc::new(scrub::Scrubber {
         store: store.clone(),
         meta: meta.clone(),

@@ -7,7 +7,6 @@
 //! drains a server that leaves, and cleans up copies written elsewhere while an owner was down.
 //! Only verified bytes are sent: a corrupt local copy is quarantined by the read instead.
 
-use crate::peers::Peers;
 use crate::store::BlockStore;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +49,7 @@ pub struct Repairer {
     pub store: Arc<BlockStore>,
     pub me: u64,
     pub ring: watch::Receiver<Arc<Ring>>,
-    pub peers: Peers,
+    pub peers: tessera_common::net::ClientPool,
     pub rate: RateLimiter,
     pub interval: Duration,
     /// Copies found missing in the last scan and not yet sent.

@@ -1,7 +1,6 @@
 //! Scrubbing: re-hash every stored block (rate-limited); a corrupt copy is quarantined by the
 //! read and fetched again, verified, from another server.
 
-use crate::peers::Peers;
 use crate::repair::RateLimiter;
 use crate::store::{BlockStore, ChunkError};
 use std::sync::Arc;
@@ -17,7 +16,7 @@ pub struct Scrubber {
     pub meta: Arc<tessera_common::metalink::MetaLink>,
     pub me: u64,
     pub ring: watch::Receiver<Arc<Ring>>,
-    pub peers: Peers,
+    pub peers: tessera_common::net::ClientPool,
     pub rate: RateLimiter,
     /// One pass at a time.
     pub running: tokio::sync::Mutex<()>,

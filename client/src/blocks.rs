@@ -6,7 +6,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tessera_common::net::RpcClient;
+use tessera_common::net::{ClientPool, RpcClient};
 use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
 use tessera_common::ring::Ring;
 use tessera_common::BlockId;
@@ -15,8 +15,7 @@ use tracing::warn;
 type Fetch = Shared<BoxFuture<'static, Result<Arc<Vec<u8>>, FsError>>>;
 
 pub struct Blocks {
-    ep: quinn::Endpoint,
-    clients: Mutex<HashMap<String, Arc<RpcClient>>>,
+    clients: ClientPool,
     /// The current ring first, then the last few older versions (readers fall back to them
     /// while blocks move).
     rings: RwLock<VecDeque<Arc<Ring>>>,
@@ -40,8 +39,7 @@ const CONNS_PER_SERVER: usize = 2;
 impl Blocks {
     pub fn new(ep: quinn::Endpoint, ring: Ring, replicas: usize, write_quorum: usize, cache_limit: usize) -> Arc<Self> {
         Arc::new(Blocks {
-            ep,
-            clients: Mutex::new(HashMap::new()),
+            clients: ClientPool::new(ep, CONNS_PER_SERVER, Duration::from_secs(30)),
             rings: RwLock::new(VecDeque::from([Arc::new(ring)])),
             replicas,
             write_quorum: write_quorum.clamp(1, replicas.max(1)),
@@ -93,10 +91,7 @@ impl Blocks {
     }
 
     fn client(&self, addr: &str) -> Arc<RpcClient> {
-        let mut m = self.clients.lock().unwrap();
-        m.entry(addr.to_string())
-            .or_insert_with(|| Arc::new(RpcClient::new(self.ep.clone(), addr, CONNS_PER_SERVER, Duration::from_secs(30))))
-            .clone()
+        self.clients.get(addr)
     }
 
     /// Store `data` (whose id is `id`) on the first N servers of the ring that are up, in

@@ -280,3 +280,28 @@ pub fn describe_conn_error(e: &quinn::ConnectionError) -> String {
         _ => text,
     }
 }
+
+/// One cached [`RpcClient`] per server address, created on first use. Cheap to clone.
+#[derive(Clone)]
+pub struct ClientPool {
+    ep: quinn::Endpoint,
+    connections: usize,
+    timeout: Duration,
+    clients: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<RpcClient>>>>,
+}
+
+impl ClientPool {
+    /// `connections` QUIC connections per server; `timeout` per call.
+    pub fn new(ep: quinn::Endpoint, connections: usize, timeout: Duration) -> Self {
+        ClientPool { ep, connections, timeout, clients: Default::default() }
+    }
+
+    pub fn get(&self, addr: &str) -> Arc<RpcClient> {
+        self.clients
+            .lock()
+            .unwrap()
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(RpcClient::new(self.ep.clone(), addr, self.connections, self.timeout)))
+            .clone()
+    }
+}

@@ -8,10 +8,9 @@
 
 use crate::membership::Membership;
 use crate::namespace::Namespace;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tessera_common::net::RpcClient;
+use tessera_common::net::ClientPool;
 use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
 use tessera_common::proto::meta::GcReport;
 use tessera_common::BlockId;
@@ -20,24 +19,14 @@ use tracing::{info, warn};
 pub struct Gc {
     pub ns: Arc<Namespace>,
     pub members: Arc<Membership>,
-    pub ep: quinn::Endpoint,
     pub grace: Duration,
-    clients: Mutex<HashMap<String, Arc<RpcClient>>>,
+    clients: ClientPool,
     running: tokio::sync::Mutex<()>,
 }
 
 impl Gc {
     pub fn new(ns: Arc<Namespace>, members: Arc<Membership>, ep: quinn::Endpoint, grace: Duration) -> Self {
-        Gc { ns, members, ep, grace, clients: Default::default(), running: Default::default() }
-    }
-
-    fn client(&self, addr: &str) -> Arc<RpcClient> {
-        self.clients
-            .lock()
-            .unwrap()
-            .entry(addr.to_string())
-            .or_insert_with(|| Arc::new(RpcClient::new(self.ep.clone(), addr, 1, Duration::from_secs(60))))
-            .clone()
+        Gc { ns, members, grace, clients: ClientPool::new(ep, 1, Duration::from_secs(60)), running: Default::default() }
     }
 
     pub async fn pass(&self) -> GcReport {
@@ -45,7 +34,7 @@ impl Gc {
         let mut report = GcReport::default();
         let grace = self.grace.as_secs();
         for node in self.members.status().into_iter().filter(|n| n.state == "up") {
-            let c = self.client(&node.addr);
+            let c = self.clients.get(&node.addr);
             let mut after: Option<BlockId> = None;
             loop {
                 let list = match c.call::<_, ChunkResponse>(&ChunkRequest::List { after, limit: 65536 }, &[]).await {
