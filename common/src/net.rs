@@ -41,9 +41,8 @@ fn transport() -> Arc<quinn::TransportConfig> {
     // nothing) is noticed after 5 s of silence, so writers move on to the next server soon.
     t.keep_alive_interval(Some(Duration::from_secs(1)));
     t.max_idle_timeout(Some(Duration::from_secs(5).try_into().unwrap()));
-    // Loopback and LANs take large datagrams; above ~9000 bytes quinn stalls (measured).
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(4096);
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
 }
@@ -55,19 +54,31 @@ fn client_config(certs: &NodeCerts) -> Result<quinn::ClientConfig, NetError> {
     Ok(cfg)
 }
 
+/// Largest UDP payload we send or accept, and the ceiling of MTU discovery. quinn's default
+/// (1472, an Ethernet frame) would cap loopback and jumbo-frame links at a third of the packets'
+/// possible size; above ~9000 bytes quinn stalls on loopback (measured).
+const MAX_UDP_PAYLOAD: u16 = 4096;
+
+fn endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint, NetError> {
+    let mut cfg = quinn::EndpointConfig::default();
+    cfg.max_udp_payload_size(MAX_UDP_PAYLOAD).expect("within quinn's bounds");
+    let socket = std::net::UdpSocket::bind(bind).map_err(NetError::Endpoint)?;
+    quinn::Endpoint::new(cfg, server, socket, Arc::new(quinn::TokioRuntime)).map_err(NetError::Endpoint)
+}
+
 /// An endpoint that serves on `listen` and can also connect out (servers talk to each other).
 pub fn server_endpoint(certs: &NodeCerts, listen: SocketAddr) -> Result<quinn::Endpoint, NetError> {
     let crypto = QuicServerConfig::try_from(certs.server_config()?).map_err(|e| TlsError::Config(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(transport());
-    let mut ep = quinn::Endpoint::server(cfg, listen).map_err(NetError::Endpoint)?;
+    let mut ep = endpoint(listen, Some(cfg))?;
     ep.set_default_client_config(client_config(certs)?);
     Ok(ep)
 }
 
 /// An endpoint that only connects out.
 pub fn client_endpoint(certs: &NodeCerts) -> Result<quinn::Endpoint, NetError> {
-    let mut ep = quinn::Endpoint::client("0.0.0.0:0".parse().unwrap()).map_err(NetError::Endpoint)?;
+    let mut ep = endpoint("0.0.0.0:0".parse().unwrap(), None)?;
     ep.set_default_client_config(client_config(certs)?);
     Ok(ep)
 }
@@ -119,7 +130,11 @@ async fn serve_conn<S: Service>(conn: quinn::Connection, svc: Arc<S>) {
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
-            Err(_) => return,
+            Err(e) => {
+                let st = conn.stats();
+                debug!(peer = %peer.name, mtu = st.path.current_mtu, sent_packets = st.path.sent_packets, "connection ended: {e}");
+                return;
+            }
         };
         let svc = svc.clone();
         let peer = peer.clone();
