@@ -3,8 +3,9 @@
 
 use crate::blocks::Blocks;
 use crate::error::{FsError, FsResult};
+use crate::file_state::{FileState, Src};
 use crate::meta::MetaClient;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tessera_common::proto::meta::*;
@@ -23,45 +24,49 @@ const MAX_FILE_SIZE: u64 = 1 << 60;
 /// Blocks fetched ahead of a sequential reader.
 const PREFETCH_BLOCKS: u64 = 8;
 
-type Upload = JoinHandle<(u64, Arc<Vec<u8>>, FsResult<BlockRef>)>;
-
-#[derive(Default)]
-struct FileState {
-    loaded: bool,
-    size: u64,
-    /// Latest known block of each index (committed or uploaded).
-    map: BTreeMap<u64, BlockRef>,
-    /// The content of a small file kept in the metadata (the start of block 0; zeros follow).
-    inline: Option<Arc<Vec<u8>>>,
-    /// Blocks being written, each holding the block's bytes up to its last written byte.
-    dirty: BTreeMap<u64, Vec<u8>>,
-    /// Sealed blocks whose upload has not been merged into `map` yet.
-    sealed: BTreeMap<u64, Arc<Vec<u8>>>,
-    uploads: Vec<Upload>,
-    /// Uploaded blocks not yet committed to the metadata server.
-    pending: BTreeMap<u64, BlockRef>,
-    size_dirty: bool,
-    /// The size the metadata server has (as of our last commit or load).
-    committed_size: u64,
-    /// A background upload failed: reported by the next write, flush or fsync.
-    error: Option<FsError>,
-    last_read_end: u64,
-}
-
-impl FileState {
-    fn clean(&self) -> bool {
-        self.dirty.is_empty() && self.sealed.is_empty() && self.pending.is_empty() && self.uploads.is_empty() && !self.size_dirty
-    }
-}
+type Upload = JoinHandle<(u64, u64, FsResult<BlockRef>)>;
 
 pub struct OpenFile {
     ino: u64,
-    st: tokio::sync::Mutex<FileState>,
+    st: tokio::sync::Mutex<OpenState>,
+    /// Handles open on this file; changed only under the `files` table lock, so that an
+    /// entry is never removed while an open is taking it.
     opens: AtomicUsize,
     /// The size as this mount sees it, readable without the state lock.
     size_hint: AtomicU64,
     /// Unlinked while open: the hidden name it was moved to, removed at the last close.
     hidden: Mutex<Option<(u64, Vec<u8>)>>,
+}
+
+/// A file's block states and the uploads in flight for them.
+#[derive(Default)]
+struct OpenState {
+    file: FileState,
+    uploads: Vec<Upload>,
+}
+
+impl std::ops::Deref for OpenState {
+    type Target = FileState;
+    fn deref(&self) -> &FileState {
+        &self.file
+    }
+}
+impl std::ops::DerefMut for OpenState {
+    fn deref_mut(&mut self) -> &mut FileState {
+        &mut self.file
+    }
+}
+
+impl OpenState {
+    fn clean(&self) -> bool {
+        self.uploads.is_empty() && self.file.clean()
+    }
+}
+
+impl OpenFile {
+    fn new(ino: u64, file: FileState) -> Arc<Self> {
+        Arc::new(OpenFile { ino, st: tokio::sync::Mutex::new(OpenState { file, uploads: Vec::new() }), opens: AtomicUsize::new(0), size_hint: AtomicU64::new(0), hidden: Mutex::new(None) })
+    }
 }
 
 pub struct Fs {
@@ -72,13 +77,6 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
     upload_slots: Arc<Semaphore>,
-}
-
-/// Where the bytes of one block of a read come from.
-enum Src {
-    Hole,
-    Bytes(Arc<Vec<u8>>, usize),
-    Block(BlockRef),
 }
 
 impl Fs {
@@ -210,20 +208,7 @@ impl Fs {
         self.flush_state(&f, &mut st).await?;
         let size = attr.size.unwrap();
         let a = self.meta.mutate_attr(Mutation::SetAttr { ino, attr }).await?;
-        let bs = self.bs;
-        if let Some(d) = st.inline.as_mut() {
-            if d.len() as u64 > size {
-                Arc::make_mut(d).truncate(size as usize);
-            }
-        }
-        st.map.retain(|&i, _| i < size.div_ceil(bs));
-        if size % bs != 0 {
-            if let Some(b) = st.map.get_mut(&(size / bs)) {
-                b.len = b.len.min((size % bs) as u32);
-            }
-        }
-        st.size = size;
-        st.committed_size = size;
+        st.truncate(size, self.bs);
         f.size_hint.store(size, Ordering::Relaxed);
         Ok(a)
     }
@@ -232,63 +217,61 @@ impl Fs {
 
     /// Open a file this mount has just created: its state is known, no round trip needed.
     pub fn open_new(&self, ino: u64) -> u64 {
-        let st = FileState { loaded: true, ..Default::default() };
-        let f = Arc::new(OpenFile { ino, st: tokio::sync::Mutex::new(st), opens: AtomicUsize::new(1), size_hint: AtomicU64::new(0), hidden: Mutex::new(None) });
-        self.files.lock().unwrap().insert(ino, f.clone());
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, f);
-        fh
+        let f = {
+            let mut files = self.files.lock().unwrap();
+            // An inode has one entry, whoever opened it first: never two write buffers.
+            let f = files.entry(ino).or_insert_with(|| OpenFile::new(ino, FileState::new_empty())).clone();
+            f.opens.fetch_add(1, Ordering::AcqRel);
+            f
+        };
+        self.new_handle(f)
     }
 
     pub async fn open(&self, ino: u64) -> FsResult<u64> {
         let f = {
             let mut files = self.files.lock().unwrap();
-            files
-                .entry(ino)
-                .or_insert_with(|| Arc::new(OpenFile { ino, st: Default::default(), opens: AtomicUsize::new(0), size_hint: AtomicU64::new(0), hidden: Mutex::new(None) }))
-                .clone()
+            let f = files.entry(ino).or_insert_with(|| OpenFile::new(ino, FileState::default())).clone();
+            f.opens.fetch_add(1, Ordering::AcqRel);
+            f
         };
-        f.opens.fetch_add(1, Ordering::Relaxed);
         {
             let mut st = f.st.lock().await;
             // Close-to-open: a clean file is re-read from the metadata server on every open.
             if !st.loaded || st.clean() {
                 match self.meta.block_map(ino).await {
                     Ok((size, map, inline)) => {
-                        st.size = size;
-                        st.committed_size = size;
-                        st.map = map.into_iter().collect();
-                        st.inline = inline.map(Arc::new);
-                        st.loaded = true;
+                        st.load(size, map, inline);
                         f.size_hint.store(size, Ordering::Relaxed);
                     }
                     Err(e) => {
                         drop(st);
-                        self.drop_open(&f);
+                        self.drop_open(&f).await;
                         return Err(e);
                     }
                 }
             }
         }
+        Ok(self.new_handle(f))
+    }
+
+    fn new_handle(&self, f: Arc<OpenFile>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(fh, f);
-        Ok(fh)
+        fh
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
         self.handles.lock().unwrap().get(&fh).cloned().ok_or(FsError::Errno(libc::EBADF))
     }
 
-    fn drop_open(&self, f: &Arc<OpenFile>) {
-        if f.opens.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let mut files = self.files.lock().unwrap();
-            if f.opens.load(Ordering::Acquire) == 0 {
-                if let Ok(st) = f.st.try_lock() {
-                    if st.clean() {
-                        files.remove(&f.ino);
-                    }
-                }
-            }
+    /// One handle fewer. The entry leaves the table with its last handle if nothing in it is
+    /// unsaved; a file with unsaved bytes (a failed flush) stays, and the background commit
+    /// retries it.
+    async fn drop_open(&self, f: &Arc<OpenFile>) {
+        let st = f.st.lock().await;
+        let mut files = self.files.lock().unwrap();
+        if f.opens.fetch_sub(1, Ordering::AcqRel) == 1 && st.clean() {
+            remove_entry(&mut files, f);
         }
     }
 
@@ -300,7 +283,7 @@ impl Fs {
             let mut st = f.st.lock().await;
             self.flush_state(&f, &mut st).await
         };
-        self.drop_open(&f);
+        self.drop_open(&f).await;
         if f.opens.load(Ordering::Acquire) == 0 {
             let hidden = f.hidden.lock().unwrap().take();
             if let Some((parent, name)) = hidden {
@@ -317,18 +300,17 @@ impl Fs {
         self.flush_state(&f, &mut st).await
     }
 
-    async fn flush_state(&self, f: &OpenFile, st: &mut FileState) -> FsResult<()> {
-        if self.flush_inline(f, st).await? {
+    async fn flush_state(&self, f: &OpenFile, st: &mut OpenState) -> FsResult<()> {
+        if let Some(data) = st.inline_to_commit() {
+            self.meta.mutate_attr(Mutation::CommitInline { ino: f.ino, data: data.clone() }).await?;
+            st.inline_committed(data);
             return Ok(());
         }
-        // Inline content becomes block 0 when the file outgrows it.
-        if let Some(d) = st.inline.take() {
-            if !st.dirty.contains_key(&0) && !st.sealed.contains_key(&0) && !st.map.contains_key(&0) {
-                st.dirty.insert(0, d.as_ref().clone());
-            }
+        if st.is_small() {
+            return Ok(());
         }
-        let idxs: Vec<u64> = st.dirty.keys().copied().collect();
-        for idx in idxs {
+        st.leave_inline();
+        for idx in st.dirty_indexes() {
             self.seal(st, idx).await;
         }
         reap(st, true).await;
@@ -341,78 +323,62 @@ impl Fs {
         Ok(())
     }
 
-    /// A small file with no blocks is committed as inline data. Returns whether it was.
-    async fn flush_inline(&self, f: &OpenFile, st: &mut FileState) -> FsResult<bool> {
-        let small = st.size as usize <= tessera_common::INLINE_MAX
-            && st.map.is_empty()
-            && st.sealed.is_empty()
-            && st.uploads.is_empty()
-            && st.pending.is_empty()
-            && st.dirty.keys().all(|&i| i == 0);
-        if !small {
-            return Ok(false);
-        }
-        if st.dirty.is_empty() && !st.size_dirty {
-            return Ok(true);
-        }
-        let mut data = match st.dirty.get(&0) {
-            Some(d) => d.clone(),
-            None => st.inline.as_ref().map(|d| d.as_ref().clone()).unwrap_or_default(),
-        };
-        data.resize(st.size as usize, 0);
-        self.meta.mutate_attr(Mutation::CommitInline { ino: f.ino, data: data.clone() }).await?;
-        st.dirty.clear();
-        st.inline = Some(Arc::new(data));
-        st.committed_size = st.size;
-        st.size_dirty = false;
-        Ok(true)
-    }
-
-    /// Commit uploaded blocks of files nobody is flushing, so that a block is referenced soon
-    /// after its upload (garbage collection spares unreferenced blocks only for a grace period).
+    /// Background work on open files, every second: commit uploaded blocks of files nobody is
+    /// flushing, so that a block is referenced soon after its upload (garbage collection spares
+    /// unreferenced blocks only for a grace period), and retry files whose last close failed.
     /// The size committed covers the blocks known so far, not bytes still in the buffer.
     pub async fn commit_idle(&self) {
         let open: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
         for f in open {
             let Ok(mut st) = f.st.try_lock() else { continue };
-            reap(&mut st, false).await;
-            // A file still holding inline data is committed whole by its next flush.
-            if st.pending.is_empty() || st.inline.is_some() {
+            if f.opens.load(Ordering::Acquire) == 0 {
+                // Closed with unsaved bytes: try again, and let it go once saved.
+                if let Err(e) = self.flush_state(&f, &mut st).await {
+                    tracing::warn!(ino = f.ino, "saving a closed file failed again: {e}");
+                }
+                let mut files = self.files.lock().unwrap();
+                if f.opens.load(Ordering::Acquire) == 0 && st.clean() {
+                    remove_entry(&mut files, &f);
+                }
                 continue;
             }
-            let bs = self.bs;
-            let extent = st.map.iter().next_back().map(|(i, b)| i * bs + b.len as u64).unwrap_or(0);
-            let size = st.size.min(st.committed_size.max(extent));
+            reap(&mut st, false).await;
+            if st.block0_holds_commits() {
+                // The file left inline storage: block 0 goes first, the commit follows.
+                self.seal(&mut st, 0).await;
+                continue;
+            }
+            if st.uploaded().is_empty() || !st.may_commit_blocks() {
+                continue;
+            }
+            let size = st.size.min(st.committed_size.max(st.stored_extent(self.bs)));
             if let Err(e) = self.commit(&f, &mut st, size).await {
                 tracing::warn!(ino = f.ino, "background commit failed: {e}");
             }
         }
     }
 
-    async fn commit(&self, f: &OpenFile, st: &mut FileState, size: u64) -> FsResult<()> {
-        if st.pending.is_empty() && size == st.committed_size && !st.size_dirty {
+    async fn commit(&self, f: &OpenFile, st: &mut OpenState, size: u64) -> FsResult<()> {
+        let entries = st.uploaded();
+        if entries.is_empty() && size == st.committed_size && !st.size_dirty {
             return Ok(());
         }
-        let entries: Vec<(u64, BlockRef)> = st.pending.iter().map(|(k, v)| (*k, *v)).collect();
-        let mut chunks: Vec<Vec<(u64, BlockRef)>> = entries.chunks(COMMIT_BATCH).map(|c| c.to_vec()).collect();
+        let mut chunks: Vec<&[(u64, BlockRef)]> = entries.chunks(COMMIT_BATCH).collect();
         if chunks.is_empty() {
-            chunks.push(vec![]);
+            chunks.push(&[]);
         }
+        // With inline data on the server, block 0 must be in the first request (it deletes
+        // the inline copy); `uploaded()` is in index order, so it is.
         for c in chunks {
-            self.meta.mutate_attr(Mutation::CommitBlocks { ino: f.ino, blocks: c.clone(), size }).await?;
-            for (i, _) in c {
-                st.pending.remove(&i);
-            }
-            st.committed_size = size;
+            self.meta.mutate_attr(Mutation::CommitBlocks { ino: f.ino, blocks: c.to_vec(), size }).await?;
+            st.committed(c, size);
         }
         Ok(())
     }
 
     /// Move a dirty block into an upload. Waits for an upload slot (back-pressure).
-    async fn seal(&self, st: &mut FileState, idx: u64) {
-        let Some(buf) = st.dirty.remove(&idx) else { return };
-        let data = Arc::new(buf);
-        st.sealed.insert(idx, data.clone());
+    async fn seal(&self, st: &mut OpenState, idx: u64) {
+        let Some((data, upload)) = st.seal(idx) else { return };
         let permit: OwnedSemaphorePermit = self.upload_slots.clone().acquire_owned().await.expect("semaphore never closed");
         let blocks = self.blocks.clone();
         st.uploads.push(tokio::spawn(async move {
@@ -424,7 +390,7 @@ impl Fs {
                 Ok(BlockRef { id, len: data.len() as u32 })
             }
             .await;
-            (idx, data, r)
+            (idx, upload, r)
         }));
     }
 
@@ -442,16 +408,14 @@ impl Fs {
             let within = (pos % bs) as usize;
             let n = ((bs - within as u64).min(end - pos)) as usize;
             let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
-            if !st.dirty.contains_key(&idx) {
-                let base = self.base_for_write(&st, idx, within, n).await?;
-                st.dirty.insert(idx, base);
-            }
-            let buf = st.dirty.get_mut(&idx).unwrap();
-            if buf.len() < within + n {
-                buf.resize(within + n, 0);
-            }
-            buf[within..within + n].copy_from_slice(src);
-            if buf.len() as u64 == bs {
+            let base = match st.write_base(idx, within, n) {
+                Ok(b) => b,
+                Err(b) => {
+                    let d = self.blocks.get(b.id).await?;
+                    d[..(b.len as usize).min(d.len())].to_vec()
+                }
+            };
+            if st.write(idx, base, within, src) as u64 == bs {
                 self.seal(&mut st, idx).await;
             }
             pos += n as u64;
@@ -461,33 +425,17 @@ impl Fs {
             f.size_hint.store(end, Ordering::Relaxed);
         }
         st.size_dirty = true;
-        while st.dirty.len() > MAX_DIRTY_BLOCKS {
-            let first = *st.dirty.keys().next().unwrap();
+        st.leave_inline();
+        while st.dirty_count() > MAX_DIRTY_BLOCKS {
+            let first = st.dirty_indexes()[0];
             self.seal(&mut st, first).await;
         }
         reap(&mut st, false).await;
-        if st.pending.len() >= COMMIT_BATCH && st.inline.is_none() {
+        if st.uploaded().len() >= COMMIT_BATCH && st.may_commit_blocks() {
             let size = st.size;
             self.commit(&f, &mut st, size).await?;
         }
         Ok(data.len() as u32)
-    }
-
-    /// The current bytes of block `idx` before a write of `n` bytes at `within` changes them.
-    async fn base_for_write(&self, st: &FileState, idx: u64, within: usize, n: usize) -> FsResult<Vec<u8>> {
-        if let Some(s) = st.sealed.get(&idx) {
-            return Ok(s.as_ref().clone());
-        }
-        if let (0, Some(d), false) = (idx, &st.inline, st.map.contains_key(&0)) {
-            return Ok(if within == 0 && n >= d.len() { Vec::new() } else { d.as_ref().clone() });
-        }
-        match st.map.get(&idx) {
-            Some(b) if !(within == 0 && n >= b.len as usize) => {
-                let d = self.blocks.get(b.id).await?;
-                Ok(d[..(b.len as usize).min(d.len())].to_vec())
-            }
-            _ => Ok(Vec::new()),
-        }
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
@@ -501,22 +449,9 @@ impl Fs {
             }
             let mut plan = Vec::new();
             for idx in offset / bs..=(end - 1) / bs {
-                let src = if let Some(d) = st.dirty.get(&idx) {
-                    // Copy only the part this read needs.
-                    let lo = offset.max(idx * bs) - idx * bs;
-                    let hi = (end.min((idx + 1) * bs) - idx * bs).min(d.len() as u64);
-                    let part = if lo < hi { d[lo as usize..hi as usize].to_vec() } else { Vec::new() };
-                    Src::Bytes(Arc::new(part), lo as usize)
-                } else if let Some(s) = st.sealed.get(&idx) {
-                    Src::Bytes(s.clone(), 0)
-                } else if let Some(b) = st.map.get(&idx) {
-                    Src::Block(*b)
-                } else if let (0, Some(d)) = (idx, &st.inline) {
-                    Src::Bytes(d.clone(), 0)
-                } else {
-                    Src::Hole
-                };
-                plan.push((idx, src));
+                let lo = offset.max(idx * bs) - idx * bs;
+                let hi = end.min((idx + 1) * bs) - idx * bs;
+                plan.push((idx, st.source(idx, lo, hi)));
             }
             // Sequential reader: fetch the next blocks before they are asked for.
             let sequential = offset <= st.last_read_end + bs && offset + bs >= st.last_read_end;
@@ -524,10 +459,8 @@ impl Fs {
             if sequential {
                 let last = (end - 1) / bs;
                 for i in last + 1..=last + PREFETCH_BLOCKS {
-                    if let Some(b) = st.map.get(&i) {
-                        if !st.dirty.contains_key(&i) && !st.sealed.contains_key(&i) {
-                            self.blocks.prefetch(b.id);
-                        }
+                    if let Some(b) = st.stored(i) {
+                        self.blocks.prefetch(b.id);
                     }
                 }
             }
@@ -566,8 +499,8 @@ impl Fs {
     }
 }
 
-/// Merge finished uploads into the map (all of them when `wait`).
-async fn reap(st: &mut FileState, wait: bool) {
+/// Record finished uploads in the block states (all of them when `wait`).
+async fn reap(st: &mut OpenState, wait: bool) {
     let mut keep = Vec::new();
     for h in std::mem::take(&mut st.uploads) {
         if !wait && !h.is_finished() {
@@ -575,27 +508,16 @@ async fn reap(st: &mut FileState, wait: bool) {
             continue;
         }
         match h.await {
-            Ok((idx, data, r)) => {
-                let current = st.sealed.get(&idx).is_some_and(|s| Arc::ptr_eq(s, &data));
-                match r {
-                    Ok(b) if current => {
-                        st.sealed.remove(&idx);
-                        st.map.insert(idx, b);
-                        st.pending.insert(idx, b);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        // Keep the bytes: a later flush retries the upload.
-                        if current {
-                            st.sealed.remove(&idx);
-                            st.dirty.entry(idx).or_insert_with(|| data.as_ref().clone());
-                        }
-                        st.error = Some(e);
-                    }
-                }
-            }
+            Ok((idx, upload, r)) => st.upload_done(idx, upload, r),
             Err(e) => st.error = Some(FsError::Io(e.to_string())),
         }
     }
     st.uploads = keep;
+}
+
+/// Remove `f`'s entry from the open-file table, if it is still the one there.
+fn remove_entry(files: &mut HashMap<u64, Arc<OpenFile>>, f: &Arc<OpenFile>) {
+    if files.get(&f.ino).is_some_and(|x| Arc::ptr_eq(x, f)) {
+        files.remove(&f.ino);
+    }
 }

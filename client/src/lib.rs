@@ -5,6 +5,7 @@ pub mod admin;
 pub mod blocks;
 pub mod dev;
 pub mod error;
+pub mod file_state;
 pub mod fs;
 pub mod fsck;
 pub mod fuse;

@@ -371,6 +371,16 @@ impl DevCluster {
             .collect()
     }
 
+    /// `tessera ARGS` with the environment of `cluster.env`; the output, whatever the status.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("tessera"));
+        cmd.args(args).env_remove("TESSERA_META").env_remove("TESSERA_CERTS");
+        for (k, v) in self.env() {
+            cmd.env(k, v);
+        }
+        run_timeout(&mut cmd, Duration::from_secs(300))
+    }
+
     /// `tessera status --json` with the environment of `cluster.env`.
     pub fn status_json(&self) -> serde_json::Value {
         let mut cmd = Command::new(bin("tessera"));

@@ -1,0 +1,421 @@
+//! What one open file holds locally: one state per block, and the small-file (inline) content.
+//!
+//! Every block index has at most one [`Block`] state, changed only through the methods here:
+//!
+//! ```text
+//!            write                seal               upload ok            commit
+//!   (none) ───────► Dirty ───────────────► Uploading ───────────► Uploaded ───────► Committed
+//!                    ▲  ▲   upload failed      │  write (copy; the upload goes stale)  │
+//!                    │  └──────────────────────┘◄───────────────────────────────────────┘
+//!                    └──────────────── write (read-modify-write) ────────────────────────
+//! ```
+//!
+//! A file whose content the metadata server holds inline (small files) keeps it in `inline`;
+//! once the file outgrows it, the content becomes a dirty block 0 and `server_inline` remembers
+//! that the server still holds the inline copy: a block commit deletes it there, so no commit may
+//! go out before block 0 itself is uploaded (otherwise a crash would lose those bytes).
+
+use crate::error::FsError;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tessera_common::proto::meta::BlockRef;
+
+#[derive(Debug)]
+pub enum Block {
+    /// Being written here: the block's bytes up to its last written byte.
+    Dirty(Vec<u8>),
+    /// Sealed and being uploaded; `upload` tells this upload from an earlier, stale one.
+    Uploading { data: Arc<Vec<u8>>, upload: u64 },
+    /// On the chunk servers, not yet in the committed block map.
+    Uploaded(BlockRef),
+    /// In the block map the metadata server has.
+    Committed(BlockRef),
+}
+
+/// Where the bytes of one block of a read come from.
+pub enum Src {
+    Hole,
+    /// Bytes of the block from block offset `.1`.
+    Bytes(Arc<Vec<u8>>, usize),
+    Block(BlockRef),
+}
+
+#[derive(Default)]
+pub struct FileState {
+    /// The block map and size were read from the metadata server at least once.
+    pub loaded: bool,
+    pub size: u64,
+    /// The size the metadata server has (as of our last commit or load).
+    pub committed_size: u64,
+    /// The size changed here since the last commit.
+    pub size_dirty: bool,
+    blocks: BTreeMap<u64, Block>,
+    /// Committed inline content of a small file (the start of block 0; zeros follow).
+    inline: Option<Arc<Vec<u8>>>,
+    /// The metadata server holds inline data that a block commit would delete.
+    server_inline: bool,
+    next_upload: u64,
+    /// A background upload failed: reported by the next write, flush or fsync.
+    pub error: Option<FsError>,
+    pub last_read_end: u64,
+}
+
+impl FileState {
+    /// State as loaded from the metadata server.
+    pub fn load(&mut self, size: u64, map: Vec<(u64, BlockRef)>, inline: Option<Vec<u8>>) {
+        debug_assert!(self.clean());
+        self.size = size;
+        self.committed_size = size;
+        self.blocks = map.into_iter().map(|(i, b)| (i, Block::Committed(b))).collect();
+        self.inline = inline.map(Arc::new);
+        self.server_inline = false;
+        self.size_dirty = false;
+        self.loaded = true;
+    }
+
+    /// A file just created here: empty, nothing to load.
+    pub fn new_empty() -> Self {
+        FileState { loaded: true, ..Default::default() }
+    }
+
+    /// Nothing here that the metadata server does not have.
+    pub fn clean(&self) -> bool {
+        !self.size_dirty && self.blocks.values().all(|b| matches!(b, Block::Committed(_)))
+    }
+
+    pub fn get(&self, idx: u64) -> Option<&Block> {
+        self.blocks.get(&idx)
+    }
+
+    pub fn dirty_count(&self) -> usize {
+        self.blocks.values().filter(|b| matches!(b, Block::Dirty(_))).count()
+    }
+
+    pub fn dirty_indexes(&self) -> Vec<u64> {
+        self.blocks.iter().filter(|(_, b)| matches!(b, Block::Dirty(_))).map(|(i, _)| *i).collect()
+    }
+
+    pub fn uploaded(&self) -> Vec<(u64, BlockRef)> {
+        self.blocks.iter().filter_map(|(i, b)| if let Block::Uploaded(r) = b { Some((*i, *r)) } else { None }).collect()
+    }
+
+    /// The bytes block `idx` starts from before a write of `n` bytes at `within`, if they must
+    /// be fetched: `Err(block)` means read that block first.
+    pub fn write_base(&self, idx: u64, within: usize, n: usize) -> Result<Vec<u8>, BlockRef> {
+        match self.blocks.get(&idx) {
+            Some(Block::Dirty(d)) => Ok(d.clone()),
+            Some(Block::Uploading { data, .. }) => Ok(data.as_ref().clone()),
+            Some(Block::Uploaded(b)) | Some(Block::Committed(b)) => {
+                if within == 0 && n >= b.len as usize {
+                    Ok(Vec::new())
+                } else {
+                    Err(*b)
+                }
+            }
+            None => match (idx, &self.inline) {
+                (0, Some(d)) if !(within == 0 && n >= d.len()) => Ok(d.as_ref().clone()),
+                _ => Ok(Vec::new()),
+            },
+        }
+    }
+
+    /// Write `src` at `within` of block `idx`, whose current bytes are `base` unless it is
+    /// already dirty. Returns the block's length afterwards.
+    pub fn write(&mut self, idx: u64, base: Vec<u8>, within: usize, src: &[u8]) -> usize {
+        let buf = match self.blocks.get_mut(&idx) {
+            Some(Block::Dirty(d)) => d,
+            _ => {
+                self.blocks.insert(idx, Block::Dirty(base));
+                match self.blocks.get_mut(&idx) {
+                    Some(Block::Dirty(d)) => d,
+                    _ => unreachable!("just inserted"),
+                }
+            }
+        };
+        if buf.len() < within + src.len() {
+            buf.resize(within + src.len(), 0);
+        }
+        buf[within..within + src.len()].copy_from_slice(src);
+        buf.len()
+    }
+
+    /// Dirty → Uploading. Returns the bytes to upload and the upload's number.
+    pub fn seal(&mut self, idx: u64) -> Option<(Arc<Vec<u8>>, u64)> {
+        if !matches!(self.blocks.get(&idx), Some(Block::Dirty(_))) {
+            return None;
+        }
+        let Some(Block::Dirty(d)) = self.blocks.remove(&idx) else { unreachable!() };
+        let data = Arc::new(d);
+        self.next_upload += 1;
+        let upload = self.next_upload;
+        self.blocks.insert(idx, Block::Uploading { data: data.clone(), upload });
+        Some((data, upload))
+    }
+
+    /// An upload finished. Uploading → Uploaded, or back to Dirty (bytes kept) when it failed.
+    /// A stale upload (the block was written again meanwhile) changes nothing.
+    pub fn upload_done(&mut self, idx: u64, upload: u64, r: Result<BlockRef, FsError>) {
+        let current = matches!(self.blocks.get(&idx), Some(Block::Uploading { upload: u, .. }) if *u == upload);
+        match r {
+            Ok(b) if current => {
+                self.blocks.insert(idx, Block::Uploaded(b));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if current {
+                    let Some(Block::Uploading { data, .. }) = self.blocks.remove(&idx) else { unreachable!() };
+                    self.blocks.insert(idx, Block::Dirty(Arc::try_unwrap(data).unwrap_or_else(|d| d.as_ref().clone())));
+                }
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// The metadata server has these entries and `size`: Uploaded → Committed.
+    pub fn committed(&mut self, entries: &[(u64, BlockRef)], size: u64) {
+        for (i, b) in entries {
+            if matches!(self.blocks.get(i), Some(Block::Uploaded(x)) if x == b) {
+                self.blocks.insert(*i, Block::Committed(*b));
+            }
+            if *i == 0 {
+                self.server_inline = false;
+            }
+        }
+        self.committed_size = size;
+    }
+
+    /// A small file is committed as inline data: its size fits and it has at most a dirty
+    /// block 0.
+    pub fn is_small(&self) -> bool {
+        self.size as usize <= tessera_common::INLINE_MAX && self.blocks.iter().all(|(i, b)| *i == 0 && matches!(b, Block::Dirty(_)))
+    }
+
+    /// The content to commit inline (None if it is not a small file or nothing changed).
+    pub fn inline_to_commit(&self) -> Option<Vec<u8>> {
+        if !self.is_small() || (self.blocks.is_empty() && !self.size_dirty) {
+            return None;
+        }
+        let mut data = match self.blocks.get(&0) {
+            Some(Block::Dirty(d)) => d.clone(),
+            _ => self.inline.as_ref().map(|d| d.as_ref().clone()).unwrap_or_default(),
+        };
+        data.resize(self.size as usize, 0);
+        Some(data)
+    }
+
+    /// The inline content `data` is committed.
+    pub fn inline_committed(&mut self, data: Vec<u8>) {
+        self.blocks.clear();
+        self.committed_size = data.len() as u64;
+        self.inline = Some(Arc::new(data));
+        self.server_inline = false;
+        self.size_dirty = false;
+    }
+
+    /// The file outgrew inline storage: its inline content becomes a dirty block 0 (unless
+    /// block 0 has bytes of its own), and block commits wait for block 0.
+    pub fn leave_inline(&mut self) {
+        if self.is_small() {
+            return;
+        }
+        if let Some(d) = self.inline.take() {
+            self.blocks.entry(0).or_insert_with(|| Block::Dirty(d.as_ref().clone()));
+            self.server_inline = true;
+        }
+    }
+
+    /// Whether a commit of the uploaded blocks may go out now: not while the server's inline
+    /// copy would be deleted before block 0 is uploaded.
+    pub fn may_commit_blocks(&self) -> bool {
+        !self.server_inline || matches!(self.blocks.get(&0), Some(Block::Uploaded(_)))
+    }
+
+    /// Whether block 0 must be sealed so that waiting commits can go out.
+    pub fn block0_holds_commits(&self) -> bool {
+        self.server_inline && matches!(self.blocks.get(&0), Some(Block::Dirty(_))) && self.blocks.values().any(|b| matches!(b, Block::Uploaded(_)))
+    }
+
+    /// End of the data known to be on the chunk servers (uploaded or committed blocks).
+    pub fn stored_extent(&self, bs: u64) -> u64 {
+        self.blocks
+            .iter()
+            .rev()
+            .find_map(|(i, b)| match b {
+                Block::Uploaded(r) | Block::Committed(r) => Some(i * bs + r.len as u64),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
+    /// Cut the local view at `size` (the metadata server has done the same).
+    pub fn truncate(&mut self, size: u64, bs: u64) {
+        if let Some(d) = self.inline.as_mut() {
+            if d.len() as u64 > size {
+                Arc::make_mut(d).truncate(size as usize);
+            }
+        }
+        self.blocks.retain(|&i, _| i < size.div_ceil(bs));
+        if size % bs != 0 {
+            let keep = (size % bs) as usize;
+            match self.blocks.get_mut(&(size / bs)) {
+                Some(Block::Dirty(d)) => d.truncate(keep),
+                Some(Block::Uploaded(b)) | Some(Block::Committed(b)) => b.len = b.len.min(keep as u32),
+                Some(Block::Uploading { data, .. }) => {
+                    let d = data[..keep.min(data.len())].to_vec();
+                    self.blocks.insert(size / bs, Block::Dirty(d));
+                }
+                None => {}
+            }
+        }
+        self.size = size;
+        self.committed_size = size;
+    }
+
+    /// Where the bytes `[lo, hi)` (block offsets) of block `idx` come from.
+    pub fn source(&self, idx: u64, lo: u64, hi: u64) -> Src {
+        match self.blocks.get(&idx) {
+            Some(Block::Dirty(d)) => {
+                // Copy only the part this read needs.
+                let hi = hi.min(d.len() as u64);
+                let part = if lo < hi { d[lo as usize..hi as usize].to_vec() } else { Vec::new() };
+                Src::Bytes(Arc::new(part), lo as usize)
+            }
+            Some(Block::Uploading { data, .. }) => Src::Bytes(data.clone(), 0),
+            Some(Block::Uploaded(b)) | Some(Block::Committed(b)) => Src::Block(*b),
+            None => match (idx, &self.inline) {
+                (0, Some(d)) => Src::Bytes(d.clone(), 0),
+                _ => Src::Hole,
+            },
+        }
+    }
+
+    /// A stored block worth prefetching at `idx` (not shadowed by local bytes).
+    pub fn stored(&self, idx: u64) -> Option<BlockRef> {
+        match self.blocks.get(&idx) {
+            Some(Block::Uploaded(b)) | Some(Block::Committed(b)) => Some(*b),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_common::BlockId;
+
+    fn bref(data: &[u8]) -> BlockRef {
+        BlockRef { id: BlockId::of(data), len: data.len() as u32 }
+    }
+
+    #[test]
+    fn a_block_moves_dirty_uploading_uploaded_committed() {
+        let mut s = FileState::new_empty();
+        assert!(s.clean());
+        s.write(3, Vec::new(), 0, b"abc");
+        s.size = 3 * 4096 + 3;
+        s.size_dirty = true;
+        assert!(matches!(s.get(3), Some(Block::Dirty(d)) if d == b"abc"));
+        assert!(!s.clean());
+        let (data, up) = s.seal(3).unwrap();
+        assert!(s.seal(3).is_none(), "only a dirty block can be sealed");
+        s.upload_done(3, up, Ok(bref(&data)));
+        assert_eq!(s.uploaded(), vec![(3, bref(b"abc"))]);
+        s.committed(&s.uploaded(), s.size);
+        s.size_dirty = false;
+        assert!(matches!(s.get(3), Some(Block::Committed(_))));
+        assert!(s.clean());
+        assert_eq!(s.stored_extent(4096), 3 * 4096 + 3);
+    }
+
+    #[test]
+    fn a_failed_upload_keeps_the_bytes_and_reports() {
+        let mut s = FileState::new_empty();
+        s.write(0, Vec::new(), 0, b"keep me");
+        let (_, up) = s.seal(0).unwrap();
+        s.upload_done(0, up, Err(FsError::Io("down".into())));
+        assert!(matches!(s.get(0), Some(Block::Dirty(d)) if d == b"keep me"));
+        assert!(s.error.take().is_some());
+        assert_eq!(s.dirty_indexes(), vec![0]);
+    }
+
+    #[test]
+    fn a_write_during_upload_makes_the_upload_stale() {
+        let mut s = FileState::new_empty();
+        s.write(1, Vec::new(), 0, b"old");
+        let (data, up) = s.seal(1).unwrap();
+        let base = s.write_base(1, 0, 1).unwrap();
+        assert_eq!(base, b"old");
+        s.write(1, base, 0, b"n");
+        s.upload_done(1, up, Ok(bref(&data)));
+        assert!(matches!(s.get(1), Some(Block::Dirty(d)) if d == b"nld"), "the newer bytes win");
+        assert!(s.uploaded().is_empty());
+        // A later upload of the same index is current again.
+        let (d2, up2) = s.seal(1).unwrap();
+        assert!(up2 > up);
+        s.upload_done(1, up2, Ok(bref(&d2)));
+        assert_eq!(s.uploaded(), vec![(1, bref(b"nld"))]);
+    }
+
+    #[test]
+    fn a_partial_overwrite_of_a_stored_block_reads_it_first() {
+        let mut s = FileState::default();
+        s.load(8192, vec![(0, bref(&[1; 4096])), (1, bref(&[2; 4096]))], None);
+        assert_eq!(s.write_base(0, 10, 5), Err(bref(&[1; 4096])));
+        assert_eq!(s.write_base(1, 0, 4096), Ok(Vec::new()), "a full overwrite needs no read");
+        assert_eq!(s.write_base(7, 10, 5), Ok(Vec::new()), "a hole starts empty");
+    }
+
+    #[test]
+    fn outgrowing_inline_holds_block_commits_until_block0_is_uploaded() {
+        let mut s = FileState::default();
+        s.load(5, vec![], Some(b"hello".to_vec()));
+        assert!(s.is_small());
+        assert!(matches!(s.source(0, 0, 5), Src::Bytes(ref d, 0) if d.as_slice() == b"hello"));
+        // Append past the inline limit, into block 1.
+        s.write(1, Vec::new(), 0, b"more");
+        s.size = 4096 + 4;
+        s.size_dirty = true;
+        assert!(!s.is_small());
+        s.leave_inline();
+        assert!(matches!(s.get(0), Some(Block::Dirty(d)) if d == b"hello"));
+        let (d1, u1) = s.seal(1).unwrap();
+        s.upload_done(1, u1, Ok(bref(&d1)));
+        assert!(!s.may_commit_blocks(), "committing block 1 alone would delete the inline bytes");
+        assert!(s.block0_holds_commits());
+        let (d0, u0) = s.seal(0).unwrap();
+        s.upload_done(0, u0, Ok(bref(&d0)));
+        assert!(s.may_commit_blocks());
+        let e = s.uploaded();
+        s.committed(&e, 4100);
+        s.size_dirty = false;
+        assert!(s.clean());
+        assert!(s.may_commit_blocks());
+    }
+
+    #[test]
+    fn small_files_commit_inline() {
+        let mut s = FileState::new_empty();
+        assert_eq!(s.inline_to_commit(), None);
+        s.write(0, Vec::new(), 0, b"tiny");
+        s.size = 10;
+        s.size_dirty = true;
+        assert_eq!(s.inline_to_commit().unwrap(), b"tiny\0\0\0\0\0\0");
+        s.inline_committed(b"tiny\0\0\0\0\0\0".to_vec());
+        assert!(s.clean());
+        assert_eq!(s.inline_to_commit(), None);
+    }
+
+    #[test]
+    fn truncate_cuts_every_state() {
+        let mut s = FileState::new_empty();
+        s.write(0, Vec::new(), 0, &[1; 100]);
+        s.write(1, Vec::new(), 0, &[2; 100]);
+        let (_, up) = s.seal(0).unwrap();
+        s.truncate(50, 4096);
+        assert!(s.get(1).is_none());
+        assert!(matches!(s.get(0), Some(Block::Dirty(d)) if d.len() == 50), "an uploading block is cut to a dirty copy");
+        s.upload_done(0, up, Ok(bref(&[1; 100])));
+        assert!(s.uploaded().is_empty(), "the upload of the longer block is stale");
+        assert_eq!(s.size, 50);
+    }
+}
