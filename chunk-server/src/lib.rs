@@ -178,7 +178,7 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
 
     let (ring_tx, ring_rx) = watch::channel(Arc::new(Ring::default()));
     let pending = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let peers = net::ClientPool::new(ep.clone(), 1, Duration::from_secs(30));
+    let peers = net::ClientPool::new(ep.clone(), 1, Duration::from_secs(30), Role::Chunk);
     let scrubber = Arc::new(scrub::Scrubber {
         store: store.clone(),
         meta: meta.clone(),

@@ -109,7 +109,7 @@ impl Admin {
     pub async fn scrub(&self, wait: bool) -> anyhow::Result<tessera_common::proto::chunk::ScrubReport> {
         let status = self.cluster_status().await?;
         let calls = status.nodes.iter().filter(|n| n.state == "up").map(|n| {
-            let c = RpcClient::new(self.ep.clone(), &n.addr, 1, Duration::from_secs(24 * 3600));
+            let c = RpcClient::new(self.ep.clone(), &n.addr, 1, Duration::from_secs(24 * 3600), tessera_common::tls::Role::Chunk);
             async move {
                 match c.call::<_, ChunkResponse>(&ChunkRequest::Scrub { wait }, &[]).await {
                     Ok((ChunkResponse::Scrubbed(r), _)) => Ok(r),
@@ -154,7 +154,7 @@ impl Admin {
         let mut held: HashMap<BlockId, HashSet<u64>> = HashMap::new();
         for n in status.nodes.iter().filter(|n| n.state == "up") {
             // A server that just died is still "up" for a few seconds: don't wait long on it.
-            let c = Arc::new(RpcClient::new(self.ep.clone(), &n.addr, 1, Duration::from_secs(30)).with_connect_timeout(Duration::from_secs(2)));
+            let c = Arc::new(RpcClient::new(self.ep.clone(), &n.addr, 1, Duration::from_secs(30), tessera_common::tls::Role::Chunk).with_connect_timeout(Duration::from_secs(2)));
             for chunk in ids.chunks(4096) {
                 if let Ok((ChunkResponse::Has(flags), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: chunk.to_vec() }, &[]).await {
                     for (id, has) in chunk.iter().zip(flags) {

@@ -39,7 +39,7 @@ const CONNS_PER_SERVER: usize = 2;
 impl Blocks {
     pub fn new(ep: quinn::Endpoint, ring: Ring, replicas: usize, write_quorum: usize, cache_limit: usize) -> Arc<Self> {
         Arc::new(Blocks {
-            clients: ClientPool::new(ep, CONNS_PER_SERVER, Duration::from_secs(30)),
+            clients: ClientPool::new(ep, CONNS_PER_SERVER, Duration::from_secs(30), tessera_common::tls::Role::Chunk),
             rings: RwLock::new(VecDeque::from([Arc::new(ring)])),
             replicas,
             write_quorum: write_quorum.clamp(1, replicas.max(1)),

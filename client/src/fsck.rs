@@ -136,7 +136,7 @@ impl Admin {
         let up: Vec<_> = status.nodes.iter().filter(|n| n.state == "up").collect();
         let mut holders: HashMap<BlockId, Vec<u64>> = HashMap::new();
         let mut stored: HashSet<BlockId> = HashSet::new();
-        let clients: BTreeMap<u64, RpcClient> = up.iter().map(|n| (n.id, RpcClient::new(self.ep().clone(), &n.addr, 1, Duration::from_secs(60)))).collect();
+        let clients: BTreeMap<u64, RpcClient> = up.iter().map(|n| (n.id, RpcClient::new(self.ep().clone(), &n.addr, 1, Duration::from_secs(60), tessera_common::tls::Role::Chunk))).collect();
         let pb = bar(up.len() as u64, "servers");
         for (node, c) in &clients {
             let mut after = None;
@@ -208,7 +208,7 @@ impl Admin {
                     if good.contains(&t.id) {
                         continue;
                     }
-                    let dst = RpcClient::new(self.ep().clone(), &t.addr, 1, Duration::from_secs(60));
+                    let dst = RpcClient::new(self.ep().clone(), &t.addr, 1, Duration::from_secs(60), tessera_common::tls::Role::Chunk);
                     if let Ok((ChunkResponse::Stored, _)) = dst.call::<_, ChunkResponse>(&ChunkRequest::Put { id: *id }, &data).await {
                         have += 1;
                     }

@@ -153,7 +153,8 @@ enum CertCmd {
         /// meta, chunk, client or admin.
         #[arg(long)]
         role: String,
-        /// Host name or IP address the node is reached at (servers); repeatable.
+        /// Host name or IP address the node is reached at (servers); repeatable. Only meta and
+        /// chunk certificates may act as TLS servers; client and admin ones are for connecting.
         #[arg(long)]
         host: Vec<String>,
     },

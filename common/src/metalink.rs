@@ -1,9 +1,11 @@
 //! A connection to the metadata service given as a list of addresses (`--meta A[,B...]`).
-//! Calls go to the current leader; a `NotLeader` reply or a lost connection moves on to the
+//! Every address must present a metadata server certificate (role meta). Calls go to the
+//! current leader; a `NotLeader` reply or a lost connection moves on to the
 //! named leader or the next address.
 
 use crate::net::{NetError, RpcClient};
 use crate::proto::meta::{MetaRequest, MetaResponse};
+use crate::tls::Role;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +33,7 @@ pub fn parse_meta_list(list: &str) -> Result<Vec<String>, String> {
 
 impl MetaLink {
     pub fn new(ep: quinn::Endpoint, addrs: &[String], timeout: Duration) -> Self {
-        let clients = addrs.iter().map(|a| Arc::new(RpcClient::new(ep.clone(), a, 1, timeout))).collect();
+        let clients = addrs.iter().map(|a| Arc::new(RpcClient::new(ep.clone(), a, 1, timeout, Role::Meta))).collect();
         MetaLink { ep, clients: std::sync::Mutex::new(clients), current: AtomicUsize::new(0), timeout }
     }
 
@@ -56,7 +58,7 @@ impl MetaLink {
                         let idx = match cs.iter().position(|c| c.addr() == l) {
                             Some(p) => p,
                             None => {
-                                cs.push(Arc::new(RpcClient::new(self.ep.clone(), &l, 1, self.timeout)));
+                                cs.push(Arc::new(RpcClient::new(self.ep.clone(), &l, 1, self.timeout, Role::Meta)));
                                 cs.len() - 1
                             }
                         };

@@ -1,7 +1,7 @@
 //! QUIC endpoints, the request/response server loop and a cached-connection RPC client.
 
 use crate::proto::{read_frame, write_frame, FrameError, CLOSE_FORBIDDEN, CLOSE_PROTOCOL_ERROR};
-use crate::tls::{identity_of, Identity, NodeCerts, TlsError};
+use crate::tls::{identity_of, Identity, NodeCerts, Role, TlsError};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{de::DeserializeOwned, Serialize};
 use std::future::Future;
@@ -181,10 +181,12 @@ fn host_of(addr: &str) -> &str {
 }
 
 /// A client for one server: a few cached connections used round-robin, one stream per request,
-/// a timeout on every call, one reconnect on a lost connection.
+/// a timeout on every call, one reconnect on a lost connection. Every connection checks that the
+/// server's certificate has the role the caller expects.
 pub struct RpcClient {
     ep: quinn::Endpoint,
     addr: String,
+    expect: Role,
     conns: Vec<Mutex<Option<quinn::Connection>>>,
     next: AtomicUsize,
     timeout: Duration,
@@ -198,10 +200,12 @@ pub struct RpcClient {
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 impl RpcClient {
-    pub fn new(ep: quinn::Endpoint, addr: &str, connections: usize, timeout: Duration) -> Self {
+    /// `expect`: the role the server at `addr` must have (chunk or meta).
+    pub fn new(ep: quinn::Endpoint, addr: &str, connections: usize, timeout: Duration, expect: Role) -> Self {
         RpcClient {
             ep,
             addr: addr.to_string(),
+            expect,
             conns: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             timeout,
@@ -234,10 +238,23 @@ impl RpcClient {
         let r = async {
             let sock = resolve(&self.addr).await?;
             let connecting = self.ep.connect(sock, host_of(&self.addr)).map_err(|e| err(e.to_string()))?;
-            tokio::time::timeout(self.connect_timeout, connecting)
+            let conn = tokio::time::timeout(self.connect_timeout, connecting)
                 .await
                 .map_err(|_| err(format!("no answer within {}s (is the server running?)", self.connect_timeout.as_secs())))?
-                .map_err(|e| err(describe_conn_error(&e)))
+                .map_err(|e| err(describe_conn_error(&e)))?;
+            // The CA vouches for the name and role, not for being the server we want: a chunk
+            // certificate must not answer as the metadata server, nor a client as a chunk server.
+            match peer_identity(&conn) {
+                Ok(p) if p.role == self.expect => Ok(conn),
+                Ok(p) => {
+                    conn.close(CLOSE_FORBIDDEN.into(), b"wrong server role");
+                    Err(err(format!("the server's certificate '{}' has role {}, expected a {} server", p.name, p.role, self.expect)))
+                }
+                Err(e) => {
+                    conn.close(CLOSE_FORBIDDEN.into(), b"no usable identity");
+                    Err(err(e.to_string()))
+                }
+            }
         }
         .await;
         *self.failed_at.lock().unwrap() = if r.is_err() { Some(std::time::Instant::now()) } else { None };
@@ -284,6 +301,9 @@ pub fn describe_conn_error(e: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError::*;
     let text = e.to_string();
     match e {
+        TransportError(_) if text.contains("extended key usage") => {
+            format!("TLS handshake failed: the server's certificate is not a server certificate (a client or admin certificate posing as a server?): {text}")
+        }
         TransportError(_) if text.contains("invalid peer certificate") => {
             format!("TLS handshake failed: the server's certificate is not signed by the CA in our --certs bundle (a certificate from another cluster's CA?): {text}")
         }
@@ -302,13 +322,14 @@ pub struct ClientPool {
     ep: quinn::Endpoint,
     connections: usize,
     timeout: Duration,
+    expect: Role,
     clients: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<RpcClient>>>>,
 }
 
 impl ClientPool {
-    /// `connections` QUIC connections per server; `timeout` per call.
-    pub fn new(ep: quinn::Endpoint, connections: usize, timeout: Duration) -> Self {
-        ClientPool { ep, connections, timeout, clients: Default::default() }
+    /// `connections` QUIC connections per server; `timeout` per call; every server must have role `expect`.
+    pub fn new(ep: quinn::Endpoint, connections: usize, timeout: Duration, expect: Role) -> Self {
+        ClientPool { ep, connections, timeout, expect, clients: Default::default() }
     }
 
     pub fn get(&self, addr: &str) -> Arc<RpcClient> {
@@ -316,7 +337,7 @@ impl ClientPool {
             .lock()
             .unwrap()
             .entry(addr.to_string())
-            .or_insert_with(|| Arc::new(RpcClient::new(self.ep.clone(), addr, self.connections, self.timeout)))
+            .or_insert_with(|| Arc::new(RpcClient::new(self.ep.clone(), addr, self.connections, self.timeout, self.expect)))
             .clone()
     }
 }

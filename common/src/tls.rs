@@ -121,7 +121,7 @@ pub fn issue(ca_dir: &Path, node_dir: &Path, name: &str, role: Role, hosts: &[St
     let mut params = CertificateParams::new(hosts.to_vec())?;
     params.distinguished_name.push(DnType::CommonName, name);
     params.distinguished_name.push(DnType::OrganizationalUnitName, role.as_str());
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = usages(role);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
@@ -129,6 +129,15 @@ pub fn issue(ca_dir: &Path, node_dir: &Path, name: &str, role: Role, hosts: &[St
     write(&node_dir.join("ca.crt"), &ca_pem, false)?;
     write(&node_dir.join("node.crt"), &cert.pem(), false)?;
     write(&node_dir.join("node.key"), &key.serialize_pem(), true)
+}
+
+/// Extended key usages by role: only servers may act as TLS servers, so a client or admin
+/// certificate (even one issued with `--host`) cannot pose as a chunk or metadata server.
+fn usages(role: Role) -> Vec<ExtendedKeyUsagePurpose> {
+    match role {
+        Role::Meta | Role::Chunk => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        Role::Client | Role::Admin => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    }
 }
 
 /// A node's bundle, as loaded from `--certs NODE_DIR`.
@@ -232,6 +241,28 @@ mod tests {
         c.server_config().unwrap();
         c.client_config().unwrap();
         assert!(NodeCerts::load(&d.join("missing")).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// (server auth, client auth) of the extended key usage of `dir/node.crt`.
+    fn eku_of(dir: &Path) -> (bool, bool) {
+        let pem = std::fs::read(dir.join("node.crt")).unwrap();
+        let der = CertificateDer::from_pem_slice(&pem).unwrap();
+        let (_, x) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        let eku = x.extended_key_usage().unwrap().expect("an extended key usage extension").value;
+        (eku.server_auth, eku.client_auth)
+    }
+
+    #[test]
+    fn only_servers_get_server_usage() {
+        let d = std::env::temp_dir().join(format!("tessera-tls-eku-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        init_ca(&d.join("ca")).unwrap();
+        let hosts = ["127.0.0.1".to_string()];
+        for (role, server) in [(Role::Meta, true), (Role::Chunk, true), (Role::Client, false), (Role::Admin, false)] {
+            issue(&d.join("ca"), &d.join(role.as_str()), role.as_str(), role, &hosts).unwrap();
+            assert_eq!(eku_of(&d.join(role.as_str())), (server, true), "extended key usage (server auth, client auth) of a {role} certificate");
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -26,7 +26,7 @@ pub struct Gc {
 
 impl Gc {
     pub fn new(ns: Arc<Namespace>, members: Arc<Membership>, ep: quinn::Endpoint, grace: Duration) -> Self {
-        Gc { ns, members, grace, clients: ClientPool::new(ep, 1, Duration::from_secs(60)), running: Default::default() }
+        Gc { ns, members, grace, clients: ClientPool::new(ep, 1, Duration::from_secs(60), tessera_common::tls::Role::Chunk), running: Default::default() }
     }
 
     pub async fn pass(&self) -> GcReport {

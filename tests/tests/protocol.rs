@@ -1,16 +1,20 @@
 //! The wire protocol against a real metadata server, in process, over real QUIC sockets: bad
-//! frames close the offending connection and nobody else's; roles and CAs are enforced.
+//! frames close the offending connection and nobody else's; roles and CAs are enforced, on both
+//! ends of a connection.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tempfile::TempDir;
+use tessera_common::metalink::MetaLink;
 use tessera_common::net::{self, RpcClient};
+use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
 use tessera_common::proto::meta::{FileKind, MetaRequest, MetaResponse, Mutation};
 use tessera_common::proto::{self, CLOSE_PROTOCOL_ERROR, MAX_HEADER, MAX_PAYLOAD};
 use tessera_common::tls::{self, NodeCerts, Role};
-use tessera_common::ErrorCode;
+use tessera_common::{BlockId, ErrorCode};
 use tessera_meta::MetaConfig;
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -47,7 +51,7 @@ impl Server {
     }
 
     fn rpc(&self, who: &str) -> RpcClient {
-        RpcClient::new(net::client_endpoint(&self.certs(who)).unwrap(), &self.addr.to_string(), 1, Duration::from_secs(10))
+        RpcClient::new(net::client_endpoint(&self.certs(who)).unwrap(), &self.addr.to_string(), 1, Duration::from_secs(10), Role::Meta)
     }
 
     async fn stop(self) {
@@ -222,6 +226,101 @@ async fn foreign_ca_is_refused() {
         }
     }
     // Everyone else is still served.
+    let (resp, _) = s.rpc("client").call::<_, MetaResponse>(&MetaRequest::GetAttr { ino: 1 }, &[]).await.unwrap();
+    assert_root_attr(&resp);
+    s.stop().await;
+}
+
+/// A stand-in chunk server that acknowledges every put and stores nothing: what a certificate
+/// that may act as a server could run.
+struct Impostor;
+
+impl net::Service for Impostor {
+    type Req = ChunkRequest;
+    type Resp = ChunkResponse;
+    async fn handle(self: Arc<Self>, _peer: Arc<tls::Identity>, _req: ChunkRequest, _payload: Vec<u8>) -> (ChunkResponse, Vec<u8>) {
+        (ChunkResponse::Stored, vec![])
+    }
+}
+
+/// Serve the impostor with `certs` on a free port; it stops when the sender is dropped.
+fn start_impostor(certs: &NodeCerts) -> (SocketAddr, watch::Sender<bool>) {
+    let ep = net::server_endpoint(certs, "127.0.0.1:0".parse().unwrap()).expect("a server endpoint");
+    let addr = ep.local_addr().unwrap();
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(net::serve(ep, Arc::new(Impostor), rx));
+    (addr, tx)
+}
+
+/// Put a block to `addr` as the client does, expecting a server of role `expect`.
+async fn put_to(certs: &NodeCerts, addr: SocketAddr, expect: Role) -> Result<ChunkResponse, String> {
+    let c = RpcClient::new(net::client_endpoint(certs).unwrap(), &addr.to_string(), 1, Duration::from_secs(10), expect);
+    let data = b"precious bytes".to_vec();
+    c.call::<_, ChunkResponse>(&ChunkRequest::Put { id: BlockId::of(&data) }, &data).await.map(|(r, _)| r).map_err(|e| e.to_string())
+}
+
+/// A certificate as `tessera cert issue` wrote them before client certificates lost their server
+/// usage: server and client auth for every role.
+fn issue_with_server_usage(ca: &Path, dir: &Path, name: &str, role: Role) {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+    let ca_pem = std::fs::read_to_string(ca.join("ca.crt")).unwrap();
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(ca.join("ca.key")).unwrap()).unwrap();
+    let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem).unwrap().self_signed(&ca_key).unwrap();
+    let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.distinguished_name.push(DnType::OrganizationalUnitName, role.as_str());
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("ca.crt"), &ca_pem).unwrap();
+    std::fs::write(dir.join("node.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("node.key"), key.serialize_pem()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_cannot_act_as_a_server() {
+    let s = Server::start().await;
+    // The client certificate was issued with --host 127.0.0.1, so its name matches.
+    let (addr, _stop) = start_impostor(&s.certs("client"));
+    // The TLS handshake itself fails: the certificate has no server usage.
+    match connect_with(&s.certs("chunk"), addr).await {
+        Err(e) => assert!(e.contains("extended key usage"), "the handshake failed for another reason: {e}"),
+        Ok(_) => panic!("a TLS handshake with a client certificate as the server succeeded"),
+    }
+    match put_to(&s.certs("client"), addr, Role::Chunk).await {
+        Err(e) => assert!(e.contains("not a server certificate"), "unclear error: {e}"),
+        Ok(r) => panic!("a client certificate posed as a chunk server and acknowledged a put: {r:?}"),
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_check_the_server_role() {
+    let s = Server::start().await;
+    let d = s.dir.path();
+    issue_with_server_usage(&d.join("ca"), &d.join("old-client"), "old-client", Role::Client);
+    let (addr, _stop) = start_impostor(&s.certs("old-client"));
+    // TLS alone accepts it (signed by the cluster CA, server usage, matching name)...
+    connect_with(&s.certs("chunk"), addr).await.expect("the TLS handshake");
+    // ...but neither a writer expecting a chunk server nor a chunk server expecting the
+    // metadata server talks to it.
+    match put_to(&s.certs("client"), addr, Role::Chunk).await {
+        Err(e) => assert!(e.contains("has role client, expected a chunk server"), "unclear error: {e}"),
+        Ok(r) => panic!("a client certificate posed as a chunk server and acknowledged a put: {r:?}"),
+    }
+    let link = MetaLink::new(net::client_endpoint(&s.certs("chunk")).unwrap(), &[addr.to_string()], Duration::from_secs(10));
+    match link.call(&MetaRequest::GetRing).await {
+        Err(e) => assert!(e.to_string().contains("has role client, expected a meta server"), "unclear error: {e}"),
+        Ok(r) => panic!("a client certificate answered as the metadata server: {r:?}"),
+    }
+    // A real server of the wrong role is refused too: the metadata server is no chunk server.
+    match put_to(&s.certs("client"), s.addr, Role::Chunk).await {
+        Err(e) => assert!(e.contains("has role meta, expected a chunk server"), "unclear error: {e}"),
+        Ok(r) => panic!("the metadata server was taken for a chunk server: {r:?}"),
+    }
+    // The right role works.
     let (resp, _) = s.rpc("client").call::<_, MetaResponse>(&MetaRequest::GetAttr { ino: 1 }, &[]).await.unwrap();
     assert_root_attr(&resp);
     s.stop().await;
