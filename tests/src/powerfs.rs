@@ -170,12 +170,15 @@ pub struct Stats {
 }
 
 /// What a power cut took away.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CutReport {
     /// Files and directories that existed before the cut and not after.
     pub lost_nodes: usize,
     /// Surviving files whose contents or size went back to an older version.
     pub rolled_back: usize,
+    /// Paths (relative to the mount) of the lost names, outermost only: a lost directory
+    /// stands for what was in it.
+    pub lost: Vec<PathBuf>,
 }
 
 fn now() -> SystemTime {
@@ -339,6 +342,17 @@ impl State {
             n.nlink = if *i == ROOT { 1 } else { links.get(i).copied().unwrap_or(0) };
         }
         let mut report = CutReport::default();
+        let mut todo = vec![(ROOT, PathBuf::new())];
+        while let Some((d, path)) = todo.pop() {
+            for (name, &c) in &self.live[&d].entries {
+                if !self.durable.contains_key(&c) || self.durable[&d].entries.get(name) != Some(&c) {
+                    report.lost.push(path.join(name));
+                } else if self.live[&c].is_dir() {
+                    todo.push((c, path.join(name)));
+                }
+            }
+        }
+        report.lost.sort();
         for (i, l) in &self.live {
             match self.durable.get(i) {
                 None => report.lost_nodes += 1,
@@ -823,7 +837,8 @@ impl PowerFs {
         // this `stat`'s (one FUSE thread, FIFO), so it cannot land after the cut.
         let _ = std::fs::metadata(&self.mountpoint);
         let r = self.st().cut();
-        eprintln!("power cut on {}: {} files or directories lost, {} rolled back", self.mountpoint.display(), r.lost_nodes, r.rolled_back);
+        let names: Vec<_> = r.lost.iter().take(12).map(|p| p.display().to_string()).collect();
+        eprintln!("power cut on {}: {} files or directories lost, {} rolled back; names lost: {names:?}", self.mountpoint.display(), r.lost_nodes, r.rolled_back);
         r
     }
 
@@ -911,7 +926,8 @@ mod tests {
         assert_eq!(read(&m.join("name_only")).unwrap(), b"", "a durable name of a file never synced shows it empty");
         assert_eq!(read(&m.join("never")), None);
         assert_eq!(read(&m.join("data_only_new")), None, "a synced file whose directory was not synced is gone");
-        assert_eq!(r, CutReport { lost_nodes: 2, rolled_back: 3 });
+        assert_eq!((r.lost_nodes, r.rolled_back), (2, 3));
+        assert_eq!(r.lost, [PathBuf::from("data_only_new"), PathBuf::from("never")]);
         // The file system works on after the cut.
         write(&m.join("after"), b"x", true);
         sync_dir(&m);

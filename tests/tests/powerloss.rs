@@ -122,6 +122,12 @@ struct PowerCluster {
 
 impl PowerCluster {
     fn start(meta_on_powerfs: bool, chunks_on_powerfs: bool) -> PowerCluster {
+        Self::start_with(meta_on_powerfs, chunks_on_powerfs, true)
+    }
+
+    /// `sync_startup`: make the servers' startup state durable before the workload (see the
+    /// module docs); false leaves it to the servers' own syncs.
+    fn start_with(meta_on_powerfs: bool, chunks_on_powerfs: bool, sync_startup: bool) -> PowerCluster {
         let lock = RunLock::take();
         let root = tempfile::Builder::new().prefix("tessera-powerloss-").tempdir().unwrap();
         let r = root.path().canonicalize().unwrap();
@@ -160,9 +166,11 @@ impl PowerCluster {
             c.start_chunk(i);
         }
         c.wait_all_up();
-        c.meta.sync_all();
-        for s in &c.chunks {
-            s.sync_all();
+        if sync_startup {
+            c.meta.sync_all();
+            for s in &c.chunks {
+                s.sync_all();
+            }
         }
         c.mount = Some(start_mount(&c.meta.addr(), &c.client, &c.mnt, &c.root.path().join("mount.log")));
         eprintln!("{} cluster up (metadata on powerfs: {meta_on_powerfs}, chunks on powerfs: {chunks_on_powerfs})", c.t());
@@ -350,4 +358,28 @@ fn power_cut_of_every_server_at_once_keeps_every_acknowledged_fsync() {
     }
     c.wait_all_up();
     c.check("a power cut of every server");
+}
+
+#[test]
+#[ignore = "fails today: tessera-chunk writes DATA_DIR/node.id without fsync (file and directory)"]
+fn chunk_server_keeps_its_identity_through_a_power_cut_right_after_its_first_start() {
+    let mut c = PowerCluster::start_with(false, true, false);
+    let id_file = c.chunks[0].data.join("node.id");
+    let before = fs::read_to_string(&id_file).unwrap();
+    c.chunks[0].kill9();
+    c.chunks[0].cut();
+    let after = fs::read_to_string(&id_file);
+    assert_eq!(after.as_deref().ok(), Some(before.as_str()), "chunk0's node id after a power cut: {after:?}");
+}
+
+#[test]
+#[ignore = "fails today: tessera-meta creates DATA_DIR/db without an fsync of DATA_DIR"]
+fn metadata_server_keeps_its_database_through_a_power_cut_right_after_its_first_start() {
+    let mut c = PowerCluster::start_with(true, false, false);
+    c.write_batch("first");
+    c.meta.kill9();
+    c.meta.cut();
+    c.start_meta();
+    c.wait_all_up();
+    c.check("a power cut soon after the metadata server's first start");
 }
