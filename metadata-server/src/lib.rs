@@ -78,6 +78,10 @@ struct MetaService {
     gc: Arc<gc::Gc>,
 }
 
+fn ns_state(ns: &Namespace) -> String {
+    ns.store().failure().map(|why| format!("failed: {why}")).unwrap_or_else(|| "ok".into())
+}
+
 fn denied(role: Role, what: &str) -> MetaResponse {
     MetaResponse::Error(WireError::new(ErrorCode::PermissionDenied, format!("role {role} may not {what}")))
 }
@@ -87,7 +91,7 @@ impl MetaService {
         let r = |x: Result<MetaResponse, WireError>| x.unwrap_or_else(MetaResponse::Error);
         let ns = &self.ns;
         match req {
-            MetaRequest::OpenSession { .. } => r(ns.open_session().map(|session| MetaResponse::Session {
+            MetaRequest::OpenSession { client } => r(ns.open_session(&peer.into(), &client).map(|session| MetaResponse::Session {
                 session,
                 block_size: ns.params.block_size,
                 replicas: self.replicas,
@@ -101,7 +105,7 @@ impl MetaService {
             MetaRequest::StatFs => r(self.statfs()),
             MetaRequest::GetBlocks { ino, first, count } => r(ns.get_blocks(ino, first, count).map(|(size, blocks, inline)| MetaResponse::Blocks { size, blocks, inline })),
             MetaRequest::Mutate { session, seq, op } => match peer.role {
-                Role::Client | Role::Admin => ns.mutate(session, seq, op),
+                Role::Client | Role::Admin => ns.mutate(&peer.into(), session, seq, op),
                 role => denied(role, "change the namespace"),
             },
             MetaRequest::GetRing => MetaResponse::Ring(self.members.ring()),
@@ -124,6 +128,10 @@ impl MetaService {
             MetaRequest::ListBlocks { after, limit } => match peer.role {
                 Role::Admin | Role::Meta => r(ns.list_blocks(after, limit).map(MetaResponse::BlockList)),
                 role => denied(role, "list blocks"),
+            },
+            MetaRequest::AuditRefs => match peer.role {
+                Role::Admin => r(ns.audit_refs().map(MetaResponse::Audit)),
+                role => denied(role, "audit the namespace"),
             },
             MetaRequest::Gc { .. } => unreachable!("answered in handle"),
         }
@@ -152,6 +160,7 @@ impl MetaService {
             files: stats.files,
             logical_bytes: stats.logical_bytes,
             blocks: stats.blocks,
+            meta_state: ns_state(&self.ns),
         }))
     }
 }

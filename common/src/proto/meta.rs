@@ -84,12 +84,17 @@ pub enum Mutation {
     Create { parent: u64, name: Vec<u8>, kind: FileKind, perm: u16, uid: u32, gid: u32, rdev: u32, target: Option<Vec<u8>> },
     /// Reply: `Attr`.
     SetAttr { ino: u64, attr: SetAttr },
-    /// Reply: `Done`.
-    Unlink { parent: u64, name: Vec<u8> },
+    /// Remove a name. With `keep`, a regular file that loses its last link is not dropped but
+    /// kept as an orphan of this session (nlink 0, data intact, readable by inode number) until
+    /// `DropOrphan`: how a file open on the mount stays readable. Reply: `Unlinked`.
+    Unlink { parent: u64, name: Vec<u8>, keep: bool },
     /// Reply: `Done`; `NotEmpty` unless the directory is empty.
     Rmdir { parent: u64, name: Vec<u8> },
-    /// Reply: `Done`.
-    Rename { parent: u64, name: Vec<u8>, new_parent: u64, new_name: Vec<u8>, flags: u32 },
+    /// One atomic step. `flags`: [`RENAME_NOREPLACE`] (fail with `Exists` if the target
+    /// exists) or [`RENAME_EXCHANGE`] (swap the two entries, both must exist), not both. A
+    /// replaced regular file that loses its last link is kept as an orphan with `keep`, as in
+    /// `Unlink`. Reply: `Unlinked`.
+    Rename { parent: u64, name: Vec<u8>, new_parent: u64, new_name: Vec<u8>, flags: u32, keep: bool },
     /// Reply: `Attr` of the linked inode.
     Link { ino: u64, new_parent: u64, new_name: Vec<u8> },
     /// Set block-map entries (index → block) and the new size in one step. Inline data, if the
@@ -98,6 +103,9 @@ pub enum Mutation {
     /// Store the whole content of a small file (at most `INLINE_MAX` bytes) in the metadata;
     /// its blocks, if any, are dropped. The size becomes `data.len()`. Reply: `Attr`.
     CommitInline { ino: u64, data: Vec<u8> },
+    /// Drop an orphan of this session (its inode, blocks and inline data). Anything else
+    /// (not an orphan, another session's, already dropped) is left alone. Reply: `Done`.
+    DropOrphan { ino: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +144,37 @@ pub enum MetaRequest {
     /// Admin only: run a garbage-collection pass now; with `wait`, reply when it is done.
     /// Reply: `Gc`.
     Gc { wait: bool },
+    /// Admin only: count the references of every block-map entry and compare them with the
+    /// stored reference counts, on one consistent snapshot. Reply: `Audit`.
+    AuditRefs,
+}
+
+/// What `AuditRefs` found. Clean when every count except `entries`, `blocks` and `orphans` is 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditReport {
+    /// Block-map entries read.
+    pub entries: u64,
+    /// Distinct blocks they reference.
+    pub blocks: u64,
+    /// Blocks whose stored reference count differs from the entries that reference them
+    /// (a count stored for a block no entry references included).
+    pub refcount_mismatches: u64,
+    /// Block-map entries whose inode does not exist.
+    pub dangling_entries: u64,
+    /// Inodes without a link that are not kept as anyone's orphan: leaked.
+    pub unlinked_not_orphans: u64,
+    /// Orphan records whose inode does not exist.
+    pub stale_orphans: u64,
+    /// Inodes kept as orphans (unlinked while open on a mount).
+    pub orphans: u64,
+    /// The first problems found, one line each (at most 100).
+    pub problems: Vec<String>,
+}
+
+impl AuditReport {
+    pub fn clean(&self) -> bool {
+        self.refcount_mismatches == 0 && self.dangling_entries == 0 && self.unlinked_not_orphans == 0 && self.stale_orphans == 0
+    }
 }
 
 /// What a garbage-collection pass did.
@@ -190,6 +229,9 @@ pub struct ClusterStatus {
     pub logical_bytes: u64,
     /// Distinct blocks referenced by the namespace.
     pub blocks: u64,
+    /// `ok`, or `failed: <why>` once the metadata server has stopped accepting changes (a WAL
+    /// sync failed); it stays so until the server is restarted.
+    pub meta_state: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,4 +251,7 @@ pub enum MetaResponse {
     Error(WireError),
     /// This server does not lead; retry at `leader` if known.
     NotLeader { leader: Option<String> },
+    /// Reply of `Unlink` and `Rename`: the inode kept as an orphan, if one was.
+    Unlinked { orphan: Option<u64> },
+    Audit(AuditReport),
 }
