@@ -1,6 +1,6 @@
 //! QUIC endpoints, the request/response server loop and a cached-connection RPC client.
 
-use crate::proto::{read_frame, write_frame, FrameError, CLOSE_FORBIDDEN, CLOSE_PROTOCOL_ERROR};
+use crate::proto::{encode_head, read_frame, read_frame_body, read_frame_lens, write_frame, write_head, FrameError, CLOSE_FORBIDDEN, CLOSE_PROTOCOL_ERROR, MAX_HEADER, MAX_PAYLOAD};
 use crate::tls::{identity_of, Identity, NodeCerts, Role, TlsError};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{de::DeserializeOwned, Serialize};
@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{watch, Mutex, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info_span, warn, Instrument};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +30,26 @@ pub enum NetError {
     Endpoint(std::io::Error),
 }
 
+// Limits per connection, so that one authenticated peer cannot pin a server's memory
+// (docs/design-notes.md, "Limits per connection").
+
+/// Requests in flight on one connection: QUIC does not let the peer open more streams.
+pub const MAX_STREAMS: u32 = 128;
+/// Bytes of request frames (lengths, header, payload) one connection may have admitted at once.
+/// A frame is read only when its declared size fits; until then its bytes wait in QUIC's
+/// flow-control window. Room for three of the largest frames; [`RpcClient`] keeps its own
+/// requests on a connection within it, so that they never wait behind each other.
+pub const CONN_BUDGET: u32 = 64 << 20;
+const _: () = assert!(CONN_BUDGET >= 8 + MAX_HEADER + MAX_PAYLOAD, "every valid frame must fit");
+/// Once a frame has begun, its lengths and then the rest must each arrive within this time;
+/// otherwise the connection is closed as a protocol error.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the peer has to take an answer before its stream is reset.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(1024u32.into());
+    t.max_concurrent_bidi_streams(MAX_STREAMS.into());
     t.max_concurrent_uni_streams(0u32.into());
     t.stream_receive_window((32u32 << 20).into());
     t.receive_window((128u32 << 20).into());
@@ -127,6 +144,7 @@ async fn serve_conn<S: Service>(conn: quinn::Connection, svc: Arc<S>) {
             return;
         }
     };
+    let budget = Arc::new(Semaphore::new(CONN_BUDGET as usize));
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -139,8 +157,9 @@ async fn serve_conn<S: Service>(conn: quinn::Connection, svc: Arc<S>) {
         let svc = svc.clone();
         let peer = peer.clone();
         let conn = conn.clone();
+        let budget = budget.clone();
         tokio::spawn(async move {
-            let (req, payload) = match read_frame::<_, S::Req>(&mut recv).await {
+            let (req, payload, admitted) = match read_request::<S::Req>(&mut recv, budget).await {
                 Ok(x) => x,
                 Err(e) => {
                     warn!(peer = %peer.name, "protocol error, closing connection: {e}");
@@ -149,12 +168,31 @@ async fn serve_conn<S: Service>(conn: quinn::Connection, svc: Arc<S>) {
                 }
             };
             debug!(peer = %peer.name, ?req, "request");
-            let (resp, out) = svc.handle(peer, req, payload).await;
-            if write_frame(&mut send, &resp, &out).await.is_ok() {
-                let _ = send.finish();
+            let (resp, out) = svc.handle(peer.clone(), req, payload).await;
+            drop(admitted);
+            match tokio::time::timeout(REPLY_TIMEOUT, write_frame(&mut send, &resp, &out)).await {
+                Ok(Ok(())) => {
+                    let _ = send.finish();
+                }
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    warn!(peer = %peer.name, "answer not taken within {}s; resetting the stream", REPLY_TIMEOUT.as_secs());
+                    let _ = send.reset(CLOSE_PROTOCOL_ERROR.into());
+                }
             }
         });
     }
+}
+
+/// Read one request within the limits of its connection: the lengths, then, once the frame fits
+/// in `budget`, the rest. The permit is held until the request has been handled.
+async fn read_request<T: DeserializeOwned>(recv: &mut quinn::RecvStream, budget: Arc<Semaphore>) -> Result<(T, Vec<u8>, OwnedSemaphorePermit), FrameError> {
+    let late = |_| FrameError::TooSlow(FRAME_TIMEOUT.as_secs());
+    let (hlen, plen) = tokio::time::timeout(FRAME_TIMEOUT, read_frame_lens(recv)).await.map_err(late)??;
+    // Waiting here costs no time limit: the bytes wait in (bounded) QUIC buffers meanwhile.
+    let admitted = budget.acquire_many_owned(8 + hlen + plen).await.expect("the budget is never closed");
+    let (req, payload) = tokio::time::timeout(FRAME_TIMEOUT, read_frame_body(recv, hlen, plen)).await.map_err(late)??;
+    Ok((req, payload, admitted))
 }
 
 /// The verified identity of the peer of `conn`.
@@ -188,6 +226,8 @@ pub struct RpcClient {
     addr: String,
     expect: Role,
     conns: Vec<Mutex<Option<quinn::Connection>>>,
+    /// Bytes of requests in flight per connection, within the server's [`CONN_BUDGET`].
+    budgets: Vec<Arc<Semaphore>>,
     next: AtomicUsize,
     timeout: Duration,
     connect_timeout: Duration,
@@ -207,6 +247,7 @@ impl RpcClient {
             addr: addr.to_string(),
             expect,
             conns: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
+            budgets: (0..connections.max(1)).map(|_| Arc::new(Semaphore::new(CONN_BUDGET as usize))).collect(),
             next: AtomicUsize::new(0),
             timeout,
             connect_timeout: Duration::from_secs(5),
@@ -270,7 +311,7 @@ impl RpcClient {
             let mut fresh = false;
             loop {
                 let conn = self.connection(slot, fresh).await?;
-                match self.exchange(&conn, req, payload).await {
+                match self.exchange(&conn, &self.budgets[slot], req, payload).await {
                     Err(NetError::Lost { .. }) if !fresh => fresh = true,
                     r => return r,
                 }
@@ -281,10 +322,14 @@ impl RpcClient {
             .map_err(|_| NetError::Timeout { addr: self.addr.clone(), secs: self.timeout.as_secs() })?
     }
 
-    async fn exchange<Q: Serialize, R: DeserializeOwned>(&self, conn: &quinn::Connection, req: &Q, payload: &[u8]) -> Result<(R, Vec<u8>), NetError> {
+    async fn exchange<Q: Serialize, R: DeserializeOwned>(&self, conn: &quinn::Connection, budget: &Semaphore, req: &Q, payload: &[u8]) -> Result<(R, Vec<u8>), NetError> {
         let lost = |reason: String| NetError::Lost { addr: self.addr.clone(), reason };
+        let head = encode_head(req, payload.len()).map_err(|source| NetError::Frame { addr: self.addr.clone(), source })?;
+        // Frames the server cannot admit yet would hold the flow-control window that the
+        // admitted ones need to arrive: send no more at once than it admits.
+        let _room = budget.acquire_many((head.len() + payload.len()) as u32).await.expect("the budget is never closed");
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(describe_conn_error(&e)))?;
-        write_frame(&mut send, req, payload).await.map_err(|e| match e {
+        write_head(&mut send, &head, payload).await.map_err(|e| match e {
             FrameError::Write(io) => lost(io.to_string()),
             source => NetError::Frame { addr: self.addr.clone(), source },
         })?;

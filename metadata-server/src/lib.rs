@@ -90,6 +90,11 @@ impl MetaService {
     fn answer(&self, peer: &Identity, req: MetaRequest) -> MetaResponse {
         let r = |x: Result<MetaResponse, WireError>| x.unwrap_or_else(MetaResponse::Error);
         let ns = &self.ns;
+        // The namespace is read by clients and admins (fsck); servers have no business there.
+        let namespace_read = matches!(req, MetaRequest::Lookup { .. } | MetaRequest::GetAttr { .. } | MetaRequest::ReadDir { .. } | MetaRequest::ReadLink { .. } | MetaRequest::GetBlocks { .. } | MetaRequest::StatFs);
+        if namespace_read && !matches!(peer.role, Role::Client | Role::Admin) {
+            return denied(peer.role, "read the namespace");
+        }
         match req {
             MetaRequest::OpenSession { client } => r(ns.open_session(&peer.into(), &client).map(|session| MetaResponse::Session {
                 session,

@@ -352,3 +352,138 @@ async fn a_session_is_bound_to_its_certificate() {
     assert!(unknown(&mutate(&a, session + 1000, 1, create(b"x")).await));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_reads_are_for_clients_and_admins() {
+    let s = Server::start().await;
+    let reads = [
+        MetaRequest::Lookup { parent: 1, name: b"x".to_vec() },
+        MetaRequest::GetAttr { ino: 1 },
+        MetaRequest::ReadDir { ino: 1, after: 0, limit: 10 },
+        MetaRequest::ReadLink { ino: 1 },
+        MetaRequest::GetBlocks { ino: 1, first: 0, count: 1 },
+        MetaRequest::StatFs,
+    ];
+    for who in ["chunk", "meta"] {
+        let c = s.rpc(who);
+        for req in &reads {
+            match c.call::<_, MetaResponse>(req, &[]).await.unwrap().0 {
+                MetaResponse::Error(e) => assert_eq!(e.code, ErrorCode::PermissionDenied, "{who} {req:?}: {e}"),
+                other => panic!("a {who} certificate read the namespace with {req:?}: {other:?}"),
+            }
+        }
+    }
+    for who in ["client", "admin"] {
+        let (resp, _) = s.rpc(who).call::<_, MetaResponse>(&MetaRequest::GetAttr { ino: 1 }, &[]).await.unwrap();
+        assert_root_attr(&resp);
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_frame_is_cut_off_after_the_frame_timeout() {
+    let s = Server::start().await;
+    let (_ep1, slow) = s.connect("client").await;
+    let (_ep2, bystander) = s.connect("client").await;
+    let f = valid_frame();
+    let (mut send, _recv) = slow.open_bi().await.unwrap();
+    // Everything but the last byte, and the stream stays open.
+    send.write_all(&f[..f.len() - 1]).await.unwrap();
+    let started = std::time::Instant::now();
+    // Until the timeout nobody is cut off, and the other connection is served throughout.
+    while started.elapsed() + Duration::from_secs(2) < net::FRAME_TIMEOUT {
+        assert_root_attr(&raw_getattr_root(&bystander).await.expect("the other connection stopped working"));
+        assert!(slow.close_reason().is_none(), "cut off after {:?}, before the frame timeout", started.elapsed());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let reason = timeout(net::FRAME_TIMEOUT + Duration::from_secs(10), slow.closed())
+        .await
+        .unwrap_or_else(|_| panic!("a peer that sent half a frame is still connected after {:?}", started.elapsed()));
+    match &reason {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR), "close code (reason: {reason})"),
+        other => panic!("connection ended by {other:?}, expected an application close with CLOSE_PROTOCOL_ERROR"),
+    }
+    eprintln!("half a frame: cut off after {:?}: {reason}", started.elapsed());
+    assert!(bystander.close_reason().is_none(), "the other connection was closed too");
+    assert_root_attr(&raw_getattr_root(&bystander).await.expect("the other connection stopped working"));
+    s.stop().await;
+}
+
+/// A client may have more large frames in flight on one connection than the server admits at
+/// once; they must all be answered (none stuck behind the others' bytes in the window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_large_requests_on_one_connection_are_all_answered() {
+    let s = Server::start().await;
+    let c = Arc::new(s.rpc("client"));
+    let payload = Arc::new(vec![7u8; MAX_PAYLOAD as usize]);
+    let calls = (0..12).map(|_| {
+        let (c, payload) = (c.clone(), payload.clone());
+        tokio::spawn(async move { c.call::<_, MetaResponse>(&MetaRequest::GetAttr { ino: 1 }, &payload).await.map(|(r, _)| r) })
+    });
+    for call in calls.collect::<Vec<_>>() {
+        assert_root_attr(&call.await.unwrap().expect("a large request in flight with others"));
+    }
+    s.stop().await;
+}
+
+/// VmRSS of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/PID/status");
+    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).expect("VmRSS");
+    kb * 1024
+}
+
+/// A peer that opens 1000 streams, each declaring a 16 MiB payload and sending 1 MiB of it (so
+/// that the server's buffers are really touched), must not grow the server's memory by more
+/// than the limits per connection allow. Runs against a real `tessera-meta` process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_streams_do_not_pin_server_memory() {
+    use tessera_tests::{free_port, start_meta};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tls::init_ca(&d.join("ca")).unwrap();
+    for (name, role) in [("meta", Role::Meta), ("client", Role::Client)] {
+        tls::issue(&d.join("ca"), &d.join(name), name, role, &["127.0.0.1".to_string()]).unwrap();
+    }
+    let port = free_port();
+    let meta = start_meta(&d.join("data"), port, &d.join("meta"), 1, &d.join("meta.log"));
+    let pid = meta.pid().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let client = NodeCerts::load(&d.join("client")).unwrap();
+    let (_ep, conn) = connect_with(&client, addr).await.unwrap();
+    assert_root_attr(&raw_getattr_root(&conn).await.unwrap());
+    let before = rss(pid);
+
+    let mut head = proto::encode_frame(&MetaRequest::GetAttr { ino: 1 }, &[]).unwrap();
+    head[4..8].copy_from_slice(&MAX_PAYLOAD.to_le_bytes());
+    let part = Arc::new(vec![0x5au8; 1 << 20]);
+    let mut attackers = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let (conn, head, part) = (conn.clone(), head.clone(), part.clone());
+        attackers.spawn(async move {
+            let (mut send, _recv) = conn.open_bi().await?;
+            send.write_all(&head).await?;
+            send.write_all(&part).await?;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    // Hold for a while (less than the frame timeout, which would end the attack).
+    let mut peak = before;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        peak = peak.max(rss(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grown = peak.saturating_sub(before);
+    eprintln!("tessera-meta VmRSS {} MiB before, peak {} MiB while attacked (+{} MiB)", before >> 20, peak >> 20, grown >> 20);
+    // The budget of admitted frames plus QUIC's receive window, and some slack.
+    let bound = (net::CONN_BUDGET as u64) + (128 << 20) + (64 << 20);
+    assert!(grown < bound, "the server grew by {} MiB for one peer (bound {} MiB)", grown >> 20, bound >> 20);
+    attackers.abort_all();
+    conn.close(0u32.into(), b"done");
+    // Everyone else is still served.
+    let (_ep2, fresh) = connect_with(&client, addr).await.unwrap();
+    assert_root_attr(&raw_getattr_root(&fresh).await.expect("a new connection after the attack"));
+    drop(meta);
+}

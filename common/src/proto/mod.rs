@@ -16,6 +16,13 @@
 //! [`MAX_HEADER`], `payload_len` by [`MAX_PAYLOAD`]; a frame over either bound, a truncated frame
 //! or an undecodable header is a protocol error: the receiver closes that connection with
 //! [`CLOSE_PROTOCOL_ERROR`] and keeps serving everyone else.
+//!
+//! Limits per connection (servers; constants in `net`): at most `MAX_STREAMS` streams open at
+//! once; a frame is read only when its size (8 + `header_len` + `payload_len`) fits in the
+//! `CONN_BUDGET` bytes that the connection's requests being read or handled may hold, so a
+//! sender keeps its frames in flight within that budget; once a frame has begun, its lengths
+//! and then the rest must each arrive within `FRAME_TIMEOUT`, or the connection is closed as a
+//! protocol error.
 
 pub mod chunk;
 pub mod meta;
@@ -49,6 +56,8 @@ pub enum FrameError {
     Encode(String),
     #[error("stream write: {0}")]
     Write(std::io::Error),
+    #[error("frame not complete within {0} s")]
+    TooSlow(u64),
 }
 
 fn config() -> bincode::config::Configuration {
@@ -57,18 +66,25 @@ fn config() -> bincode::config::Configuration {
 
 /// Encode a frame into one buffer (header and payload).
 pub fn encode_frame<T: Serialize>(header: &T, payload: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let mut out = encode_head(header, payload.len())?;
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+/// Encode the part of a frame before its payload: both lengths and the header. Its length plus
+/// the payload's is what the frame costs the receiver (see [`read_frame_lens`]).
+pub fn encode_head<T: Serialize>(header: &T, payload_len: usize) -> Result<Vec<u8>, FrameError> {
     let hdr = bincode::serde::encode_to_vec(header, config()).map_err(|e| FrameError::Encode(e.to_string()))?;
     if hdr.len() as u64 > MAX_HEADER as u64 {
         return Err(FrameError::HeaderTooLarge(hdr.len() as u32));
     }
-    if payload.len() as u64 > MAX_PAYLOAD as u64 {
-        return Err(FrameError::PayloadTooLarge(payload.len() as u32));
+    if payload_len as u64 > MAX_PAYLOAD as u64 {
+        return Err(FrameError::PayloadTooLarge(payload_len as u32));
     }
-    let mut out = Vec::with_capacity(8 + hdr.len() + payload.len());
+    let mut out = Vec::with_capacity(8 + hdr.len() + payload_len);
     out.extend_from_slice(&(hdr.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
     out.extend_from_slice(&hdr);
-    out.extend_from_slice(payload);
     Ok(out)
 }
 
@@ -78,13 +94,12 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    let head = encode_frame(header, &[])?;
-    if payload.len() as u64 > MAX_PAYLOAD as u64 {
-        return Err(FrameError::PayloadTooLarge(payload.len() as u32));
-    }
-    let mut prefix = head;
-    prefix[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    w.write_all(&prefix).await.map_err(FrameError::Write)?;
+    write_head(w, &encode_head(header, payload.len())?, payload).await
+}
+
+/// Write a frame whose head [`encode_head`] made.
+pub async fn write_head<W: AsyncWrite + Unpin>(w: &mut W, head: &[u8], payload: &[u8]) -> Result<(), FrameError> {
+    w.write_all(head).await.map_err(FrameError::Write)?;
     if !payload.is_empty() {
         w.write_all(payload).await.map_err(FrameError::Write)?;
     }
@@ -97,6 +112,13 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    let (hlen, plen) = read_frame_lens(r).await?;
+    read_frame_body(r, hlen, plen).await
+}
+
+/// Read a frame's two lengths and check both bounds; nothing is allocated yet, so a server can
+/// first wait until the frame fits in what the connection may hold.
+pub async fn read_frame_lens<R: AsyncRead + Unpin>(r: &mut R) -> Result<(u32, u32), FrameError> {
     let mut lens = [0u8; 8];
     r.read_exact(&mut lens).await.map_err(FrameError::Truncated)?;
     let hlen = u32::from_le_bytes(lens[..4].try_into().unwrap());
@@ -107,6 +129,15 @@ where
     if plen > MAX_PAYLOAD {
         return Err(FrameError::PayloadTooLarge(plen));
     }
+    Ok((hlen, plen))
+}
+
+/// Read the header and payload of a frame whose lengths [`read_frame_lens`] returned.
+pub async fn read_frame_body<R, T>(r: &mut R, hlen: u32, plen: u32) -> Result<(T, Vec<u8>), FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
     let mut hdr = vec![0u8; hlen as usize];
     r.read_exact(&mut hdr).await.map_err(FrameError::Truncated)?;
     let mut payload = vec![0u8; plen as usize];
