@@ -6,7 +6,7 @@ use crate::error::{FsError, FsResult};
 use crate::file_state::{FileState, Src};
 use crate::meta::MetaClient;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tessera_common::proto::meta::*;
 use tessera_common::BlockId;
@@ -34,8 +34,9 @@ pub struct OpenFile {
     opens: AtomicUsize,
     /// The size as this mount sees it, readable without the state lock.
     size_hint: AtomicU64,
-    /// Unlinked while open: the hidden name it was moved to, removed at the last close.
-    hidden: Mutex<Option<(u64, Vec<u8>)>>,
+    /// Its last link was removed while open here: the metadata server keeps it as an orphan
+    /// of this session until the last close drops it.
+    orphan: AtomicBool,
 }
 
 /// A file's block states and the uploads in flight for them.
@@ -65,7 +66,7 @@ impl OpenState {
 
 impl OpenFile {
     fn new(ino: u64, file: FileState) -> Arc<Self> {
-        Arc::new(OpenFile { ino, st: tokio::sync::Mutex::new(OpenState { file, uploads: Vec::new() }), opens: AtomicUsize::new(0), size_hint: AtomicU64::new(0), hidden: Mutex::new(None) })
+        Arc::new(OpenFile { ino, st: tokio::sync::Mutex::new(OpenState { file, uploads: Vec::new() }), opens: AtomicUsize::new(0), size_hint: AtomicU64::new(0), orphan: AtomicBool::new(false) })
     }
 }
 
@@ -110,11 +111,11 @@ impl Fs {
     }
 
     /// A file open here shows the size of its local, not yet committed writes.
-    /// A file unlinked while open here (kept under a hidden name) has no links left.
+    /// A file unlinked while open here (an orphan) has no links left.
     fn overlay(&self, mut a: Attr) -> Attr {
         if let Some(f) = self.files.lock().unwrap().get(&a.ino) {
             a.size = f.size_hint.load(Ordering::Relaxed);
-            if f.hidden.lock().unwrap().is_some() {
+            if f.orphan.load(Ordering::Acquire) {
                 a.nlink = 0;
             }
         }
@@ -128,46 +129,42 @@ impl Fs {
     }
 
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
-        if self.hide_if_open(parent, name).await? {
-            return Ok(());
-        }
-        self.meta.mutate_unlinked(Mutation::Unlink { parent, name: name.to_vec(), keep: false }).await.map(drop)
+        let orphan = self.meta.mutate_unlinked(Mutation::Unlink { parent, name: name.to_vec(), keep: self.any_open() }).await?;
+        self.adopt(orphan).await
     }
 
-    /// POSIX keeps an unlinked file readable through the descriptors that have it open. For
-    /// files open on this mount, the last link is not removed but renamed to a hidden name
-    /// (as NFS clients do), and removed at the last close.
-    async fn hide_if_open(&self, parent: u64, name: &[u8]) -> FsResult<bool> {
-        if self.files.lock().unwrap().is_empty() {
-            return Ok(false);
+    /// Replace is one metadata command: the target's last link and the new name change
+    /// together, or (refused) nothing changes. `RENAME_EXCHANGE` and `RENAME_NOREPLACE` are the
+    /// server's to apply.
+    pub async fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> FsResult<()> {
+        tessera_common::names::check_name(new_name)?;
+        let op = Mutation::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags, keep: self.any_open() };
+        let orphan = self.meta.mutate_unlinked(op).await?;
+        self.adopt(orphan).await
+    }
+
+    /// POSIX keeps an unlinked file readable through the descriptors that have it open. While
+    /// this mount has files open, a removal asks the metadata server to keep an inode that loses
+    /// its last link as an orphan of our session; one that is not open here is dropped at once,
+    /// one that is, at its last close.
+    fn any_open(&self) -> bool {
+        self.files.lock().unwrap().values().any(|f| f.opens.load(Ordering::Acquire) > 0)
+    }
+
+    async fn adopt(&self, orphan: Option<u64>) -> FsResult<()> {
+        let Some(ino) = orphan else { return Ok(()) };
+        let open = self.files.lock().unwrap().get(&ino).filter(|f| f.opens.load(Ordering::Acquire) > 0).cloned();
+        match open {
+            Some(f) => {
+                f.orphan.store(true, Ordering::Release);
+                Ok(())
+            }
+            None => self.meta.mutate_done(Mutation::DropOrphan { ino }).await,
         }
-        let a = match self.meta.attr_of(MetaRequest::Lookup { parent, name: name.to_vec() }).await {
-            Ok(a) => a,
-            Err(_) => return Ok(false),
-        };
-        let open = self.files.lock().unwrap().get(&a.ino).filter(|f| f.opens.load(Ordering::Acquire) > 0).cloned();
-        let Some(f) = open.filter(|_| a.kind == FileKind::File && a.nlink == 1) else {
-            return Ok(false);
-        };
-        let hidden = format!(".tessera-unlinked-{:x}", a.ino).into_bytes();
-        self.meta
-            .mutate_unlinked(Mutation::Rename { parent, name: name.to_vec(), new_parent: parent, new_name: hidden.clone(), flags: 0, keep: false })
-            .await?;
-        *f.hidden.lock().unwrap() = Some((parent, hidden));
-        Ok(true)
     }
 
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         self.meta.mutate_done(Mutation::Rmdir { parent, name: name.to_vec() }).await
-    }
-
-    pub async fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> FsResult<()> {
-        tessera_common::names::check_name(new_name)?;
-        // A replaced target that is open here stays readable, like an unlinked one.
-        if flags & RENAME_NOREPLACE == 0 && (parent, name) != (new_parent, new_name) {
-            self.hide_if_open(new_parent, new_name).await?;
-        }
-        self.meta.mutate_unlinked(Mutation::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags, keep: false }).await.map(drop)
     }
 
     pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Attr> {
@@ -284,11 +281,8 @@ impl Fs {
             self.flush_state(&f, &mut st).await
         };
         self.drop_open(&f).await;
-        if f.opens.load(Ordering::Acquire) == 0 {
-            let hidden = f.hidden.lock().unwrap().take();
-            if let Some((parent, name)) = hidden {
-                self.meta.mutate_unlinked(Mutation::Unlink { parent, name, keep: false }).await?;
-            }
+        if f.opens.load(Ordering::Acquire) == 0 && f.orphan.swap(false, Ordering::AcqRel) {
+            self.meta.mutate_done(Mutation::DropOrphan { ino: f.ino }).await?;
         }
         r
     }

@@ -84,3 +84,102 @@ fn concurrent_open_write_close_of_one_file_loses_no_write() {
     }
     assert_fsck_clean(&c);
 }
+
+fn renameat2(from: &std::path::Path, to: &std::path::Path, flags: u32) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let a = std::ffi::CString::new(from.as_os_str().as_bytes()).unwrap();
+    let b = std::ffi::CString::new(to.as_os_str().as_bytes()).unwrap();
+    // SAFETY: both are valid NUL-terminated paths.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    v.sort();
+    v
+}
+
+/// A rename the server refuses changes nothing, also when its target is open here.
+#[test]
+fn a_refused_rename_leaves_an_open_target_in_place() {
+    let c = DevCluster::start();
+    let t = c.mnt.join("target");
+    let d = c.mnt.join("dir");
+    fs::write(&t, b"the target's bytes").unwrap();
+    fs::create_dir(&d).unwrap();
+    let held = File::open(&t).unwrap();
+    let e = fs::rename(&d, &t).expect_err("a directory cannot replace a file");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR), "rename(dir, file): {e}");
+    drop(held);
+    assert_eq!(names(&c.mnt), vec!["dir", "target"]);
+    assert_eq!(fs::read(&t).unwrap(), b"the target's bytes");
+    // Refused exchanges and no-replace renames leave both names too.
+    let held = File::open(&t).unwrap();
+    let e = renameat2(&c.mnt.join("missing"), &t, libc::RENAME_EXCHANGE).expect_err("exchange with a missing name");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    let e = renameat2(&d, &t, libc::RENAME_NOREPLACE).expect_err("no-replace onto an existing name");
+    assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+    drop(held);
+    assert_eq!(names(&c.mnt), vec!["dir", "target"]);
+    assert_eq!(fs::read(&t).unwrap(), b"the target's bytes");
+    assert_fsck_clean(&c);
+}
+
+/// `RENAME_EXCHANGE` swaps two names atomically, open or not.
+#[test]
+fn rename_exchange_swaps_two_names() {
+    let c = DevCluster::start();
+    let (a, b) = (c.mnt.join("a"), c.mnt.join("b"));
+    fs::write(&a, b"bytes of a").unwrap();
+    fs::write(&b, b"bytes of b").unwrap();
+    let held = File::open(&b).unwrap();
+    renameat2(&a, &b, libc::RENAME_EXCHANGE).expect("exchange");
+    drop(held);
+    assert_eq!(fs::read(&a).unwrap(), b"bytes of b");
+    assert_eq!(fs::read(&b).unwrap(), b"bytes of a");
+    // A directory and a file, across directories.
+    fs::create_dir(c.mnt.join("d")).unwrap();
+    fs::write(c.mnt.join("d/inner"), b"inside").unwrap();
+    fs::create_dir(c.mnt.join("e")).unwrap();
+    renameat2(&c.mnt.join("d"), &c.mnt.join("e/a2"), libc::RENAME_EXCHANGE).expect_err("exchange with a missing name");
+    fs::write(c.mnt.join("e/f"), b"file in e").unwrap();
+    renameat2(&c.mnt.join("d"), &c.mnt.join("e/f"), libc::RENAME_EXCHANGE).expect("exchange dir and file");
+    assert_eq!(fs::read(c.mnt.join("d")).unwrap(), b"file in e");
+    assert_eq!(fs::read(c.mnt.join("e/f/inner")).unwrap(), b"inside");
+    assert_eq!(names(&c.mnt), vec!["a", "b", "d", "e"]);
+    assert_fsck_clean(&c);
+}
+
+/// A replaced (or unlinked) file that is open stays readable through its descriptor, shows no
+/// name in the directory, and is gone after the last close.
+#[test]
+fn a_replaced_open_file_stays_readable_and_leaves_no_name() {
+    let c = DevCluster::start();
+    let (t, s) = (c.mnt.join("t"), c.mnt.join("s"));
+    let old = random_bytes(&mut seeded_rng(), 5 * MIB);
+    fs::write(&t, &old).unwrap();
+    fs::write(&s, b"new content").unwrap();
+    let held = File::open(&t).unwrap();
+    fs::rename(&s, &t).unwrap();
+    assert_eq!(names(&c.mnt), vec!["t"], "no hidden names");
+    assert_eq!(fs::read(&t).unwrap(), b"new content");
+    let mut got = vec![0u8; old.len()];
+    held.read_exact_at(&mut got, 0).expect("reading the replaced file through its descriptor");
+    assert!(got == old, "the replaced file's bytes");
+    let u = c.mnt.join("u");
+    fs::write(&u, b"unlinked while open").unwrap();
+    let held_u = File::open(&u).unwrap();
+    fs::remove_file(&u).unwrap();
+    let mut b = vec![0u8; 19];
+    held_u.read_exact_at(&mut b, 0).unwrap();
+    assert_eq!(&b, b"unlinked while open");
+    drop(held);
+    drop(held_u);
+    assert_eq!(names(&c.mnt), vec!["t"]);
+    assert_fsck_clean(&c);
+}
