@@ -2,6 +2,7 @@
 //! and certificates. Every message type lives here once (`proto`).
 
 pub mod block;
+pub mod durable;
 pub mod error;
 pub mod metalink;
 pub mod names;

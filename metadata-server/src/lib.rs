@@ -207,7 +207,8 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
         bail!("certificate in {} has role {}, a metadata server needs role meta", cfg.certs.display(), certs.identity.role);
     }
     let db_dir = cfg.data_dir.join("db");
-    std::fs::create_dir_all(&db_dir).with_context(|| format!("creating {}", db_dir.display()))?;
+    // Durable names: a power cut right after the first start must not lose the database.
+    tessera_common::durable::create_dir_all(&db_dir).with_context(|| format!("creating {}", db_dir.display()))?;
     let store = store::Store::open(&db_dir).with_context(|| format!("opening {}", db_dir.display()))?;
     let ns = Arc::new(Namespace::open(store, FsParams { block_size: cfg.block_size })?);
     let members = Arc::new(Membership::load(ns.clone(), cfg.replicas, cfg.down_after, cfg.out_after)?);

@@ -373,7 +373,6 @@ fn chunk_server_keeps_its_identity_through_a_power_cut_right_after_its_first_sta
 }
 
 #[test]
-#[ignore = "fails today: tessera-meta creates DATA_DIR/db without an fsync of DATA_DIR"]
 fn metadata_server_keeps_its_database_through_a_power_cut_right_after_its_first_start() {
     let mut c = PowerCluster::start_with(true, false, false);
     c.write_batch("first");
