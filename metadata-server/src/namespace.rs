@@ -9,7 +9,7 @@
 
 use crate::store::{Batch, Cf, Store, StoreError};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use tessera_common::names::{check_name, MAX_SYMLINK_LEN};
 use tessera_common::proto::meta::*;
@@ -147,11 +147,16 @@ pub struct Namespace {
     pub params: FsParams,
 }
 
-/// Reads and writes of one command: inode writes are overlaid so that later steps see them.
+/// Reads and writes of one command. Every record a command changes (inodes, directory entries,
+/// block-map entries, inline data) is overlaid, so later steps of the same command see the
+/// earlier ones; reference-count changes are summed and applied once in `finish`.
 struct Txn<'a> {
     store: &'a Store,
     batch: Batch,
     inodes: HashMap<u64, Option<InodeRec>>,
+    dirents: HashMap<(u64, Vec<u8>), Option<DirentRec>>,
+    blocks: BTreeMap<(u64, u64), Option<BlockRef>>,
+    inline: HashMap<u64, Option<Vec<u8>>>,
     refs: HashMap<BlockId, i64>,
     files: i64,
     bytes: i64,
@@ -183,7 +188,30 @@ impl<'a> Txn<'a> {
     }
 
     fn dirent(&self, parent: u64, name: &[u8]) -> Result<Option<DirentRec>, WireError> {
+        if let Some(d) = self.dirents.get(&(parent, name.to_vec())) {
+            return Ok(*d);
+        }
         self.store.get(Cf::Dirents, &dirent_key(parent, name))?.map(|v| dec(&v)).transpose()
+    }
+
+    /// The block-map entry `idx` of `ino` as this command has left it.
+    fn block(&self, ino: u64, idx: u64) -> Result<Option<BlockRef>, WireError> {
+        if let Some(b) = self.blocks.get(&(ino, idx)) {
+            return Ok(*b);
+        }
+        self.store.get(Cf::BlockMap, &pair_key(ino, idx))?.map(|v| dec_bref(&v)).transpose()
+    }
+
+    /// Set or clear one block-map entry; the replaced block loses a reference, the new gains one.
+    fn set_block(&mut self, ino: u64, idx: u64, b: Option<BlockRef>) -> Result<(), WireError> {
+        if let Some(old) = self.block(ino, idx)? {
+            *self.refs.entry(old.id).or_default() -= 1;
+        }
+        if let Some(new) = b {
+            *self.refs.entry(new.id).or_default() += 1;
+        }
+        self.blocks.insert((ino, idx), b);
+        Ok(())
     }
 
     fn add_dirent(&mut self, parent: u64, name: &[u8], ino: u64, kind: FileKind) -> Result<(), WireError> {
@@ -196,7 +224,7 @@ impl<'a> Txn<'a> {
             p.nlink += 1;
         }
         self.put_inode(parent, p);
-        self.batch.put(Cf::Dirents, dirent_key(parent, name), enc(&DirentRec { ino, kind, cookie }));
+        self.dirents.insert((parent, name.to_vec()), Some(DirentRec { ino, kind, cookie }));
         self.batch.put(Cf::DirCookies, pair_key(parent, cookie), name.to_vec());
         Ok(())
     }
@@ -209,7 +237,7 @@ impl<'a> Txn<'a> {
             p.nlink -= 1;
         }
         self.put_inode(parent, p);
-        self.batch.delete(Cf::Dirents, dirent_key(parent, name));
+        self.dirents.insert((parent, name.to_vec()), None);
         self.batch.delete(Cf::DirCookies, pair_key(parent, d.cookie));
         Ok(())
     }
@@ -230,7 +258,7 @@ impl<'a> Txn<'a> {
     fn drop_inode(&mut self, ino: u64, r: &InodeRec) -> Result<(), WireError> {
         if r.kind == FileKind::File {
             self.drop_blocks_from(ino, 0)?;
-            self.batch.delete(Cf::Inline, ino_key(ino));
+            self.inline.insert(ino, None);
             self.bytes -= r.size as i64;
         }
         self.files -= 1;
@@ -238,27 +266,34 @@ impl<'a> Txn<'a> {
         Ok(())
     }
 
-    /// Drop block-map entries with index >= `first` (the scan sees the store before this
-    /// command, so it pages forward by key).
+    /// Drop block-map entries with index >= `first`: those in the store (paged forward by key)
+    /// and those this command set.
     fn drop_blocks_from(&mut self, ino: u64, first: u64) -> Result<(), WireError> {
         let prefix = ino_key(ino);
         let mut start = pair_key(ino, first);
         loop {
             let entries = self.store.scan(Cf::BlockMap, &prefix, &start, 4096)?;
             let n = entries.len();
-            for (k, v) in entries {
-                let b = dec_bref(&v)?;
-                *self.refs.entry(b.id).or_default() -= 1;
-                start = pair_key(ino, tail_u64(&k).saturating_add(1));
-                self.batch.delete(Cf::BlockMap, k);
+            for (k, _) in entries {
+                let idx = tail_u64(&k);
+                self.set_block(ino, idx, None)?;
+                start = pair_key(ino, idx.saturating_add(1));
             }
             if n < 4096 {
-                return Ok(());
+                break;
             }
         }
+        let set: Vec<u64> = self.blocks.range((ino, first)..=(ino, u64::MAX)).filter(|(_, b)| b.is_some()).map(|((_, i), _)| *i).collect();
+        for idx in set {
+            self.set_block(ino, idx, None)?;
+        }
+        Ok(())
     }
 
     fn inline(&self, ino: u64) -> Result<Option<Vec<u8>>, WireError> {
+        if let Some(d) = self.inline.get(&ino) {
+            return Ok(d.clone());
+        }
         match self.store.get(Cf::Inline, &ino_key(ino))? {
             Some(v) if v.first() == Some(&V1) => Ok(Some(v[1..].to_vec())),
             Some(_) => Err(err(ErrorCode::Internal, "corrupt inline data")),
@@ -267,10 +302,7 @@ impl<'a> Txn<'a> {
     }
 
     fn put_inline(&mut self, ino: u64, data: &[u8]) {
-        let mut v = Vec::with_capacity(data.len() + 1);
-        v.push(V1);
-        v.extend_from_slice(data);
-        self.batch.put(Cf::Inline, ino_key(ino), v);
+        self.inline.insert(ino, Some(data.to_vec()));
     }
 
     fn truncate(&mut self, ino: u64, r: &mut InodeRec, size: u64) -> Result<(), WireError> {
@@ -285,13 +317,11 @@ impl<'a> Txn<'a> {
             self.drop_blocks_from(ino, size.div_ceil(bs))?;
             let rem = size % bs;
             if rem != 0 {
-                let k = pair_key(ino, size / bs);
-                if let Some(v) = self.store.get(Cf::BlockMap, &k)? {
-                    let mut b = dec_bref(&v)?;
+                if let Some(mut b) = self.block(ino, size / bs)? {
                     if b.len as u64 > rem {
                         // The block keeps its bytes (its id is their hash); only `len` of them count.
                         b.len = rem as u32;
-                        self.batch.put(Cf::BlockMap, k, enc_bref(&b));
+                        self.set_block(ino, size / bs, Some(b))?;
                     }
                 }
             }
@@ -308,6 +338,9 @@ impl<'a> Txn<'a> {
             Some(v) => dec(&v)?,
             None => Stats::default(),
         };
+        // Counts never clamp: a change that would take one below zero means the stored state is
+        // already wrong, so the command fails whole (nothing is written) and says so.
+        let below_zero = |what: String| err(ErrorCode::Internal, format!("{what} would go below zero: the metadata is inconsistent (run tessera fsck); nothing was changed"));
         for (id, delta) in std::mem::take(&mut self.refs) {
             if delta == 0 {
                 continue;
@@ -316,7 +349,7 @@ impl<'a> Txn<'a> {
                 Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| err(ErrorCode::Internal, "corrupt refcount"))?),
                 None => 0,
             };
-            let new = (cur as i64 + delta).max(0) as u64;
+            let new = u64::try_from(cur as i64 + delta).map_err(|_| below_zero(format!("reference count of block {} ({cur} stored, change {delta})", id.to_hex())))?;
             if new == 0 {
                 self.batch.delete(Cf::Refcounts, id.0.to_vec());
             } else {
@@ -324,7 +357,7 @@ impl<'a> Txn<'a> {
             }
             match (cur, new) {
                 (0, n) if n > 0 => stats.blocks += 1,
-                (c, 0) if c > 0 => stats.blocks -= 1,
+                (c, 0) if c > 0 => stats.blocks = stats.blocks.checked_sub(1).ok_or_else(|| below_zero("block count".into()))?,
                 _ => {}
             }
         }
@@ -334,8 +367,26 @@ impl<'a> Txn<'a> {
                 None => self.batch.delete(Cf::Inodes, ino_key(ino)),
             }
         }
-        stats.files = (stats.files as i64 + self.files).max(0) as u64;
-        stats.logical_bytes = (stats.logical_bytes as i64 + self.bytes).max(0) as u64;
+        for ((parent, name), d) in std::mem::take(&mut self.dirents) {
+            match d {
+                Some(d) => self.batch.put(Cf::Dirents, dirent_key(parent, &name), enc(&d)),
+                None => self.batch.delete(Cf::Dirents, dirent_key(parent, &name)),
+            }
+        }
+        for ((ino, idx), b) in std::mem::take(&mut self.blocks) {
+            match b {
+                Some(b) => self.batch.put(Cf::BlockMap, pair_key(ino, idx), enc_bref(&b)),
+                None => self.batch.delete(Cf::BlockMap, pair_key(ino, idx)),
+            }
+        }
+        for (ino, d) in std::mem::take(&mut self.inline) {
+            match d {
+                Some(d) => self.batch.put(Cf::Inline, ino_key(ino), [&[V1][..], &d].concat()),
+                None => self.batch.delete(Cf::Inline, ino_key(ino)),
+            }
+        }
+        stats.files = u64::try_from(stats.files as i64 + self.files).map_err(|_| below_zero(format!("file count ({} stored, change {})", stats.files, self.files)))?;
+        stats.logical_bytes = u64::try_from(stats.logical_bytes as i64 + self.bytes).map_err(|_| below_zero(format!("logical bytes ({} stored, change {})", stats.logical_bytes, self.bytes)))?;
         self.batch.put(Cf::Cluster, KEY_STATS.to_vec(), enc(&stats));
         Ok(self.batch)
     }
@@ -570,6 +621,9 @@ impl Namespace {
             store: &self.store,
             batch: Batch::default(),
             inodes: HashMap::new(),
+            dirents: HashMap::new(),
+            blocks: BTreeMap::new(),
+            inline: HashMap::new(),
             refs: HashMap::new(),
             files: 0,
             bytes: 0,
@@ -706,18 +760,16 @@ impl Namespace {
                 if *size < r.size {
                     tx.truncate(*ino, &mut r, *size)?;
                 }
-                tx.batch.delete(Cf::Inline, ino_key(*ino));
+                let mut seen = HashSet::with_capacity(blocks.len());
+                if let Some((idx, _)) = blocks.iter().find(|(idx, _)| !seen.insert(*idx)) {
+                    return Err(err(ErrorCode::InvalidArgument, format!("block index {idx} given twice")));
+                }
+                tx.inline.insert(*ino, None);
                 for (idx, b) in blocks {
                     if b.len == 0 || b.len > bs || idx.saturating_mul(bs as u64) >= *size {
                         return Err(err(ErrorCode::InvalidArgument, format!("block {idx} does not fit the file")));
                     }
-                    let k = pair_key(*ino, *idx);
-                    if let Some(v) = self.store.get(Cf::BlockMap, &k)? {
-                        let old = dec_bref(&v)?;
-                        *tx.refs.entry(old.id).or_default() -= 1;
-                    }
-                    *tx.refs.entry(b.id).or_default() += 1;
-                    tx.batch.put(Cf::BlockMap, k, enc_bref(b));
+                    tx.set_block(*ino, *idx, Some(*b))?;
                 }
                 tx.bytes += *size as i64 - r.size as i64;
                 r.size = *size;
@@ -943,6 +995,43 @@ mod tests {
         assert!(ns.list_blocks(None, 100).unwrap().is_empty());
         assert_eq!(ns.stats().unwrap().blocks, 0);
         assert_eq!(ns.stats().unwrap().logical_bytes, 0);
+    }
+
+    #[test]
+    fn commit_with_a_repeated_index_is_refused_and_a_shared_block_keeps_its_references() {
+        let (_d, ns) = ns();
+        let mut c = C { ns: &ns, seq: 0 };
+        let f = c.mk(ROOT_INO, "f", FileKind::File);
+        let g = c.mk(ROOT_INO, "g", FileKind::File);
+        // Block 1 is shared (deduplicated) by f and g.
+        c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
+        c.m(Mutation::CommitBlocks { ino: g, blocks: vec![(0, bref(1, 4096))], size: 4096 });
+        let refs = |ns: &Namespace| ns.list_blocks(None, 100).unwrap().into_iter().collect::<HashMap<BlockId, u64>>();
+        assert_eq!(refs(&ns)[&BlockId::of(&[1])], 2);
+        let dup = Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(2, 4096)), (0, bref(3, 4096))], size: 4096 };
+        assert_eq!(c.code(dup), Some(ErrorCode::InvalidArgument));
+        // Nothing changed: g's block still has both references, f still points at it.
+        assert_eq!(refs(&ns)[&BlockId::of(&[1])], 2);
+        assert_eq!(ns.get_blocks(f, 0, 10).unwrap().1, vec![(0, bref(1, 4096))]);
+        assert_eq!(refs(&ns).len(), 1);
+    }
+
+    #[test]
+    fn refcount_underflow_is_an_error_not_a_clamp() {
+        let (_d, ns) = ns();
+        let mut c = C { ns: &ns, seq: 0 };
+        let f = c.mk(ROOT_INO, "f", FileKind::File);
+        c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
+        // Corrupt the store: the block's reference count is gone.
+        let mut b = Batch::default();
+        b.delete(Cf::Refcounts, BlockId::of(&[1]).0.to_vec());
+        ns.store().apply(b).unwrap();
+        match c.m(Mutation::Unlink { parent: ROOT_INO, name: "f".into() }) {
+            MetaResponse::Error(e) => assert!(e.code == ErrorCode::Internal && e.message.contains("below zero"), "{e:?}"),
+            r => panic!("unlink over a corrupt refcount: {r:?}"),
+        }
+        assert_eq!(ns.lookup(ROOT_INO, b"f").unwrap().ino, f, "nothing written");
+        assert_eq!(ns.stats().unwrap().files, 2);
     }
 
     #[test]
