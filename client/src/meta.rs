@@ -1,5 +1,7 @@
 //! The client's session with the metadata service: typed calls, mutations numbered per
-//! session so a retry after a timeout is answered rather than applied twice.
+//! session so a retry after a timeout is answered rather than applied twice. The session is
+//! bound to this mount's certificate; if the server no longer knows it (`UnknownSession`), the
+//! mutation was not applied, so a new session is opened and the mutation sent once more.
 
 use crate::error::{FsError, FsResult};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,10 +9,14 @@ use std::time::Duration;
 use tessera_common::metalink::MetaLink;
 use tessera_common::proto::meta::*;
 use tessera_common::ring::Ring;
+use tessera_common::ErrorCode;
 
 pub struct MetaClient {
     link: MetaLink,
-    session: u64,
+    name: String,
+    session: AtomicU64,
+    /// Held while a new session is opened, so concurrent callers open one, not one each.
+    renewing: tokio::sync::Mutex<()>,
     seq: AtomicU64,
     pub block_size: u32,
     pub replicas: u32,
@@ -30,10 +36,34 @@ impl MetaClient {
     pub async fn connect(ep: quinn::Endpoint, addrs: &[String], name: &str) -> FsResult<Self> {
         let link = MetaLink::new(ep, addrs, Duration::from_secs(30));
         match link.call(&MetaRequest::OpenSession { client: name.to_string() }).await? {
-            MetaResponse::Session { session, block_size, replicas, write_quorum, ring } => {
-                Ok(MetaClient { link, session, seq: AtomicU64::new(1), block_size, replicas, write_quorum, first_ring: ring })
-            }
+            MetaResponse::Session { session, block_size, replicas, write_quorum, ring } => Ok(MetaClient {
+                link,
+                name: name.to_string(),
+                session: AtomicU64::new(session),
+                renewing: Default::default(),
+                seq: AtomicU64::new(1),
+                block_size,
+                replicas,
+                write_quorum,
+                first_ring: ring,
+            }),
             MetaResponse::Error(e) => Err(e.into()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Replace the session `old` that the server does not know (unless another caller did).
+    async fn renew(&self, old: u64) -> FsResult<()> {
+        let _one = self.renewing.lock().await;
+        if self.session.load(Ordering::Acquire) != old {
+            return Ok(());
+        }
+        match self.call(MetaRequest::OpenSession { client: self.name.clone() }).await? {
+            MetaResponse::Session { session, .. } => {
+                tracing::warn!(old, session, "the metadata server did not know our session; opened a new one");
+                self.session.store(session, Ordering::Release);
+                Ok(())
+            }
             r => Err(unexpected(r)),
         }
     }
@@ -63,8 +93,17 @@ impl MetaClient {
 
     /// Apply a mutation, once.
     pub async fn mutate(&self, op: Mutation) -> FsResult<MetaResponse> {
+        let session = self.session.load(Ordering::Acquire);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.call(MetaRequest::Mutate { session: self.session, seq, op }).await
+        match self.call(MetaRequest::Mutate { session, seq, op: op.clone() }).await {
+            // Refused before anything was applied: safe to send again under a new session.
+            Err(FsError::Wire(e)) if e.code == ErrorCode::UnknownSession => {
+                self.renew(session).await?;
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                self.call(MetaRequest::Mutate { session: self.session.load(Ordering::Acquire), seq, op }).await
+            }
+            r => r,
+        }
     }
 
     pub async fn attr_of(&self, req: MetaRequest) -> FsResult<Attr> {

@@ -152,6 +152,8 @@ impl fmt::Debug for NodeCerts {
 pub struct Identity {
     pub name: String,
     pub role: Role,
+    /// BLAKE3 of the certificate (DER): tells apart two certificates with the same name.
+    pub fingerprint: [u8; 32],
 }
 
 impl NodeCerts {
@@ -213,7 +215,7 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, TlsError> {
         .and_then(|a| a.as_str().ok())
         .ok_or_else(|| TlsError::Peer("certificate has no role (OU)".into()))?
         .parse()?;
-    Ok(Identity { name, role })
+    Ok(Identity { name, role, fingerprint: *blake3::hash(cert.as_ref()).as_bytes() })
 }
 
 #[cfg(test)]
@@ -228,7 +230,7 @@ mod tests {
         assert!(matches!(init_ca(&d.join("ca")), Err(TlsError::Exists(_))));
         issue(&d.join("ca"), &d.join("n1"), "chunk-1", Role::Chunk, &["127.0.0.1".into(), "localhost".into()]).unwrap();
         let c = NodeCerts::load(&d.join("n1")).unwrap();
-        assert_eq!(c.identity, Identity { name: "chunk-1".into(), role: Role::Chunk });
+        assert_eq!((c.identity.name.as_str(), c.identity.role), ("chunk-1", Role::Chunk));
         c.server_config().unwrap();
         c.client_config().unwrap();
         assert!(NodeCerts::load(&d.join("missing")).is_err());

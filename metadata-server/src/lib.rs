@@ -87,7 +87,7 @@ impl MetaService {
         let r = |x: Result<MetaResponse, WireError>| x.unwrap_or_else(MetaResponse::Error);
         let ns = &self.ns;
         match req {
-            MetaRequest::OpenSession { .. } => r(ns.open_session().map(|session| MetaResponse::Session {
+            MetaRequest::OpenSession { client } => r(ns.open_session(&peer.into(), &client).map(|session| MetaResponse::Session {
                 session,
                 block_size: ns.params.block_size,
                 replicas: self.replicas,
@@ -101,7 +101,7 @@ impl MetaService {
             MetaRequest::StatFs => r(self.statfs()),
             MetaRequest::GetBlocks { ino, first, count } => r(ns.get_blocks(ino, first, count).map(|(size, blocks, inline)| MetaResponse::Blocks { size, blocks, inline })),
             MetaRequest::Mutate { session, seq, op } => match peer.role {
-                Role::Client | Role::Admin => ns.mutate(session, seq, op),
+                Role::Client | Role::Admin => ns.mutate(&peer.into(), session, seq, op),
                 role => denied(role, "change the namespace"),
             },
             MetaRequest::GetRing => MetaResponse::Ring(self.members.ring()),

@@ -5,7 +5,9 @@
 //! it into one atomic [`Batch`]. Replaying the same commands in order on another replica gives
 //! the same state, which is what Raft replication will need. The reply of each mutation is
 //! stored per `(session, seq)` in the same batch, so a retried mutation is answered, not
-//! applied twice.
+//! applied twice. A session belongs to the certificate that opened it: another certificate
+//! that names it (to read its stored replies or to pre-empt its next mutation) gets
+//! `UnknownSession`, as does a session that was never opened.
 
 use crate::store::{Batch, Cf, Store, StoreError};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -109,6 +111,34 @@ fn dec_bref(v: &[u8]) -> Result<BlockRef, WireError> {
         return Err(err(ErrorCode::Internal, "corrupt block-map entry"));
     }
     Ok(BlockRef { id: BlockId(v[1..33].try_into().unwrap()), len: u32::from_le_bytes(v[33..37].try_into().unwrap()) })
+}
+
+/// The certificate a session belongs to, recorded when it is opened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionOwner {
+    /// Certificate name (CN), for logs.
+    pub name: String,
+    /// BLAKE3 of the certificate: what is compared.
+    pub fingerprint: [u8; 32],
+}
+
+impl From<&tessera_common::tls::Identity> for SessionOwner {
+    fn from(id: &tessera_common::tls::Identity) -> Self {
+        SessionOwner { name: id.name.clone(), fingerprint: id.fingerprint }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SessionRec {
+    owner: SessionOwner,
+    /// The name the client gave (`OpenSession { client }`).
+    client: String,
+    opened: i64,
+}
+
+/// Key of a session's own record in `Cf::Sessions`; its replies are keyed (session, seq).
+fn session_key(session: u64) -> Vec<u8> {
+    ino_key(session)
 }
 
 const KEY_NEXT_INO: &[u8] = b"next_ino";
@@ -563,31 +593,49 @@ impl Namespace {
 
     // ---- mutations ----
 
-    pub fn open_session(&self) -> Result<u64, WireError> {
+    /// A new session owned by `owner`.
+    pub fn open_session(&self, owner: &SessionOwner, client: &str) -> Result<u64, WireError> {
+        if client.len() > 255 {
+            return Err(err(ErrorCode::InvalidArgument, "client name longer than 255 bytes"));
+        }
         let (id, t) = {
             let mut c = self.lock.lock().unwrap();
             let id = c.next_session;
             c.next_session += 1;
             let mut b = Batch::default();
             b.put(Cf::Cluster, KEY_NEXT_SESSION.to_vec(), enc(&c.next_session));
+            b.put(Cf::Sessions, session_key(id), enc(&SessionRec { owner: owner.clone(), client: client.to_string(), opened: now_ns() }));
             (id, self.store.apply(b)?)
         };
         self.store.wait_durable(t)?;
         Ok(id)
     }
 
-    /// Apply `op` once for `(session, seq)` and return its reply when it is durable.
-    pub fn mutate(&self, session: u64, seq: u64, op: Mutation) -> MetaResponse {
-        match self.mutate_inner(session, seq, op) {
+    /// Apply `op` once for `(session, seq)` and return its reply when it is durable. Only the
+    /// certificate that opened the session may use it.
+    pub fn mutate(&self, owner: &SessionOwner, session: u64, seq: u64, op: Mutation) -> MetaResponse {
+        match self.mutate_inner(owner, session, seq, op) {
             Ok(r) => r,
             Err(e) => MetaResponse::Error(e),
         }
     }
 
-    fn mutate_inner(&self, session: u64, seq: u64, op: Mutation) -> Result<MetaResponse, WireError> {
+    fn check_session(&self, owner: &SessionOwner, session: u64) -> Result<(), WireError> {
+        let unknown = || err(ErrorCode::UnknownSession, format!("unknown session {session}; open a new one"));
+        let rec: SessionRec = dec(&self.store.get(Cf::Sessions, &session_key(session))?.ok_or_else(unknown)?)?;
+        if rec.owner.fingerprint != owner.fingerprint {
+            // Answered as unknown: a session is not a capability that another certificate can use.
+            tracing::warn!(session, owner = %rec.owner.name, peer = %owner.name, "a session used by another certificate was refused");
+            return Err(unknown());
+        }
+        Ok(())
+    }
+
+    fn mutate_inner(&self, owner: &SessionOwner, session: u64, seq: u64, op: Mutation) -> Result<MetaResponse, WireError> {
         let skey = pair_key(session, seq);
         let (reply, ticket) = {
             let mut c = self.lock.lock().unwrap();
+            self.check_session(owner, session)?;
             if let Some(v) = self.store.get(Cf::Sessions, &skey)? {
                 drop(c);
                 // The original may still be on its way to disk: wait for everything written.
@@ -878,15 +926,23 @@ mod tests {
         (d, Namespace::open(s, FsParams { block_size: 4096 }).unwrap())
     }
 
+    fn owner(name: &str) -> SessionOwner {
+        SessionOwner { name: name.into(), fingerprint: BlockId::of(name.as_bytes()).0 }
+    }
+
     struct C<'a> {
         ns: &'a Namespace,
         seq: u64,
+        session: u64,
     }
 
-    impl C<'_> {
+    impl<'a> C<'a> {
+        fn new(ns: &'a Namespace) -> Self {
+            C { ns, seq: 0, session: ns.open_session(&owner("test"), "test").unwrap() }
+        }
         fn m(&mut self, op: Mutation) -> MetaResponse {
             self.seq += 1;
-            self.ns.mutate(1, self.seq, op)
+            self.ns.mutate(&owner("test"), self.session, self.seq, op)
         }
         fn mk(&mut self, parent: u64, name: &str, kind: FileKind) -> u64 {
             match self.m(Mutation::Create { parent, name: name.into(), kind, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None }) {
@@ -913,7 +969,7 @@ mod tests {
     #[test]
     fn create_rename_unlink_rmdir_rules() {
         let (_d, ns) = ns();
-        let mut c = C { ns: &ns, seq: 0 };
+        let mut c = C::new(&ns);
         let a = c.mk(ROOT_INO, "a", FileKind::Dir);
         let b = c.mk(a, "b", FileKind::Dir);
         let f = c.mk(b, "f", FileKind::File);
@@ -954,7 +1010,7 @@ mod tests {
     #[test]
     fn readdir_offsets_survive_changes() {
         let (_d, ns) = ns();
-        let mut c = C { ns: &ns, seq: 0 };
+        let mut c = C::new(&ns);
         for i in 0..10 {
             c.mk(ROOT_INO, &format!("f{i}"), FileKind::File);
         }
@@ -972,7 +1028,7 @@ mod tests {
     #[test]
     fn commit_truncate_and_refcounts() {
         let (_d, ns) = ns();
-        let mut c = C { ns: &ns, seq: 0 };
+        let mut c = C::new(&ns);
         let f = c.mk(ROOT_INO, "f", FileKind::File);
         let blocks = vec![(0, bref(1, 4096)), (1, bref(2, 4096)), (2, bref(1, 4096)), (3, bref(3, 100))];
         assert!(matches!(c.m(Mutation::CommitBlocks { ino: f, blocks, size: 3 * 4096 + 100 }), MetaResponse::Attr(ref a) if a.size == 12388));
@@ -1000,7 +1056,7 @@ mod tests {
     #[test]
     fn commit_with_a_repeated_index_is_refused_and_a_shared_block_keeps_its_references() {
         let (_d, ns) = ns();
-        let mut c = C { ns: &ns, seq: 0 };
+        let mut c = C::new(&ns);
         let f = c.mk(ROOT_INO, "f", FileKind::File);
         let g = c.mk(ROOT_INO, "g", FileKind::File);
         // Block 1 is shared (deduplicated) by f and g.
@@ -1019,7 +1075,7 @@ mod tests {
     #[test]
     fn refcount_underflow_is_an_error_not_a_clamp() {
         let (_d, ns) = ns();
-        let mut c = C { ns: &ns, seq: 0 };
+        let mut c = C::new(&ns);
         let f = c.mk(ROOT_INO, "f", FileKind::File);
         c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
         // Corrupt the store: the block's reference count is gone.
@@ -1037,7 +1093,7 @@ mod tests {
     #[test]
     fn inline_data_replaces_blocks_and_truncates() {
         let (_d, ns) = ns();
-        let mut c = C { ns: &ns, seq: 0 };
+        let mut c = C::new(&ns);
         let f = c.mk(ROOT_INO, "f", FileKind::File);
         c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
         assert!(matches!(c.m(Mutation::CommitInline { ino: f, data: b"hello world".to_vec() }), MetaResponse::Attr(ref a) if a.size == 11));
@@ -1054,11 +1110,36 @@ mod tests {
     #[test]
     fn a_retried_mutation_is_answered_not_reapplied() {
         let (_d, ns) = ns();
+        let a = owner("a");
+        let s = ns.open_session(&a, "a").unwrap();
         let op = Mutation::Create { parent: ROOT_INO, name: "x".into(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None };
-        let first = ns.mutate(7, 1, op.clone());
+        let first = ns.mutate(&a, s, 1, op.clone());
         assert!(matches!(first, MetaResponse::Attr(_)));
-        assert_eq!(ns.mutate(7, 1, op.clone()), first, "same (session, seq): the stored reply");
-        assert!(matches!(ns.mutate(7, 2, op), MetaResponse::Error(ref e) if e.code == ErrorCode::Exists));
+        assert_eq!(ns.mutate(&a, s, 1, op.clone()), first, "same (session, seq): the stored reply");
+        assert!(matches!(ns.mutate(&a, s, 2, op), MetaResponse::Error(ref e) if e.code == ErrorCode::Exists));
+    }
+
+    #[test]
+    fn a_session_belongs_to_the_certificate_that_opened_it() {
+        let (_d, ns) = ns();
+        let (a, b) = (owner("client-a"), owner("client-b"));
+        let sa = ns.open_session(&a, "mount-a").unwrap();
+        let create = |name: &str| Mutation::Create { parent: ROOT_INO, name: name.into(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None };
+        let reply = ns.mutate(&a, sa, 1, create("secret"));
+        assert!(matches!(reply, MetaResponse::Attr(_)));
+        let unknown = |r: MetaResponse| matches!(r, MetaResponse::Error(ref e) if e.code == ErrorCode::UnknownSession);
+        // B names A's (session, seq): no stored reply for B.
+        let r = ns.mutate(&b, sa, 1, create("secret"));
+        assert!(unknown(r.clone()), "B read A's stored reply: {r:?}");
+        // B pre-empts A's next sequence number: refused, and A's own mutation still applies.
+        assert!(unknown(ns.mutate(&b, sa, 2, create("b-was-here"))));
+        assert!(ns.lookup(ROOT_INO, b"b-was-here").is_err());
+        assert!(matches!(ns.mutate(&a, sa, 2, create("second")), MetaResponse::Attr(_)));
+        // A session id never opened.
+        assert!(unknown(ns.mutate(&a, 999, 1, create("x"))));
+        // B's own session works.
+        let sb = ns.open_session(&b, "mount-b").unwrap();
+        assert!(matches!(ns.mutate(&b, sb, 1, create("b")), MetaResponse::Attr(_)));
     }
 
     #[test]
@@ -1066,13 +1147,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let ino = {
             let ns = Namespace::open(Store::open(d.path()).unwrap(), FsParams { block_size: 4096 }).unwrap();
-            let mut c = C { ns: &ns, seq: 0 };
+            let mut c = C::new(&ns);
             c.mk(ROOT_INO, "keep", FileKind::File)
         };
         let ns = Namespace::open(Store::open(d.path()).unwrap(), FsParams { block_size: 1 << 20 }).unwrap();
         assert_eq!(ns.params.block_size, 4096, "block size is fixed at creation");
         assert_eq!(ns.lookup(ROOT_INO, b"keep").unwrap().ino, ino);
-        let mut c = C { ns: &ns, seq: 100 };
+        let mut c = C::new(&ns);
         assert!(c.mk(ROOT_INO, "next", FileKind::File) > ino, "inode numbers are never reused");
     }
 }

@@ -226,3 +226,30 @@ async fn foreign_ca_is_refused() {
     assert_root_attr(&resp);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_bound_to_its_certificate() {
+    let s = Server::start().await;
+    tls::issue(&s.dir.path().join("ca"), &s.dir.path().join("client2"), "client-2", Role::Client, &["127.0.0.1".to_string()]).unwrap();
+    let (a, b) = (s.rpc("client"), s.rpc("client2"));
+    let session = match a.call::<_, MetaResponse>(&MetaRequest::OpenSession { client: "a".into() }, &[]).await.unwrap().0 {
+        MetaResponse::Session { session, .. } => session,
+        other => panic!("open session: {other:?}"),
+    };
+    let create = |name: &[u8]| Mutation::Create { parent: 1, name: name.to_vec(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None };
+    async fn mutate(c: &RpcClient, session: u64, seq: u64, op: Mutation) -> MetaResponse {
+        c.call::<_, MetaResponse>(&MetaRequest::Mutate { session, seq, op }, &[]).await.unwrap().0
+    }
+    assert!(matches!(mutate(&a, session, 1, create(b"a1")).await, MetaResponse::Attr(_)));
+    let unknown = |r: &MetaResponse| matches!(r, MetaResponse::Error(e) if e.code == ErrorCode::UnknownSession);
+    // B replays A's (session, seq): it must not get A's stored reply.
+    let r = mutate(&b, session, 1, create(b"a1")).await;
+    assert!(unknown(&r), "another certificate read a stored reply: {r:?}");
+    // B takes A's next sequence number: refused, and A's mutation with it still applies.
+    let r = mutate(&b, session, 2, create(b"b1")).await;
+    assert!(unknown(&r), "another certificate used the session: {r:?}");
+    assert!(matches!(mutate(&a, session, 2, create(b"a2")).await, MetaResponse::Attr(_)));
+    // A session that was never opened.
+    assert!(unknown(&mutate(&a, session + 1000, 1, create(b"x")).await));
+    s.stop().await;
+}
