@@ -54,6 +54,8 @@ struct StatusJson {
     files: u64,
     replicas: u32,
     ring_version: u64,
+    /// `ok`, or `failed: why` when the metadata server stopped accepting changes.
+    meta_state: String,
     /// Copies the servers found missing in their last scan and have not sent yet.
     repair_pending: u64,
 }
@@ -219,6 +221,7 @@ impl Admin {
             repair_pending: s.nodes.iter().map(|n| n.repair_pending).sum(),
             replicas: s.replicas,
             ring_version: s.ring_version,
+            meta_state: s.meta_state.clone(),
         };
         if json {
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -239,6 +242,7 @@ impl Admin {
             );
         }
         println!();
+        println!("metadata: {}", out.meta_state);
         println!("files: {}   replicas: {}   ring version: {}", out.files, out.replicas, out.ring_version);
         println!(
             "bytes: {} logical, {} stored ({} copies; dedup ratio {:.2})",

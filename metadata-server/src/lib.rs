@@ -78,6 +78,10 @@ struct MetaService {
     gc: Arc<gc::Gc>,
 }
 
+fn ns_state(ns: &Namespace) -> String {
+    ns.store().failure().map(|why| format!("failed: {why}")).unwrap_or_else(|| "ok".into())
+}
+
 fn denied(role: Role, what: &str) -> MetaResponse {
     MetaResponse::Error(WireError::new(ErrorCode::PermissionDenied, format!("role {role} may not {what}")))
 }
@@ -152,6 +156,7 @@ impl MetaService {
             files: stats.files,
             logical_bytes: stats.logical_bytes,
             blocks: stats.blocks,
+            meta_state: ns_state(&self.ns),
         }))
     }
 }

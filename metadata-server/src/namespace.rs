@@ -31,7 +31,8 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> WireError {
 
 impl From<StoreError> for WireError {
     fn from(e: StoreError) -> Self {
-        err(ErrorCode::Internal, e.to_string())
+        let code = if matches!(e, StoreError::Failed(_)) { ErrorCode::Unavailable } else { ErrorCode::Internal };
+        err(code, e.to_string())
     }
 }
 
@@ -547,7 +548,10 @@ impl Namespace {
         Ok(self.store.get(Cf::Cluster, KEY_STATS)?.map(|v| dec(&v)).transpose()?.unwrap_or_default())
     }
 
+    /// Refused once the store has failed: what it holds since the last good sync may be lost
+    /// at a restart, so garbage collection must not act on it.
     pub fn is_referenced(&self, id: &BlockId) -> Result<bool, WireError> {
+        self.store.check_ok()?;
         Ok(self.store.get(Cf::Refcounts, &id.0)?.is_some())
     }
 
@@ -632,6 +636,7 @@ impl Namespace {
     }
 
     fn mutate_inner(&self, owner: &SessionOwner, session: u64, seq: u64, op: Mutation) -> Result<MetaResponse, WireError> {
+        self.store.check_ok()?;
         let skey = pair_key(session, seq);
         let (reply, ticket) = {
             let mut c = self.lock.lock().unwrap();
@@ -1140,6 +1145,31 @@ mod tests {
         // B's own session works.
         let sb = ns.open_session(&b, "mount-b").unwrap();
         assert!(matches!(ns.mutate(&b, sb, 1, create("b")), MetaResponse::Attr(_)));
+    }
+
+    #[test]
+    fn a_failed_wal_sync_stops_every_change() {
+        let (_d, ns) = ns();
+        let mut c = C::new(&ns);
+        let f = c.mk(ROOT_INO, "before", FileKind::File);
+        c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
+        let create = |name: &str| Mutation::Create { parent: ROOT_INO, name: name.into(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None };
+        ns.store().fail_next_sync_for_test();
+        // The change whose sync failed is not acknowledged.
+        assert_eq!(c.code(create("lost")), Some(ErrorCode::Unavailable));
+        // Nothing later is applied (so nothing builds on the unsynced change), not even a retry.
+        assert_eq!(c.code(create("after")), Some(ErrorCode::Unavailable));
+        assert!(ns.lookup(ROOT_INO, b"after").is_err(), "a mutation after the failed sync was applied");
+        assert_eq!(c.code(Mutation::Unlink { parent: ROOT_INO, name: "before".into() }), Some(ErrorCode::Unavailable));
+        assert!(ns.lookup(ROOT_INO, b"before").is_ok());
+        c.seq -= 3;
+        assert_eq!(c.code(create("lost")), Some(ErrorCode::Unavailable), "a retry is not answered from the unsynced reply");
+        assert!(ns.open_session(&owner("x"), "x").is_err());
+        assert!(ns.cluster_put(b"k", &1u64).is_err());
+        // Garbage collection treats every block as referenced.
+        assert!(ns.is_referenced(&BlockId::of(&[9])).is_err());
+        let why = ns.store().failure().expect("the failure is recorded");
+        assert!(why.starts_with("WAL sync failed at 20") && why.contains("UTC"), "{why}");
     }
 
     #[test]

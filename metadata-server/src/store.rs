@@ -5,6 +5,11 @@
 //! [`Store::wait_durable`] syncs the WAL past it. The first waiter to find no sync running does
 //! the sync itself (no thread hand-off on the common path); writers that arrive meanwhile wait
 //! for the next sync, which covers all of them: concurrent commits share one fsync.
+//!
+//! Fail-stop: once a WAL sync has failed, the store refuses every further write until the
+//! process is restarted. After a failed `fsync` the kernel may have dropped the dirty pages, so
+//! nothing written since the last good sync can be trusted to be on disk, and no later change
+//! may build on it; a restart recovers from what the WAL really holds.
 
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use std::path::Path;
@@ -42,8 +47,9 @@ impl Cf {
 pub enum StoreError {
     #[error("metadata store: {0}")]
     Db(#[from] rocksdb::Error),
-    #[error("metadata store: WAL sync failed; refusing to acknowledge writes")]
-    SyncFailed,
+    /// Carries the description of the first failure (see [`Store::failure`]).
+    #[error("metadata store stopped: {0}; refusing every change until the server is restarted")]
+    Failed(String),
 }
 
 enum Op {
@@ -73,7 +79,10 @@ struct SyncState {
     written: u64,
     synced: u64,
     syncing: bool,
-    failed: bool,
+    /// Set by the first failed sync; never cleared.
+    failed: Option<String>,
+    #[cfg(test)]
+    fail_next_sync: bool,
 }
 
 pub struct Store {
@@ -89,7 +98,15 @@ impl Store {
         opts.set_max_background_jobs(2);
         let cfs = Cf::ALL.iter().map(|c| ColumnFamilyDescriptor::new(c.name(), Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        let sync = (Mutex::new(SyncState { written: 0, synced: 0, syncing: false, failed: false }), Condvar::new());
+        let state = SyncState {
+            written: 0,
+            synced: 0,
+            syncing: false,
+            failed: None,
+            #[cfg(test)]
+            fail_next_sync: false,
+        };
+        let sync = (Mutex::new(state), Condvar::new());
         Ok(Store { db, sync })
     }
 
@@ -115,9 +132,29 @@ impl Store {
         Ok(out)
     }
 
+    /// Why the store stopped accepting writes, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.sync.0.lock().unwrap().failed.clone()
+    }
+
+    /// Fail with [`StoreError::Failed`] once a sync has failed.
+    pub fn check_ok(&self) -> Result<(), StoreError> {
+        match self.failure() {
+            Some(why) => Err(StoreError::Failed(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Make the next WAL sync fail, as a failing disk would.
+    #[cfg(test)]
+    pub fn fail_next_sync_for_test(&self) {
+        self.sync.0.lock().unwrap().fail_next_sync = true;
+    }
+
     /// Write `batch` atomically to the WAL (not yet synced). Returns a ticket for
-    /// [`wait_durable`](Self::wait_durable).
+    /// [`wait_durable`](Self::wait_durable). Refused once a sync has failed.
     pub fn apply(&self, batch: Batch) -> Result<u64, StoreError> {
+        self.check_ok()?;
         let mut wb = WriteBatch::default();
         for op in batch.ops {
             match op {
@@ -127,8 +164,12 @@ impl Store {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
-        self.db.write_opt(wb, &wo)?;
+        // Checked again under the lock: a sync that failed meanwhile stops this write too.
         let mut s = self.sync.0.lock().unwrap();
+        if let Some(why) = &s.failed {
+            return Err(StoreError::Failed(why.clone()));
+        }
+        self.db.write_opt(wb, &wo)?;
         s.written += 1;
         Ok(s.written)
     }
@@ -138,8 +179,8 @@ impl Store {
         let (m, cv) = &self.sync;
         let mut s = m.lock().unwrap();
         loop {
-            if s.failed {
-                return Err(StoreError::SyncFailed);
+            if let Some(why) = &s.failed {
+                return Err(StoreError::Failed(why.clone()));
             }
             if s.synced >= ticket {
                 return Ok(());
@@ -148,15 +189,21 @@ impl Store {
                 // Lead: one sync covers every write made so far.
                 s.syncing = true;
                 let target = s.written;
+                #[cfg(test)]
+                let injected = std::mem::take(&mut s.fail_next_sync);
+                #[cfg(not(test))]
+                let injected = false;
                 drop(s);
-                let ok = self.db.flush_wal(true).is_ok();
+                let r = if injected { Err("injected failure".to_string()) } else { self.db.flush_wal(true).map_err(|e| e.to_string()) };
                 s = m.lock().unwrap();
                 s.syncing = false;
-                if ok {
-                    s.synced = s.synced.max(target);
-                } else {
-                    tracing::error!("WAL sync failed; refusing further acknowledgements");
-                    s.failed = true;
+                match r {
+                    Ok(()) => s.synced = s.synced.max(target),
+                    Err(e) => {
+                        let why = format!("WAL sync failed at {}: {e}", utc_now());
+                        tracing::error!("{why}; the metadata server refuses every change until it is restarted");
+                        s.failed = Some(why);
+                    }
                 }
                 cv.notify_all();
                 continue;
@@ -170,6 +217,22 @@ impl Store {
         rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
         Ok(())
     }
+}
+
+/// The current time as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, proleptic Gregorian).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]

@@ -190,6 +190,9 @@ pub struct ClusterStatus {
     pub logical_bytes: u64,
     /// Distinct blocks referenced by the namespace.
     pub blocks: u64,
+    /// `ok`, or `failed: <why>` once the metadata server has stopped accepting changes (a WAL
+    /// sync failed); it stays so until the server is restarted.
+    pub meta_state: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
