@@ -3,6 +3,10 @@
 //! A server is `up` while heartbeats arrive, `down` after `down_after` without one (it stays in
 //! the ring: readers and writers skip it, nothing moves) and `out` after `out_after` (it leaves
 //! the ring). Registrations are persisted, so the ring survives a metadata restart.
+//!
+//! A ring version names exactly one member list, forever: each published ring is persisted with
+//! its members before anyone sees it, and a restart that computes different members (every
+//! server is reloaded as `up`) publishes them under a new version.
 
 use crate::namespace::Namespace;
 use serde::{Deserialize, Serialize};
@@ -63,7 +67,17 @@ pub struct Membership {
     pub out_after: Duration,
 }
 
+/// Before rings were stored whole: the version only (read once, on upgrade).
 const KEY_RING_VERSION: &[u8] = b"ring_version";
+/// The last published ring: [`RingRecord`].
+const KEY_RING: &[u8] = b"ring";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RingRecord {
+    version: u64,
+    /// Sorted by id, as in [`Ring`].
+    nodes: Vec<RingNode>,
+}
 const NODE_PREFIX: &[u8] = b"node/";
 
 fn node_key(id: u64) -> Vec<u8> {
@@ -81,11 +95,28 @@ impl Membership {
             // Until a first heartbeat after a restart, give every server the benefit of the doubt.
             .map(|rec| (rec.id, Node { rec, used: 0, blocks: 0, repair_pending: 0, last_heartbeat: now }))
             .collect();
-        let version = ns.cluster_get::<u64>(KEY_RING_VERSION)?.unwrap_or(0);
-        let m = Membership { ns, replicas, nodes: Mutex::new(nodes), ring: Mutex::new(Ring::new(version, replicas, vec![])), down_after, out_after };
-        let members = m.members();
-        *m.ring.lock().unwrap() = Ring::new(version, replicas, members);
+        let stored = match ns.cluster_get::<RingRecord>(KEY_RING)? {
+            Some(r) => Some(r),
+            // Members unknown: any non-empty ring gets a new version.
+            None => ns.cluster_get::<u64>(KEY_RING_VERSION)?.map(|version| RingRecord { version, nodes: vec![] }),
+        };
+        let m = Membership { ns, replicas, nodes: Mutex::new(nodes), ring: Mutex::new(Ring::new(0, replicas, vec![])), down_after, out_after };
+        let ring = Ring::new(0, replicas, m.members());
+        let version = match stored {
+            Some(r) if r.nodes == ring.nodes => r.version,
+            Some(r) => m.persist(r.version + 1, &ring.nodes)?,
+            // Version 0 is the empty ring of a new cluster.
+            None if ring.nodes.is_empty() => 0,
+            None => m.persist(1, &ring.nodes)?,
+        };
+        *m.ring.lock().unwrap() = Ring::new(version, replicas, ring.nodes);
         Ok(m)
+    }
+
+    /// Record `nodes` as ring `version`, durably, before it is published.
+    fn persist(&self, version: u64, nodes: &[RingNode]) -> Result<u64, WireError> {
+        self.ns.cluster_put(KEY_RING, &RingRecord { version, nodes: nodes.to_vec() })?;
+        Ok(version)
     }
 
     fn state(&self, n: &Node, now: Instant) -> NodeState {
@@ -122,8 +153,7 @@ impl Membership {
         let mut sorted = members.clone();
         sorted.sort_by_key(|n| n.id);
         if sorted != ring.nodes {
-            let version = ring.version + 1;
-            self.ns.cluster_put(KEY_RING_VERSION, &version)?;
+            let version = self.persist(ring.version + 1, &sorted)?;
             *ring = Ring::new(version, self.replicas, members);
             tracing::info!(version, servers = ring.nodes.len(), "new ring published");
         }
@@ -199,5 +229,55 @@ impl Membership {
                 repair_pending: n.repair_pending,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::namespace::FsParams;
+    use crate::store::Store;
+    use std::collections::HashMap;
+
+    fn open(dir: &std::path::Path) -> Membership {
+        let ns = Arc::new(Namespace::open(Store::open(dir).unwrap(), FsParams { block_size: 4096 }).unwrap());
+        Membership::load(ns, 3, Duration::from_millis(200), Duration::from_secs(600)).unwrap()
+    }
+
+    /// Every ring seen, by version: a version must never come back with other members.
+    fn saw(seen: &mut HashMap<u64, Vec<RingNode>>, r: &Ring) {
+        if let Some(prev) = seen.insert(r.version, r.nodes.clone()) {
+            assert_eq!(prev, r.nodes, "ring version {} names two different member lists", r.version);
+        }
+    }
+
+    #[test]
+    fn a_ring_version_names_one_member_list_across_restarts() {
+        let d = tempfile::tempdir().unwrap();
+        let mut seen = HashMap::new();
+        let last = {
+            let m = open(d.path());
+            saw(&mut seen, &m.ring());
+            saw(&mut seen, &m.register(1, "127.0.0.1:1".into(), "z1".into(), 1 << 30).unwrap());
+            saw(&mut seen, &m.register(2, "127.0.0.1:2".into(), "z2".into(), 1 << 30).unwrap());
+            // Server 2 stops sending heartbeats: it is down in the next ring.
+            std::thread::sleep(Duration::from_millis(300));
+            m.heartbeat(1, 1 << 30, 0, 0, 0).unwrap();
+            let r = m.refresh().unwrap();
+            assert!(r.node(1).unwrap().up && !r.node(2).unwrap().up, "{:?}", r.nodes);
+            saw(&mut seen, &r);
+            r.version
+        };
+        // A restart reloads both servers as up: that is another ring, so another version.
+        let m = open(d.path());
+        let r = m.ring();
+        assert!(r.nodes.iter().all(|n| n.up), "{:?}", r.nodes);
+        assert!(r.version > last, "version {} reused after the restart", r.version);
+        saw(&mut seen, &r);
+        drop(m);
+        // A restart that finds the same ring keeps its version.
+        let m = open(d.path());
+        assert_eq!(m.ring().version, r.version);
+        saw(&mut seen, &m.ring());
     }
 }
