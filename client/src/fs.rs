@@ -133,7 +133,7 @@ impl Fs {
         if self.hide_if_open(parent, name).await? {
             return Ok(());
         }
-        self.meta.mutate_done(Mutation::Unlink { parent, name: name.to_vec() }).await
+        self.meta.mutate_unlinked(Mutation::Unlink { parent, name: name.to_vec(), keep: false }).await.map(drop)
     }
 
     /// POSIX keeps an unlinked file readable through the descriptors that have it open. For
@@ -153,7 +153,7 @@ impl Fs {
         };
         let hidden = format!(".tessera-unlinked-{:x}", a.ino).into_bytes();
         self.meta
-            .mutate_done(Mutation::Rename { parent, name: name.to_vec(), new_parent: parent, new_name: hidden.clone(), flags: 0 })
+            .mutate_unlinked(Mutation::Rename { parent, name: name.to_vec(), new_parent: parent, new_name: hidden.clone(), flags: 0, keep: false })
             .await?;
         *f.hidden.lock().unwrap() = Some((parent, hidden));
         Ok(true)
@@ -169,7 +169,7 @@ impl Fs {
         if flags & RENAME_NOREPLACE == 0 && (parent, name) != (new_parent, new_name) {
             self.hide_if_open(new_parent, new_name).await?;
         }
-        self.meta.mutate_done(Mutation::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags }).await
+        self.meta.mutate_unlinked(Mutation::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags, keep: false }).await.map(drop)
     }
 
     pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Attr> {
@@ -304,7 +304,7 @@ impl Fs {
         if f.opens.load(Ordering::Acquire) == 0 {
             let hidden = f.hidden.lock().unwrap().take();
             if let Some((parent, name)) = hidden {
-                self.meta.mutate_done(Mutation::Unlink { parent, name }).await?;
+                self.meta.mutate_unlinked(Mutation::Unlink { parent, name, keep: false }).await?;
             }
         }
         r

@@ -127,6 +127,14 @@ impl MetaClient {
         }
     }
 
+    /// `Unlink` and `Rename`: the inode kept as an orphan, if one was.
+    pub async fn mutate_unlinked(&self, op: Mutation) -> FsResult<Option<u64>> {
+        match self.mutate(op).await? {
+            MetaResponse::Unlinked { orphan } => Ok(orphan),
+            r => Err(unexpected(r)),
+        }
+    }
+
     /// The whole block map of a file, paged, with its inline data.
     pub async fn block_map(&self, ino: u64) -> FsResult<(u64, Vec<(u64, BlockRef)>, Option<Vec<u8>>)> {
         let mut out = Vec::new();

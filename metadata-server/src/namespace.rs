@@ -189,6 +189,8 @@ struct Txn<'a> {
     blocks: BTreeMap<(u64, u64), Option<BlockRef>>,
     inline: HashMap<u64, Option<Vec<u8>>>,
     refs: HashMap<BlockId, i64>,
+    /// The session of the command: orphans are kept for it.
+    session: u64,
     files: i64,
     bytes: i64,
     now: i64,
@@ -273,17 +275,24 @@ impl<'a> Txn<'a> {
         Ok(())
     }
 
-    /// Drop one link of a non-directory; the inode and its blocks go with the last one.
-    fn unlink_inode(&mut self, ino: u64) -> Result<(), WireError> {
+    /// Drop one link of a non-directory; the inode and its blocks go with the last one, unless
+    /// `keep` and it is a regular file: then it stays, with no link, as an orphan of this
+    /// session (returned), until `DropOrphan`.
+    fn unlink_inode(&mut self, ino: u64, keep: bool) -> Result<Option<u64>, WireError> {
         let mut r = self.inode(ino)?;
-        r.nlink = r.nlink.saturating_sub(1);
+        r.nlink = r.nlink.checked_sub(1).ok_or_else(|| err(ErrorCode::Internal, format!("inode {ino} has a name but no link count")))?;
         r.ctime = self.now;
-        if r.nlink == 0 {
-            self.drop_inode(ino, &r)?;
-        } else {
+        if r.nlink > 0 {
             self.put_inode(ino, r);
+            return Ok(None);
         }
-        Ok(())
+        if keep && r.kind == FileKind::File {
+            self.put_inode(ino, r);
+            self.batch.put(Cf::Orphans, pair_key(self.session, ino), enc(&self.now));
+            return Ok(Some(ino));
+        }
+        self.drop_inode(ino, &r)?;
+        Ok(None)
     }
 
     fn drop_inode(&mut self, ino: u64, r: &InodeRec) -> Result<(), WireError> {
@@ -678,6 +687,7 @@ impl Namespace {
             blocks: BTreeMap::new(),
             inline: HashMap::new(),
             refs: HashMap::new(),
+            session: cmd.session,
             files: 0,
             bytes: 0,
             now: cmd.now,
@@ -756,7 +766,7 @@ impl Namespace {
                 tx.put_inode(*ino, r);
                 MetaResponse::Attr(a)
             }
-            Mutation::Unlink { parent, name } => {
+            Mutation::Unlink { parent, name, keep } => {
                 check_name(name)?;
                 tx.dir(*parent)?;
                 let d = tx.dirent(*parent, name)?.ok_or_else(|| err(ErrorCode::NotFound, "no such entry"))?;
@@ -764,8 +774,7 @@ impl Namespace {
                     return Err(err(ErrorCode::IsDir, "is a directory"));
                 }
                 tx.remove_dirent(*parent, name, &d)?;
-                tx.unlink_inode(d.ino)?;
-                MetaResponse::Done
+                MetaResponse::Unlinked { orphan: tx.unlink_inode(d.ino, *keep)? }
             }
             Mutation::Rmdir { parent, name } => {
                 check_name(name)?;
@@ -780,8 +789,21 @@ impl Namespace {
                 tx.drop_inode(d.ino, &r)?;
                 MetaResponse::Done
             }
-            Mutation::Rename { parent, name, new_parent, new_name, flags } => {
-                self.rename(&mut tx, *parent, name, *new_parent, new_name, *flags)?;
+            Mutation::Rename { parent, name, new_parent, new_name, flags, keep } => {
+                MetaResponse::Unlinked { orphan: self.rename(&mut tx, (*parent, name), (*new_parent, new_name), *flags, *keep)? }
+            }
+            Mutation::DropOrphan { ino } => {
+                let key = pair_key(cmd.session, *ino);
+                if self.store.get(Cf::Orphans, &key)?.is_some() {
+                    match tx.inode(*ino) {
+                        Ok(r) if r.nlink == 0 => tx.drop_inode(*ino, &r)?,
+                        // Linked again cannot happen (Link refuses nlink 0); keep the inode.
+                        Ok(_) => {}
+                        Err(e) if e.code == ErrorCode::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                    tx.batch.delete(Cf::Orphans, key);
+                }
                 MetaResponse::Done
             }
             Mutation::Link { ino, new_parent, new_name } => {
@@ -789,6 +811,10 @@ impl Namespace {
                 let mut r = tx.inode(*ino)?;
                 if r.kind == FileKind::Dir {
                     return Err(err(ErrorCode::PermissionDenied, "cannot hard-link a directory"));
+                }
+                if r.nlink == 0 {
+                    // An orphan (unlinked, still open) cannot get a name back, as in Linux.
+                    return Err(err(ErrorCode::NotFound, format!("inode {ino} has no links")));
                 }
                 tx.dir(*new_parent)?;
                 if tx.dirent(*new_parent, new_name)?.is_some() {
@@ -861,37 +887,54 @@ impl Namespace {
         Ok(())
     }
 
-    fn rename(&self, tx: &mut Txn, parent: u64, name: &[u8], np: u64, nname: &[u8], flags: u32) -> Result<(), WireError> {
+    /// Refuse making directory `dir` a descendant of itself by putting it under `dest`.
+    fn check_not_under(&self, tx: &mut Txn, dir: u64, dest: u64) -> Result<(), WireError> {
+        let mut x = dest;
+        loop {
+            if x == dir {
+                return Err(err(ErrorCode::InvalidArgument, "cannot move a directory into itself"));
+            }
+            if x == ROOT_INO {
+                return Ok(());
+            }
+            x = tx.inode(x)?.parent;
+        }
+    }
+
+    /// Rename `from` to `to` in one step (see `Mutation::Rename`). Returns the orphan kept, if any.
+    fn rename(&self, tx: &mut Txn, from: (u64, &[u8]), to: (u64, &[u8]), flags: u32, keep: bool) -> Result<Option<u64>, WireError> {
+        let ((parent, name), (np, nname)) = (from, to);
         check_name(name)?;
         check_name(nname)?;
-        if flags & !RENAME_NOREPLACE != 0 {
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
             return Err(err(ErrorCode::InvalidArgument, "unsupported rename flags"));
+        }
+        if flags == RENAME_NOREPLACE | RENAME_EXCHANGE {
+            return Err(err(ErrorCode::InvalidArgument, "RENAME_NOREPLACE and RENAME_EXCHANGE exclude each other"));
         }
         tx.dir(parent)?;
         tx.dir(np)?;
         let s = tx.dirent(parent, name)?.ok_or_else(|| err(ErrorCode::NotFound, "no such entry"))?;
+        let t = tx.dirent(np, nname)?;
+        if flags & RENAME_EXCHANGE != 0 {
+            let t = t.ok_or_else(|| err(ErrorCode::NotFound, "no entry to exchange with"))?;
+            self.exchange(tx, (parent, name, s), (np, nname, t))?;
+            return Ok(None);
+        }
         if parent == np && name == nname {
-            return Ok(());
+            return Ok(None);
         }
         if s.kind == FileKind::Dir && parent != np {
-            // Refuse moving a directory under itself.
-            let mut x = np;
-            loop {
-                if x == s.ino {
-                    return Err(err(ErrorCode::InvalidArgument, "cannot move a directory into itself"));
-                }
-                if x == ROOT_INO {
-                    break;
-                }
-                x = tx.inode(x)?.parent;
-            }
+            self.check_not_under(tx, s.ino, np)?;
         }
-        if let Some(t) = tx.dirent(np, nname)? {
+        let mut orphan = None;
+        if let Some(t) = t {
             if flags & RENAME_NOREPLACE != 0 {
                 return Err(err(ErrorCode::Exists, "target exists"));
             }
             if t.ino == s.ino {
-                return Ok(());
+                // Two links of one file: POSIX says do nothing.
+                return Ok(None);
             }
             if s.kind == FileKind::Dir {
                 if t.kind != FileKind::Dir {
@@ -906,7 +949,7 @@ impl Namespace {
                 let r = tx.inode(t.ino)?;
                 tx.drop_inode(t.ino, &r)?;
             } else {
-                tx.unlink_inode(t.ino)?;
+                orphan = tx.unlink_inode(t.ino, keep)?;
             }
         }
         tx.remove_dirent(parent, name, &s)?;
@@ -917,6 +960,45 @@ impl Namespace {
             r.parent = np;
         }
         tx.put_inode(s.ino, r);
+        Ok(orphan)
+    }
+
+    /// `RENAME_EXCHANGE`: each name now names the other's inode. The entries keep their
+    /// cookies (a readdir in progress sees each name once); directories moved between parents
+    /// carry their `..` link with them.
+    fn exchange(&self, tx: &mut Txn, a: (u64, &[u8], DirentRec), b: (u64, &[u8], DirentRec)) -> Result<(), WireError> {
+        let ((pa, na, da), (pb, nb, db)) = (a, b);
+        if da.ino == db.ino {
+            return Ok(());
+        }
+        if pa != pb {
+            if da.kind == FileKind::Dir {
+                self.check_not_under(tx, da.ino, pb)?;
+            }
+            if db.kind == FileKind::Dir {
+                self.check_not_under(tx, db.ino, pa)?;
+            }
+        }
+        tx.dirents.insert((pa, na.to_vec()), Some(DirentRec { ino: db.ino, kind: db.kind, cookie: da.cookie }));
+        tx.dirents.insert((pb, nb.to_vec()), Some(DirentRec { ino: da.ino, kind: da.kind, cookie: db.cookie }));
+        let dirs = |d: &DirentRec| u32::from(d.kind == FileKind::Dir);
+        for (p, gains, loses) in [(pa, dirs(&db), dirs(&da)), (pb, dirs(&da), dirs(&db))] {
+            let mut r = tx.dir(p)?;
+            if pa != pb {
+                r.nlink = r.nlink + gains - loses;
+            }
+            r.mtime = tx.now;
+            r.ctime = tx.now;
+            tx.put_inode(p, r);
+        }
+        for (d, new_parent) in [(da, pb), (db, pa)] {
+            let mut r = tx.inode(d.ino)?;
+            if d.kind == FileKind::Dir {
+                r.parent = new_parent;
+            }
+            r.ctime = tx.now;
+            tx.put_inode(d.ino, r);
+        }
         Ok(())
     }
 }
@@ -981,35 +1063,139 @@ mod tests {
         let g = c.mk(ROOT_INO, "g", FileKind::File);
         assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: "g".into(), kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None }), Some(ErrorCode::Exists));
         assert_eq!(c.code(Mutation::Rmdir { parent: ROOT_INO, name: "a".into() }), Some(ErrorCode::NotEmpty));
-        assert_eq!(c.code(Mutation::Unlink { parent: ROOT_INO, name: "a".into() }), Some(ErrorCode::IsDir));
+        assert_eq!(c.code(Mutation::Unlink { parent: ROOT_INO, name: "a".into(), keep: false }), Some(ErrorCode::IsDir));
         assert_eq!(c.code(Mutation::Rmdir { parent: ROOT_INO, name: "g".into() }), Some(ErrorCode::NotDir));
         // A directory cannot move into its own subtree.
-        assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "a".into(), new_parent: b, new_name: "x".into(), flags: 0 }), Some(ErrorCode::InvalidArgument));
+        assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "a".into(), new_parent: b, new_name: "x".into(), flags: 0, keep: false }), Some(ErrorCode::InvalidArgument));
         // Rename over an existing file replaces it; the replaced inode is gone.
-        assert_eq!(c.code(Mutation::Rename { parent: b, name: "f".into(), new_parent: ROOT_INO, new_name: "g".into(), flags: 0 }), None);
+        assert_eq!(c.code(Mutation::Rename { parent: b, name: "f".into(), new_parent: ROOT_INO, new_name: "g".into(), flags: 0, keep: false }), None);
         assert_eq!(ns.lookup(ROOT_INO, b"g").unwrap().ino, f);
         assert!(ns.getattr(g).is_err());
         assert!(names(&ns, b).is_empty());
         // A file cannot replace a directory, nor a directory a file.
-        assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "g".into(), new_parent: ROOT_INO, new_name: "a".into(), flags: 0 }), Some(ErrorCode::IsDir));
-        assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "a".into(), new_parent: ROOT_INO, new_name: "g".into(), flags: 0 }), Some(ErrorCode::NotDir));
-        assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "g".into(), new_parent: a, new_name: "b".into(), flags: RENAME_NOREPLACE }), Some(ErrorCode::Exists));
+        assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "g".into(), new_parent: ROOT_INO, new_name: "a".into(), flags: 0, keep: false }), Some(ErrorCode::IsDir));
+        assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "a".into(), new_parent: ROOT_INO, new_name: "g".into(), flags: 0, keep: false }), Some(ErrorCode::NotDir));
+        assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "g".into(), new_parent: a, new_name: "b".into(), flags: RENAME_NOREPLACE, keep: false }), Some(ErrorCode::Exists));
         // Moving a directory across parents fixes both link counts.
         let nl = |ino| ns.getattr(ino).unwrap().nlink;
         assert_eq!((nl(ROOT_INO), nl(a)), (3, 3));
-        assert_eq!(c.code(Mutation::Rename { parent: a, name: "b".into(), new_parent: ROOT_INO, new_name: "b2".into(), flags: 0 }), None);
+        assert_eq!(c.code(Mutation::Rename { parent: a, name: "b".into(), new_parent: ROOT_INO, new_name: "b2".into(), flags: 0, keep: false }), None);
         assert_eq!((nl(ROOT_INO), nl(a)), (4, 2));
         assert_eq!(c.code(Mutation::Rmdir { parent: ROOT_INO, name: "b2".into() }), None);
         assert_eq!(c.code(Mutation::Rmdir { parent: ROOT_INO, name: "a".into() }), None);
         assert_eq!(names(&ns, ROOT_INO), vec!["g"]);
         // Hard links.
         assert!(matches!(c.m(Mutation::Link { ino: f, new_parent: ROOT_INO, new_name: "h".into() }), MetaResponse::Attr(ref x) if x.nlink == 2));
-        assert_eq!(c.code(Mutation::Unlink { parent: ROOT_INO, name: "g".into() }), None);
+        assert_eq!(c.code(Mutation::Unlink { parent: ROOT_INO, name: "g".into(), keep: false }), None);
         assert_eq!(ns.getattr(f).unwrap().nlink, 1);
         assert_eq!(ns.stats().unwrap().files, 2);
         // Names: too long, slash.
         assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: vec![b'x'; 256], kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None }), Some(ErrorCode::NameTooLong));
         assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: b"a/b".to_vec(), kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None }), Some(ErrorCode::InvalidArgument));
+    }
+
+    fn refs(ns: &Namespace) -> HashMap<BlockId, u64> {
+        ns.list_blocks(None, 1000).unwrap().into_iter().collect()
+    }
+
+    fn rename(from: (u64, &str), to: (u64, &str), flags: u32, keep: bool) -> Mutation {
+        Mutation::Rename { parent: from.0, name: from.1.into(), new_parent: to.0, new_name: to.1.into(), flags, keep }
+    }
+
+    #[test]
+    fn replace_with_keep_leaves_an_orphan_until_it_is_dropped() {
+        let (_d, ns) = ns();
+        let mut c = C::new(&ns);
+        let old = c.mk(ROOT_INO, "target", FileKind::File);
+        let new = c.mk(ROOT_INO, "new", FileKind::File);
+        c.m(Mutation::CommitBlocks { ino: old, blocks: vec![(0, bref(1, 4096)), (1, bref(2, 100))], size: 4196 });
+        c.m(Mutation::CommitBlocks { ino: new, blocks: vec![(0, bref(3, 10))], size: 10 });
+        let before = ns.stats().unwrap();
+        // One atomic step: the name now points at `new`, the old inode is kept as an orphan.
+        assert_eq!(c.m(rename((ROOT_INO, "new"), (ROOT_INO, "target"), 0, true)), MetaResponse::Unlinked { orphan: Some(old) });
+        assert_eq!(ns.lookup(ROOT_INO, b"target").unwrap().ino, new);
+        assert_eq!(names(&ns, ROOT_INO), vec!["target"]);
+        let a = ns.getattr(old).unwrap();
+        assert_eq!((a.nlink, a.size), (0, 4196));
+        assert_eq!(ns.get_blocks(old, 0, 10).unwrap().1, vec![(0, bref(1, 4096)), (1, bref(2, 100))]);
+        assert_eq!(refs(&ns).len(), 3, "the orphan keeps its blocks referenced");
+        assert_eq!((ns.stats().unwrap().files, ns.stats().unwrap().logical_bytes), (before.files, before.logical_bytes), "an orphan still counts");
+        // It cannot get a name back.
+        assert_eq!(c.code(Mutation::Link { ino: old, new_parent: ROOT_INO, new_name: "back".into() }), Some(ErrorCode::NotFound));
+        // Another session cannot drop it; this one can, once.
+        let other = ns.open_session(&owner("test"), "other").unwrap();
+        assert_eq!(ns.mutate(&owner("test"), other, 1, Mutation::DropOrphan { ino: old }), MetaResponse::Done);
+        assert!(ns.getattr(old).is_ok(), "another session's DropOrphan dropped it");
+        assert_eq!(c.m(Mutation::DropOrphan { ino: old }), MetaResponse::Done);
+        assert!(ns.getattr(old).is_err());
+        assert_eq!(refs(&ns).keys().copied().collect::<Vec<_>>(), vec![BlockId::of(&[3])]);
+        assert_eq!(ns.stats().unwrap().files, before.files - 1);
+        assert_eq!(ns.stats().unwrap().logical_bytes, 10);
+        assert_eq!(ns.stats().unwrap().blocks, 1);
+        assert_eq!(c.m(Mutation::DropOrphan { ino: old }), MetaResponse::Done, "idempotent");
+        assert_eq!(c.m(Mutation::DropOrphan { ino: new }), MetaResponse::Done, "not an orphan: left alone");
+        assert!(ns.getattr(new).is_ok());
+        // Unlink with keep; without keep (or with another link left) nothing is kept.
+        assert_eq!(c.m(Mutation::Unlink { parent: ROOT_INO, name: "target".into(), keep: true }), MetaResponse::Unlinked { orphan: Some(new) });
+        let g = c.mk(ROOT_INO, "g", FileKind::File);
+        c.m(Mutation::Link { ino: g, new_parent: ROOT_INO, new_name: "g2".into() });
+        assert_eq!(c.m(Mutation::Unlink { parent: ROOT_INO, name: "g".into(), keep: true }), MetaResponse::Unlinked { orphan: None });
+        assert_eq!(c.m(Mutation::Unlink { parent: ROOT_INO, name: "g2".into(), keep: false }), MetaResponse::Unlinked { orphan: None });
+        assert!(ns.getattr(g).is_err());
+    }
+
+    #[test]
+    fn a_refused_rename_changes_nothing() {
+        let (_d, ns) = ns();
+        let mut c = C::new(&ns);
+        let d = c.mk(ROOT_INO, "d", FileKind::Dir);
+        let f = c.mk(ROOT_INO, "f", FileKind::File);
+        let g = c.mk(d, "g", FileKind::File);
+        c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
+        let snapshot = |ns: &Namespace| (names(ns, ROOT_INO), names(ns, d), ns.getattr(ROOT_INO).unwrap(), ns.getattr(d).unwrap(), ns.getattr(f).unwrap(), refs(ns), ns.stats().unwrap().files);
+        let before = snapshot(&ns);
+        assert_eq!(c.code(rename((d, "g"), (ROOT_INO, "f"), RENAME_NOREPLACE, true)), Some(ErrorCode::Exists));
+        assert_eq!(c.code(rename((ROOT_INO, "d"), (ROOT_INO, "f"), 0, true)), Some(ErrorCode::NotDir));
+        assert_eq!(c.code(rename((ROOT_INO, "f"), (ROOT_INO, "d"), 0, true)), Some(ErrorCode::IsDir));
+        assert_eq!(c.code(rename((ROOT_INO, "f"), (d, "g"), RENAME_NOREPLACE | RENAME_EXCHANGE, true)), Some(ErrorCode::InvalidArgument));
+        assert_eq!(c.code(rename((ROOT_INO, "f"), (d, "missing"), RENAME_EXCHANGE, true)), Some(ErrorCode::NotFound));
+        assert_eq!(c.code(rename((ROOT_INO, "f"), (d, "g"), 4, true)), Some(ErrorCode::InvalidArgument));
+        let after = snapshot(&ns);
+        assert_eq!(before, after);
+        assert_eq!(ns.getattr(g).unwrap().nlink, 1);
+    }
+
+    #[test]
+    fn rename_exchange_swaps_files_and_directories() {
+        let (_d, ns) = ns();
+        let mut c = C::new(&ns);
+        let a = c.mk(ROOT_INO, "a", FileKind::Dir);
+        let b = c.mk(ROOT_INO, "b", FileKind::Dir);
+        let f1 = c.mk(a, "f1", FileKind::File);
+        let f2 = c.mk(b, "f2", FileKind::File);
+        // file/file across parents
+        assert_eq!(c.m(rename((a, "f1"), (b, "f2"), RENAME_EXCHANGE, false)), MetaResponse::Unlinked { orphan: None });
+        assert_eq!((ns.lookup(a, b"f1").unwrap().ino, ns.lookup(b, b"f2").unwrap().ino), (f2, f1));
+        // dir/file across parents: the directory moves from root into a, f2 moves out to root.
+        let sub = c.mk(ROOT_INO, "sub", FileKind::Dir);
+        c.mk(sub, "inside", FileKind::File);
+        let nl = |ino| ns.getattr(ino).unwrap().nlink;
+        assert_eq!((nl(ROOT_INO), nl(a)), (5, 2));
+        assert_eq!(c.code(rename((ROOT_INO, "sub"), (a, "f1"), RENAME_EXCHANGE, false)), None);
+        assert_eq!(ns.lookup(a, b"f1").unwrap().ino, sub);
+        assert_eq!(ns.lookup(ROOT_INO, b"sub").unwrap().ino, f2);
+        assert_eq!((nl(ROOT_INO), nl(a), nl(sub)), (4, 3, 2));
+        assert_eq!(ns.lookup(sub, b"inside").unwrap().kind, FileKind::File, "the moved directory keeps its content");
+        // `..` of the moved directory is its new parent: moving a (its ancestor) under it is refused.
+        assert_eq!(c.code(rename((ROOT_INO, "a"), (sub, "inside"), RENAME_EXCHANGE, false)), Some(ErrorCode::InvalidArgument));
+        // dir/dir in one parent: nothing to fix in link counts.
+        assert_eq!(c.code(rename((ROOT_INO, "a"), (ROOT_INO, "b"), RENAME_EXCHANGE, false)), None);
+        assert_eq!((ns.lookup(ROOT_INO, b"a").unwrap().ino, ns.lookup(ROOT_INO, b"b").unwrap().ino), (b, a));
+        assert_eq!(nl(ROOT_INO), 4);
+        let mut got = names(&ns, ROOT_INO);
+        got.sort();
+        assert_eq!(got, vec!["a", "b", "sub"], "each name once");
+        assert_eq!(ns.stats().unwrap().files, 7);
     }
 
     #[test]
@@ -1022,8 +1208,8 @@ mod tests {
         let (first, done) = ns.readdir(ROOT_INO, 0, 4).unwrap();
         assert!(!done);
         // Remove an entry already returned and one not yet returned, add a new one.
-        c.m(Mutation::Unlink { parent: ROOT_INO, name: "f1".into() });
-        c.m(Mutation::Unlink { parent: ROOT_INO, name: "f7".into() });
+        c.m(Mutation::Unlink { parent: ROOT_INO, name: "f1".into(), keep: false });
+        c.m(Mutation::Unlink { parent: ROOT_INO, name: "f7".into(), keep: false });
         c.mk(ROOT_INO, "new", FileKind::File);
         let rest = ns.readdir(ROOT_INO, first.last().unwrap().cookie, 100).unwrap().0;
         let got: Vec<String> = first.iter().chain(rest.iter()).map(|e| String::from_utf8(e.name.clone()).unwrap()).collect();
@@ -1052,7 +1238,7 @@ mod tests {
         // Blocks must lie inside the file.
         assert_eq!(c.code(Mutation::CommitBlocks { ino: f, blocks: vec![(9, bref(4, 10))], size: 100 }), Some(ErrorCode::InvalidArgument));
         // Unlinking the file drops every reference.
-        c.m(Mutation::Unlink { parent: ROOT_INO, name: "f".into() });
+        c.m(Mutation::Unlink { parent: ROOT_INO, name: "f".into(), keep: false });
         assert!(ns.list_blocks(None, 100).unwrap().is_empty());
         assert_eq!(ns.stats().unwrap().blocks, 0);
         assert_eq!(ns.stats().unwrap().logical_bytes, 0);
@@ -1087,7 +1273,7 @@ mod tests {
         let mut b = Batch::default();
         b.delete(Cf::Refcounts, BlockId::of(&[1]).0.to_vec());
         ns.store().apply(b).unwrap();
-        match c.m(Mutation::Unlink { parent: ROOT_INO, name: "f".into() }) {
+        match c.m(Mutation::Unlink { parent: ROOT_INO, name: "f".into(), keep: false }) {
             MetaResponse::Error(e) => assert!(e.code == ErrorCode::Internal && e.message.contains("below zero"), "{e:?}"),
             r => panic!("unlink over a corrupt refcount: {r:?}"),
         }
@@ -1160,7 +1346,7 @@ mod tests {
         // Nothing later is applied (so nothing builds on the unsynced change), not even a retry.
         assert_eq!(c.code(create("after")), Some(ErrorCode::Unavailable));
         assert!(ns.lookup(ROOT_INO, b"after").is_err(), "a mutation after the failed sync was applied");
-        assert_eq!(c.code(Mutation::Unlink { parent: ROOT_INO, name: "before".into() }), Some(ErrorCode::Unavailable));
+        assert_eq!(c.code(Mutation::Unlink { parent: ROOT_INO, name: "before".into(), keep: false }), Some(ErrorCode::Unavailable));
         assert!(ns.lookup(ROOT_INO, b"before").is_ok());
         c.seq -= 3;
         assert_eq!(c.code(create("lost")), Some(ErrorCode::Unavailable), "a retry is not answered from the unsynced reply");

@@ -25,10 +25,12 @@ pub enum Cf {
     Refcounts,
     Sessions,
     Cluster,
+    /// Inodes with no link left, kept for the session that has them open: (session, ino).
+    Orphans,
 }
 
 impl Cf {
-    const ALL: [Cf; 8] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster];
+    const ALL: [Cf; 9] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans];
     fn name(self) -> &'static str {
         match self {
             Cf::Inodes => "inodes",
@@ -39,6 +41,7 @@ impl Cf {
             Cf::Refcounts => "refcounts",
             Cf::Sessions => "sessions",
             Cf::Cluster => "cluster",
+            Cf::Orphans => "orphans",
         }
     }
 }

@@ -84,12 +84,17 @@ pub enum Mutation {
     Create { parent: u64, name: Vec<u8>, kind: FileKind, perm: u16, uid: u32, gid: u32, rdev: u32, target: Option<Vec<u8>> },
     /// Reply: `Attr`.
     SetAttr { ino: u64, attr: SetAttr },
-    /// Reply: `Done`.
-    Unlink { parent: u64, name: Vec<u8> },
+    /// Remove a name. With `keep`, a regular file that loses its last link is not dropped but
+    /// kept as an orphan of this session (nlink 0, data intact, readable by inode number) until
+    /// `DropOrphan`: how a file open on the mount stays readable. Reply: `Unlinked`.
+    Unlink { parent: u64, name: Vec<u8>, keep: bool },
     /// Reply: `Done`; `NotEmpty` unless the directory is empty.
     Rmdir { parent: u64, name: Vec<u8> },
-    /// Reply: `Done`.
-    Rename { parent: u64, name: Vec<u8>, new_parent: u64, new_name: Vec<u8>, flags: u32 },
+    /// One atomic step. `flags`: [`RENAME_NOREPLACE`] (fail with `Exists` if the target
+    /// exists) or [`RENAME_EXCHANGE`] (swap the two entries, both must exist), not both. A
+    /// replaced regular file that loses its last link is kept as an orphan with `keep`, as in
+    /// `Unlink`. Reply: `Unlinked`.
+    Rename { parent: u64, name: Vec<u8>, new_parent: u64, new_name: Vec<u8>, flags: u32, keep: bool },
     /// Reply: `Attr` of the linked inode.
     Link { ino: u64, new_parent: u64, new_name: Vec<u8> },
     /// Set block-map entries (index → block) and the new size in one step. Inline data, if the
@@ -98,6 +103,9 @@ pub enum Mutation {
     /// Store the whole content of a small file (at most `INLINE_MAX` bytes) in the metadata;
     /// its blocks, if any, are dropped. The size becomes `data.len()`. Reply: `Attr`.
     CommitInline { ino: u64, data: Vec<u8> },
+    /// Drop an orphan of this session (its inode, blocks and inline data). Anything else
+    /// (not an orphan, another session's, already dropped) is left alone. Reply: `Done`.
+    DropOrphan { ino: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,4 +220,6 @@ pub enum MetaResponse {
     Error(WireError),
     /// This server does not lead; retry at `leader` if known.
     NotLeader { leader: Option<String> },
+    /// Reply of `Unlink` and `Rename`: the inode kept as an orphan, if one was.
+    Unlinked { orphan: Option<u64> },
 }
