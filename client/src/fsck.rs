@@ -1,5 +1,6 @@
-//! `tessera fsck`: walk the namespace and check that every referenced block has N reachable,
-//! correct copies; report orphan blocks and dangling references; optionally repair.
+//! `tessera fsck`: audit the reference counts on the metadata server (`AuditRefs`), walk the
+//! namespace and check that every referenced block has N reachable, correct copies; report
+//! orphan blocks and dangling references; optionally repair.
 
 use crate::admin::Admin;
 use anyhow::bail;
@@ -10,7 +11,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 use tessera_common::net::RpcClient;
 use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
-use tessera_common::proto::meta::{FileKind, MetaRequest, MetaResponse};
+use tessera_common::proto::meta::{AuditReport, FileKind, MetaRequest, MetaResponse};
 use tessera_common::{BlockId, ROOT_INO};
 
 #[derive(Serialize, Default, Debug)]
@@ -26,8 +27,11 @@ pub struct FsckReport {
     pub corrupt_copies: u64,
     /// Blocks stored on servers that no file references (garbage collection removes them).
     pub orphans: u64,
-    /// Block-map entries whose reference count is missing or wrong.
+    /// Blocks whose stored reference count is missing or wrong, plus block-map entries whose
+    /// inode does not exist (from `refs`).
     pub dangling_refs: u64,
+    /// The metadata server's audit of reference counts, block maps and unlinked inodes.
+    pub refs: AuditReport,
     pub repaired: u64,
     /// Paths of files with a missing block (at most 100).
     pub damaged_files: Vec<String>,
@@ -37,7 +41,7 @@ impl FsckReport {
     /// Nothing wrong was found, or (with --repair) everything found was repaired: a corrupt
     /// copy makes its block under-replicated, so repairing that block replaces the copy.
     pub fn ok(&self, repair: bool) -> bool {
-        self.missing == 0 && self.dangling_refs == 0 && self.under_replicated == self.repaired && (self.corrupt_copies == 0 || repair)
+        self.missing == 0 && self.dangling_refs == 0 && self.refs.clean() && self.under_replicated == self.repaired && (self.corrupt_copies == 0 || repair)
     }
 }
 
@@ -120,17 +124,15 @@ impl Admin {
             MetaResponse::Ring(r) => r,
             r => bail!("unexpected reply {r:?}"),
         };
+        // Reference counts must match the block maps: counted by the server on one snapshot (a
+        // walk from here would race with writers and miss orphans, which have no name).
+        report.refs = match self.meta(MetaRequest::AuditRefs).await? {
+            MetaResponse::Audit(a) => a,
+            r => bail!("unexpected reply {r:?}"),
+        };
+        report.dangling_refs = report.refs.refcount_mismatches + report.refs.dangling_entries;
         let refs = self.walk(&mut report).await?;
         report.blocks = refs.len() as u64;
-
-        // Reference counts must match the block maps.
-        let counted: HashMap<BlockId, u64> = self.referenced_counts().await?.into_iter().collect();
-        for (id, (n, _)) in &refs {
-            if counted.get(id) != Some(n) {
-                report.dangling_refs += 1;
-            }
-        }
-        report.dangling_refs += counted.keys().filter(|id| !refs.contains_key(id)).count() as u64;
 
         // Which server holds what.
         let up: Vec<_> = status.nodes.iter().filter(|n| n.state == "up").collect();
@@ -229,12 +231,20 @@ pub fn print(r: &FsckReport, repair: bool) {
         "fsck: {} healthy, {} under-replicated, {} missing, {} corrupt copies, {} orphans, {} dangling references",
         r.healthy, r.under_replicated, r.missing, r.corrupt_copies, r.orphans, r.dangling_refs
     );
+    let a = &r.refs;
+    println!(
+        "fsck: references: {} block-map entries, {} blocks; {} wrong reference counts, {} entries without an inode, {} leaked inodes, {} stale orphan records; {} files open after unlink",
+        a.entries, a.blocks, a.refcount_mismatches, a.dangling_entries, a.unlinked_not_orphans, a.stale_orphans, a.orphans
+    );
+    for p in &a.problems {
+        println!("fsck: {p}");
+    }
     if r.repaired > 0 {
         println!("fsck: {} blocks repaired", r.repaired);
     }
     for p in &r.damaged_files {
         println!("fsck: damaged file {p}");
     }
-    let found = r.under_replicated + r.missing + r.corrupt_copies + r.dangling_refs > 0;
+    let found = r.under_replicated + r.missing + r.corrupt_copies + r.dangling_refs > 0 || !a.clean();
     println!("fsck: {}", if !found { "clean" } else if r.ok(repair) { "problems found and repaired" } else { "PROBLEMS FOUND" });
 }

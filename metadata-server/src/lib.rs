@@ -129,6 +129,10 @@ impl MetaService {
                 Role::Admin | Role::Meta => r(ns.list_blocks(after, limit).map(MetaResponse::BlockList)),
                 role => denied(role, "list blocks"),
             },
+            MetaRequest::AuditRefs => match peer.role {
+                Role::Admin => r(ns.audit_refs().map(MetaResponse::Audit)),
+                role => denied(role, "audit the namespace"),
+            },
             MetaRequest::Gc { .. } => unreachable!("answered in handle"),
         }
     }

@@ -215,9 +215,35 @@ impl Store {
         }
     }
 
+    /// The whole store as it is now, unchanged by later writes: for long reads such as the audit.
+    pub fn view(&self) -> View<'_> {
+        View { store: self, snap: self.db.snapshot() }
+    }
+
     /// A consistent copy of the database in `dir` (hard links where possible).
     pub fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
         rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        Ok(())
+    }
+}
+
+/// A RocksDB snapshot: every batch is in it whole or not at all.
+pub struct View<'a> {
+    store: &'a Store,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl View<'_> {
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.snap.get_cf(self.store.cf(cf), key)?)
+    }
+
+    /// Call `f` on every entry of `cf`, in key order.
+    pub fn for_each<E: From<StoreError>>(&self, cf: Cf, mut f: impl FnMut(&[u8], &[u8]) -> Result<(), E>) -> Result<(), E> {
+        for item in self.snap.iterator_cf(self.store.cf(cf), IteratorMode::Start) {
+            let (k, v) = item.map_err(StoreError::from)?;
+            f(&k, &v)?;
+        }
         Ok(())
     }
 }

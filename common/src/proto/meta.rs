@@ -144,6 +144,37 @@ pub enum MetaRequest {
     /// Admin only: run a garbage-collection pass now; with `wait`, reply when it is done.
     /// Reply: `Gc`.
     Gc { wait: bool },
+    /// Admin only: count the references of every block-map entry and compare them with the
+    /// stored reference counts, on one consistent snapshot. Reply: `Audit`.
+    AuditRefs,
+}
+
+/// What `AuditRefs` found. Clean when every count except `entries`, `blocks` and `orphans` is 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditReport {
+    /// Block-map entries read.
+    pub entries: u64,
+    /// Distinct blocks they reference.
+    pub blocks: u64,
+    /// Blocks whose stored reference count differs from the entries that reference them
+    /// (a count stored for a block no entry references included).
+    pub refcount_mismatches: u64,
+    /// Block-map entries whose inode does not exist.
+    pub dangling_entries: u64,
+    /// Inodes without a link that are not kept as anyone's orphan: leaked.
+    pub unlinked_not_orphans: u64,
+    /// Orphan records whose inode does not exist.
+    pub stale_orphans: u64,
+    /// Inodes kept as orphans (unlinked while open on a mount).
+    pub orphans: u64,
+    /// The first problems found, one line each (at most 100).
+    pub problems: Vec<String>,
+}
+
+impl AuditReport {
+    pub fn clean(&self) -> bool {
+        self.refcount_mismatches == 0 && self.dangling_entries == 0 && self.unlinked_not_orphans == 0 && self.stale_orphans == 0
+    }
 }
 
 /// What a garbage-collection pass did.
@@ -222,4 +253,5 @@ pub enum MetaResponse {
     NotLeader { leader: Option<String> },
     /// Reply of `Unlink` and `Rename`: the inode kept as an orphan, if one was.
     Unlinked { orphan: Option<u64> },
+    Audit(AuditReport),
 }
