@@ -11,6 +11,8 @@
 
 mod audit;
 mod execute;
+#[cfg(test)]
+mod model_test;
 mod reads;
 mod records;
 mod rename;
