@@ -1,0 +1,114 @@
+//! Reads of the current state, and the cluster records of membership.
+
+use super::*;
+
+impl Namespace {
+    pub(super) fn get_inode(&self, ino: u64) -> Result<InodeRec, WireError> {
+        match self.store.get(Cf::Inodes, &ino_key(ino))? {
+            Some(v) => dec(&v),
+            None => Err(err(ErrorCode::NotFound, format!("inode {ino} does not exist"))),
+        }
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, WireError> {
+        Ok(attr(ino, &self.get_inode(ino)?))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, WireError> {
+        check_name(name)?;
+        let p = self.get_inode(parent)?;
+        if p.kind != FileKind::Dir {
+            return Err(err(ErrorCode::NotDir, "parent is not a directory"));
+        }
+        match self.store.get(Cf::Dirents, &dirent_key(parent, name))? {
+            Some(v) => self.getattr(dec::<DirentRec>(&v)?.ino),
+            None => Err(err(ErrorCode::NotFound, "no such entry")),
+        }
+    }
+
+    pub fn readdir(&self, ino: u64, after: u64, limit: u32) -> Result<(Vec<DirEntry>, bool), WireError> {
+        if self.get_inode(ino)?.kind != FileKind::Dir {
+            return Err(err(ErrorCode::NotDir, "not a directory"));
+        }
+        let limit = limit.clamp(1, 1024) as usize;
+        let rows = self.store.scan(Cf::DirCookies, &ino_key(ino), &pair_key(ino, after.saturating_add(1)), limit)?;
+        let done = rows.len() < limit;
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, name) in rows {
+            if let Some(v) = self.store.get(Cf::Dirents, &dirent_key(ino, &name))? {
+                let d: DirentRec = dec(&v)?;
+                out.push(DirEntry { name, ino: d.ino, kind: d.kind, cookie: tail_u64(&k) });
+            }
+        }
+        Ok((out, done))
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, WireError> {
+        self.get_inode(ino)?.target.ok_or_else(|| err(ErrorCode::InvalidArgument, "not a symlink"))
+    }
+
+    pub fn get_blocks(&self, ino: u64, first: u64, count: u64) -> Result<(u64, Vec<(u64, BlockRef)>, Option<Vec<u8>>), WireError> {
+        let r = self.get_inode(ino)?;
+        let inline = match self.store.get(Cf::Inline, &ino_key(ino))? {
+            Some(v) if first == 0 && v.first() == Some(&V1) => Some(v[1..].to_vec()),
+            _ => None,
+        };
+        let count = count.clamp(1, 16384) as usize;
+        let mut out = Vec::new();
+        for (k, v) in self.store.scan(Cf::BlockMap, &ino_key(ino), &pair_key(ino, first), count)? {
+            out.push((tail_u64(&k), dec_bref(&v)?));
+        }
+        Ok((r.size, out, inline))
+    }
+
+    pub fn stats(&self) -> Result<Stats, WireError> {
+        Ok(self.store.get(Cf::Cluster, KEY_STATS)?.map(|v| dec(&v)).transpose()?.unwrap_or_default())
+    }
+
+    /// Refused once the store has failed: what it holds since the last good sync may be lost
+    /// at a restart, so garbage collection must not act on it.
+    pub fn is_referenced(&self, id: &BlockId) -> Result<bool, WireError> {
+        self.store.check_ok()?;
+        Ok(self.store.get(Cf::Refcounts, &id.0)?.is_some())
+    }
+
+    /// Referenced blocks with their reference counts, in id order, after `after`.
+    pub fn list_blocks(&self, after: Option<BlockId>, limit: u32) -> Result<Vec<(BlockId, u64)>, WireError> {
+        let start = match after {
+            Some(a) => {
+                let mut k = a.0.to_vec();
+                k.push(0);
+                k
+            }
+            None => vec![],
+        };
+        let rows = self.store.scan(Cf::Refcounts, &[], &start, limit.clamp(1, 65536) as usize)?;
+        rows.into_iter()
+            .map(|(k, v)| {
+                let id = BlockId(k.try_into().map_err(|_| err(ErrorCode::Internal, "corrupt refcount key"))?);
+                let n = u64::from_le_bytes(v.try_into().map_err(|_| err(ErrorCode::Internal, "corrupt refcount"))?);
+                Ok((id, n))
+            })
+            .collect()
+    }
+
+    // ---- cluster records (membership) ----
+
+    pub fn cluster_get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, WireError> {
+        self.store.get(Cf::Cluster, key)?.map(|v| dec(&v)).transpose()
+    }
+
+    pub fn cluster_scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, WireError> {
+        self.store.scan(Cf::Cluster, prefix, prefix, usize::MAX)?.iter().map(|(_, v)| dec(v)).collect()
+    }
+
+    pub fn cluster_put<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), WireError> {
+        let t = {
+            let _g = self.lock.lock().unwrap();
+            let mut b = Batch::default();
+            b.put(Cf::Cluster, key.to_vec(), enc(value));
+            self.store.apply(b)?
+        };
+        Ok(self.store.wait_durable(t)?)
+    }
+}

@@ -1,0 +1,399 @@
+use super::*;
+
+fn ns() -> (tempfile::TempDir, Namespace) {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path()).unwrap();
+    (d, Namespace::open(s, FsParams { block_size: 4096 }).unwrap())
+}
+
+fn owner(name: &str) -> SessionOwner {
+    SessionOwner { name: name.into(), fingerprint: BlockId::of(name.as_bytes()).0 }
+}
+
+struct C<'a> {
+    ns: &'a Namespace,
+    seq: u64,
+    session: u64,
+}
+
+impl<'a> C<'a> {
+    fn new(ns: &'a Namespace) -> Self {
+        C { ns, seq: 0, session: ns.open_session(&owner("test"), "test").unwrap() }
+    }
+    fn m(&mut self, op: Mutation) -> MetaResponse {
+        self.seq += 1;
+        self.ns.mutate(&owner("test"), self.session, self.seq, op)
+    }
+    fn mk(&mut self, parent: u64, name: &str, kind: FileKind) -> u64 {
+        match self.m(Mutation::Create { parent, name: name.into(), kind, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None }) {
+            MetaResponse::Attr(a) => a.ino,
+            r => panic!("create {name}: {r:?}"),
+        }
+    }
+    fn code(&mut self, op: Mutation) -> Option<ErrorCode> {
+        match self.m(op) {
+            MetaResponse::Error(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+fn names(ns: &Namespace, dir: u64) -> Vec<String> {
+    ns.readdir(dir, 0, 1000).unwrap().0.into_iter().map(|e| String::from_utf8(e.name).unwrap()).collect()
+}
+
+fn bref(n: u8, len: u32) -> BlockRef {
+    BlockRef { id: BlockId::of(&[n]), len }
+}
+
+#[test]
+fn create_rename_unlink_rmdir_rules() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let a = c.mk(ROOT_INO, "a", FileKind::Dir);
+    let b = c.mk(a, "b", FileKind::Dir);
+    let f = c.mk(b, "f", FileKind::File);
+    let g = c.mk(ROOT_INO, "g", FileKind::File);
+    assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: "g".into(), kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None }), Some(ErrorCode::Exists));
+    assert_eq!(c.code(Mutation::Rmdir { parent: ROOT_INO, name: "a".into() }), Some(ErrorCode::NotEmpty));
+    assert_eq!(c.code(Mutation::Unlink { parent: ROOT_INO, name: "a".into(), keep: false }), Some(ErrorCode::IsDir));
+    assert_eq!(c.code(Mutation::Rmdir { parent: ROOT_INO, name: "g".into() }), Some(ErrorCode::NotDir));
+    // A directory cannot move into its own subtree.
+    assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "a".into(), new_parent: b, new_name: "x".into(), flags: 0, keep: false }), Some(ErrorCode::InvalidArgument));
+    // Rename over an existing file replaces it; the replaced inode is gone.
+    assert_eq!(c.code(Mutation::Rename { parent: b, name: "f".into(), new_parent: ROOT_INO, new_name: "g".into(), flags: 0, keep: false }), None);
+    assert_eq!(ns.lookup(ROOT_INO, b"g").unwrap().ino, f);
+    assert!(ns.getattr(g).is_err());
+    assert!(names(&ns, b).is_empty());
+    // A file cannot replace a directory, nor a directory a file.
+    assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "g".into(), new_parent: ROOT_INO, new_name: "a".into(), flags: 0, keep: false }), Some(ErrorCode::IsDir));
+    assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "a".into(), new_parent: ROOT_INO, new_name: "g".into(), flags: 0, keep: false }), Some(ErrorCode::NotDir));
+    assert_eq!(c.code(Mutation::Rename { parent: ROOT_INO, name: "g".into(), new_parent: a, new_name: "b".into(), flags: RENAME_NOREPLACE, keep: false }), Some(ErrorCode::Exists));
+    // Moving a directory across parents fixes both link counts.
+    let nl = |ino| ns.getattr(ino).unwrap().nlink;
+    assert_eq!((nl(ROOT_INO), nl(a)), (3, 3));
+    assert_eq!(c.code(Mutation::Rename { parent: a, name: "b".into(), new_parent: ROOT_INO, new_name: "b2".into(), flags: 0, keep: false }), None);
+    assert_eq!((nl(ROOT_INO), nl(a)), (4, 2));
+    assert_eq!(c.code(Mutation::Rmdir { parent: ROOT_INO, name: "b2".into() }), None);
+    assert_eq!(c.code(Mutation::Rmdir { parent: ROOT_INO, name: "a".into() }), None);
+    assert_eq!(names(&ns, ROOT_INO), vec!["g"]);
+    // Hard links.
+    assert!(matches!(c.m(Mutation::Link { ino: f, new_parent: ROOT_INO, new_name: "h".into() }), MetaResponse::Attr(ref x) if x.nlink == 2));
+    assert_eq!(c.code(Mutation::Unlink { parent: ROOT_INO, name: "g".into(), keep: false }), None);
+    assert_eq!(ns.getattr(f).unwrap().nlink, 1);
+    assert_eq!(ns.stats().unwrap().files, 2);
+    // Names: too long, slash.
+    assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: vec![b'x'; 256], kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None }), Some(ErrorCode::NameTooLong));
+    assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: b"a/b".to_vec(), kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None }), Some(ErrorCode::InvalidArgument));
+}
+
+fn refs(ns: &Namespace) -> HashMap<BlockId, u64> {
+    ns.list_blocks(None, 1000).unwrap().into_iter().collect()
+}
+
+fn rename(from: (u64, &str), to: (u64, &str), flags: u32, keep: bool) -> Mutation {
+    Mutation::Rename { parent: from.0, name: from.1.into(), new_parent: to.0, new_name: to.1.into(), flags, keep }
+}
+
+#[test]
+fn replace_with_keep_leaves_an_orphan_until_it_is_dropped() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let old = c.mk(ROOT_INO, "target", FileKind::File);
+    let new = c.mk(ROOT_INO, "new", FileKind::File);
+    c.m(Mutation::CommitBlocks { ino: old, blocks: vec![(0, bref(1, 4096)), (1, bref(2, 100))], size: 4196 });
+    c.m(Mutation::CommitBlocks { ino: new, blocks: vec![(0, bref(3, 10))], size: 10 });
+    let before = ns.stats().unwrap();
+    // One atomic step: the name now points at `new`, the old inode is kept as an orphan.
+    assert_eq!(c.m(rename((ROOT_INO, "new"), (ROOT_INO, "target"), 0, true)), MetaResponse::Unlinked { orphan: Some(old) });
+    assert_eq!(ns.lookup(ROOT_INO, b"target").unwrap().ino, new);
+    assert_eq!(names(&ns, ROOT_INO), vec!["target"]);
+    let a = ns.getattr(old).unwrap();
+    assert_eq!((a.nlink, a.size), (0, 4196));
+    assert_eq!(ns.get_blocks(old, 0, 10).unwrap().1, vec![(0, bref(1, 4096)), (1, bref(2, 100))]);
+    assert_eq!(refs(&ns).len(), 3, "the orphan keeps its blocks referenced");
+    assert_eq!((ns.stats().unwrap().files, ns.stats().unwrap().logical_bytes), (before.files, before.logical_bytes), "an orphan still counts");
+    // It cannot get a name back.
+    assert_eq!(c.code(Mutation::Link { ino: old, new_parent: ROOT_INO, new_name: "back".into() }), Some(ErrorCode::NotFound));
+    // Another session cannot drop it; this one can, once.
+    let other = ns.open_session(&owner("test"), "other").unwrap();
+    assert_eq!(ns.mutate(&owner("test"), other, 1, Mutation::DropOrphan { ino: old }), MetaResponse::Done);
+    assert!(ns.getattr(old).is_ok(), "another session's DropOrphan dropped it");
+    assert_eq!(c.m(Mutation::DropOrphan { ino: old }), MetaResponse::Done);
+    assert!(ns.getattr(old).is_err());
+    assert_eq!(refs(&ns).keys().copied().collect::<Vec<_>>(), vec![BlockId::of(&[3])]);
+    assert_eq!(ns.stats().unwrap().files, before.files - 1);
+    assert_eq!(ns.stats().unwrap().logical_bytes, 10);
+    assert_eq!(ns.stats().unwrap().blocks, 1);
+    assert_eq!(c.m(Mutation::DropOrphan { ino: old }), MetaResponse::Done, "idempotent");
+    assert_eq!(c.m(Mutation::DropOrphan { ino: new }), MetaResponse::Done, "not an orphan: left alone");
+    assert!(ns.getattr(new).is_ok());
+    // Unlink with keep; without keep (or with another link left) nothing is kept.
+    assert_eq!(c.m(Mutation::Unlink { parent: ROOT_INO, name: "target".into(), keep: true }), MetaResponse::Unlinked { orphan: Some(new) });
+    let g = c.mk(ROOT_INO, "g", FileKind::File);
+    c.m(Mutation::Link { ino: g, new_parent: ROOT_INO, new_name: "g2".into() });
+    assert_eq!(c.m(Mutation::Unlink { parent: ROOT_INO, name: "g".into(), keep: true }), MetaResponse::Unlinked { orphan: None });
+    assert_eq!(c.m(Mutation::Unlink { parent: ROOT_INO, name: "g2".into(), keep: false }), MetaResponse::Unlinked { orphan: None });
+    assert!(ns.getattr(g).is_err());
+}
+
+#[test]
+fn a_refused_rename_changes_nothing() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let d = c.mk(ROOT_INO, "d", FileKind::Dir);
+    let f = c.mk(ROOT_INO, "f", FileKind::File);
+    let g = c.mk(d, "g", FileKind::File);
+    c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
+    let snapshot = |ns: &Namespace| (names(ns, ROOT_INO), names(ns, d), ns.getattr(ROOT_INO).unwrap(), ns.getattr(d).unwrap(), ns.getattr(f).unwrap(), refs(ns), ns.stats().unwrap().files);
+    let before = snapshot(&ns);
+    assert_eq!(c.code(rename((d, "g"), (ROOT_INO, "f"), RENAME_NOREPLACE, true)), Some(ErrorCode::Exists));
+    assert_eq!(c.code(rename((ROOT_INO, "d"), (ROOT_INO, "f"), 0, true)), Some(ErrorCode::NotDir));
+    assert_eq!(c.code(rename((ROOT_INO, "f"), (ROOT_INO, "d"), 0, true)), Some(ErrorCode::IsDir));
+    assert_eq!(c.code(rename((ROOT_INO, "f"), (d, "g"), RENAME_NOREPLACE | RENAME_EXCHANGE, true)), Some(ErrorCode::InvalidArgument));
+    assert_eq!(c.code(rename((ROOT_INO, "f"), (d, "missing"), RENAME_EXCHANGE, true)), Some(ErrorCode::NotFound));
+    assert_eq!(c.code(rename((ROOT_INO, "f"), (d, "g"), 4, true)), Some(ErrorCode::InvalidArgument));
+    let after = snapshot(&ns);
+    assert_eq!(before, after);
+    assert_eq!(ns.getattr(g).unwrap().nlink, 1);
+}
+
+#[test]
+fn rename_exchange_swaps_files_and_directories() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let a = c.mk(ROOT_INO, "a", FileKind::Dir);
+    let b = c.mk(ROOT_INO, "b", FileKind::Dir);
+    let f1 = c.mk(a, "f1", FileKind::File);
+    let f2 = c.mk(b, "f2", FileKind::File);
+    // file/file across parents
+    assert_eq!(c.m(rename((a, "f1"), (b, "f2"), RENAME_EXCHANGE, false)), MetaResponse::Unlinked { orphan: None });
+    assert_eq!((ns.lookup(a, b"f1").unwrap().ino, ns.lookup(b, b"f2").unwrap().ino), (f2, f1));
+    // dir/file across parents: the directory moves from root into a, f2 moves out to root.
+    let sub = c.mk(ROOT_INO, "sub", FileKind::Dir);
+    c.mk(sub, "inside", FileKind::File);
+    let nl = |ino| ns.getattr(ino).unwrap().nlink;
+    assert_eq!((nl(ROOT_INO), nl(a)), (5, 2));
+    assert_eq!(c.code(rename((ROOT_INO, "sub"), (a, "f1"), RENAME_EXCHANGE, false)), None);
+    assert_eq!(ns.lookup(a, b"f1").unwrap().ino, sub);
+    assert_eq!(ns.lookup(ROOT_INO, b"sub").unwrap().ino, f2);
+    assert_eq!((nl(ROOT_INO), nl(a), nl(sub)), (4, 3, 2));
+    assert_eq!(ns.lookup(sub, b"inside").unwrap().kind, FileKind::File, "the moved directory keeps its content");
+    // `..` of the moved directory is its new parent: moving a (its ancestor) under it is refused.
+    assert_eq!(c.code(rename((ROOT_INO, "a"), (sub, "inside"), RENAME_EXCHANGE, false)), Some(ErrorCode::InvalidArgument));
+    // dir/dir in one parent: nothing to fix in link counts.
+    assert_eq!(c.code(rename((ROOT_INO, "a"), (ROOT_INO, "b"), RENAME_EXCHANGE, false)), None);
+    assert_eq!((ns.lookup(ROOT_INO, b"a").unwrap().ino, ns.lookup(ROOT_INO, b"b").unwrap().ino), (b, a));
+    assert_eq!(nl(ROOT_INO), 4);
+    let mut got = names(&ns, ROOT_INO);
+    got.sort();
+    assert_eq!(got, vec!["a", "b", "sub"], "each name once");
+    assert_eq!(ns.stats().unwrap().files, 7);
+}
+
+#[test]
+fn readdir_offsets_survive_changes() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    for i in 0..10 {
+        c.mk(ROOT_INO, &format!("f{i}"), FileKind::File);
+    }
+    let (first, done) = ns.readdir(ROOT_INO, 0, 4).unwrap();
+    assert!(!done);
+    // Remove an entry already returned and one not yet returned, add a new one.
+    c.m(Mutation::Unlink { parent: ROOT_INO, name: "f1".into(), keep: false });
+    c.m(Mutation::Unlink { parent: ROOT_INO, name: "f7".into(), keep: false });
+    c.mk(ROOT_INO, "new", FileKind::File);
+    let rest = ns.readdir(ROOT_INO, first.last().unwrap().cookie, 100).unwrap().0;
+    let got: Vec<String> = first.iter().chain(rest.iter()).map(|e| String::from_utf8(e.name.clone()).unwrap()).collect();
+    assert_eq!(got, vec!["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f8", "f9", "new"]);
+}
+
+#[test]
+fn commit_truncate_and_refcounts() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let f = c.mk(ROOT_INO, "f", FileKind::File);
+    let blocks = vec![(0, bref(1, 4096)), (1, bref(2, 4096)), (2, bref(1, 4096)), (3, bref(3, 100))];
+    assert!(matches!(c.m(Mutation::CommitBlocks { ino: f, blocks, size: 3 * 4096 + 100 }), MetaResponse::Attr(ref a) if a.size == 12388));
+    let refs: HashMap<BlockId, u64> = ns.list_blocks(None, 100).unwrap().into_iter().collect();
+    assert_eq!(refs[&BlockId::of(&[1])], 2);
+    assert_eq!(ns.stats().unwrap().blocks, 3);
+    assert_eq!(ns.stats().unwrap().logical_bytes, 12388);
+    // Truncate into block 1: blocks 2 and 3 go, block 1 keeps its id with a shorter length.
+    c.m(Mutation::SetAttr { ino: f, attr: SetAttr { size: Some(4096 + 10), ..Default::default() } });
+    let (size, map, _) = ns.get_blocks(f, 0, 100).unwrap();
+    assert_eq!(size, 4106);
+    assert_eq!(map, vec![(0, bref(1, 4096)), (1, bref(2, 10))]);
+    let refs: HashMap<BlockId, u64> = ns.list_blocks(None, 100).unwrap().into_iter().collect();
+    assert_eq!(refs.len(), 2);
+    assert_eq!(refs[&BlockId::of(&[1])], 1);
+    // Blocks must lie inside the file.
+    assert_eq!(c.code(Mutation::CommitBlocks { ino: f, blocks: vec![(9, bref(4, 10))], size: 100 }), Some(ErrorCode::InvalidArgument));
+    // Unlinking the file drops every reference.
+    c.m(Mutation::Unlink { parent: ROOT_INO, name: "f".into(), keep: false });
+    assert!(ns.list_blocks(None, 100).unwrap().is_empty());
+    assert_eq!(ns.stats().unwrap().blocks, 0);
+    assert_eq!(ns.stats().unwrap().logical_bytes, 0);
+}
+
+#[test]
+fn commit_with_a_repeated_index_is_refused_and_a_shared_block_keeps_its_references() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let f = c.mk(ROOT_INO, "f", FileKind::File);
+    let g = c.mk(ROOT_INO, "g", FileKind::File);
+    // Block 1 is shared (deduplicated) by f and g.
+    c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
+    c.m(Mutation::CommitBlocks { ino: g, blocks: vec![(0, bref(1, 4096))], size: 4096 });
+    let refs = |ns: &Namespace| ns.list_blocks(None, 100).unwrap().into_iter().collect::<HashMap<BlockId, u64>>();
+    assert_eq!(refs(&ns)[&BlockId::of(&[1])], 2);
+    let dup = Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(2, 4096)), (0, bref(3, 4096))], size: 4096 };
+    assert_eq!(c.code(dup), Some(ErrorCode::InvalidArgument));
+    // Nothing changed: g's block still has both references, f still points at it.
+    assert_eq!(refs(&ns)[&BlockId::of(&[1])], 2);
+    assert_eq!(ns.get_blocks(f, 0, 10).unwrap().1, vec![(0, bref(1, 4096))]);
+    assert_eq!(refs(&ns).len(), 1);
+}
+
+#[test]
+fn refcount_underflow_is_an_error_not_a_clamp() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let f = c.mk(ROOT_INO, "f", FileKind::File);
+    c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
+    // Corrupt the store: the block's reference count is gone.
+    let mut b = Batch::default();
+    b.delete(Cf::Refcounts, BlockId::of(&[1]).0.to_vec());
+    ns.store().apply(b).unwrap();
+    match c.m(Mutation::Unlink { parent: ROOT_INO, name: "f".into(), keep: false }) {
+        MetaResponse::Error(e) => assert!(e.code == ErrorCode::Internal && e.message.contains("below zero"), "{e:?}"),
+        r => panic!("unlink over a corrupt refcount: {r:?}"),
+    }
+    assert_eq!(ns.lookup(ROOT_INO, b"f").unwrap().ino, f, "nothing written");
+    assert_eq!(ns.stats().unwrap().files, 2);
+}
+
+#[test]
+fn inline_data_replaces_blocks_and_truncates() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let f = c.mk(ROOT_INO, "f", FileKind::File);
+    c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
+    assert!(matches!(c.m(Mutation::CommitInline { ino: f, data: b"hello world".to_vec() }), MetaResponse::Attr(ref a) if a.size == 11));
+    assert_eq!(ns.get_blocks(f, 0, 10).unwrap(), (11, vec![], Some(b"hello world".to_vec())));
+    assert!(ns.list_blocks(None, 10).unwrap().is_empty(), "the replaced block lost its reference");
+    c.m(Mutation::SetAttr { ino: f, attr: SetAttr { size: Some(5), ..Default::default() } });
+    assert_eq!(ns.get_blocks(f, 0, 10).unwrap(), (5, vec![], Some(b"hello".to_vec())));
+    assert_eq!(c.code(Mutation::CommitInline { ino: f, data: vec![0; tessera_common::INLINE_MAX + 1] }), Some(ErrorCode::InvalidArgument));
+    c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(2, 4096))], size: 4096 });
+    assert_eq!(ns.get_blocks(f, 0, 10).unwrap().2, None, "blocks replace inline data");
+    assert_eq!(ns.stats().unwrap().logical_bytes, 4096);
+}
+
+#[test]
+fn a_retried_mutation_is_answered_not_reapplied() {
+    let (_d, ns) = ns();
+    let a = owner("a");
+    let s = ns.open_session(&a, "a").unwrap();
+    let op = Mutation::Create { parent: ROOT_INO, name: "x".into(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None };
+    let first = ns.mutate(&a, s, 1, op.clone());
+    assert!(matches!(first, MetaResponse::Attr(_)));
+    assert_eq!(ns.mutate(&a, s, 1, op.clone()), first, "same (session, seq): the stored reply");
+    assert!(matches!(ns.mutate(&a, s, 2, op), MetaResponse::Error(ref e) if e.code == ErrorCode::Exists));
+}
+
+#[test]
+fn a_session_belongs_to_the_certificate_that_opened_it() {
+    let (_d, ns) = ns();
+    let (a, b) = (owner("client-a"), owner("client-b"));
+    let sa = ns.open_session(&a, "mount-a").unwrap();
+    let create = |name: &str| Mutation::Create { parent: ROOT_INO, name: name.into(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None };
+    let reply = ns.mutate(&a, sa, 1, create("secret"));
+    assert!(matches!(reply, MetaResponse::Attr(_)));
+    let unknown = |r: MetaResponse| matches!(r, MetaResponse::Error(ref e) if e.code == ErrorCode::UnknownSession);
+    // B names A's (session, seq): no stored reply for B.
+    let r = ns.mutate(&b, sa, 1, create("secret"));
+    assert!(unknown(r.clone()), "B read A's stored reply: {r:?}");
+    // B pre-empts A's next sequence number: refused, and A's own mutation still applies.
+    assert!(unknown(ns.mutate(&b, sa, 2, create("b-was-here"))));
+    assert!(ns.lookup(ROOT_INO, b"b-was-here").is_err());
+    assert!(matches!(ns.mutate(&a, sa, 2, create("second")), MetaResponse::Attr(_)));
+    // A session id never opened.
+    assert!(unknown(ns.mutate(&a, 999, 1, create("x"))));
+    // B's own session works.
+    let sb = ns.open_session(&b, "mount-b").unwrap();
+    assert!(matches!(ns.mutate(&b, sb, 1, create("b")), MetaResponse::Attr(_)));
+}
+
+#[test]
+fn a_failed_wal_sync_stops_every_change() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let f = c.mk(ROOT_INO, "before", FileKind::File);
+    c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
+    let create = |name: &str| Mutation::Create { parent: ROOT_INO, name: name.into(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None };
+    ns.store().fail_next_sync_for_test();
+    // The change whose sync failed is not acknowledged.
+    assert_eq!(c.code(create("lost")), Some(ErrorCode::Unavailable));
+    // Nothing later is applied (so nothing builds on the unsynced change), not even a retry.
+    assert_eq!(c.code(create("after")), Some(ErrorCode::Unavailable));
+    assert!(ns.lookup(ROOT_INO, b"after").is_err(), "a mutation after the failed sync was applied");
+    assert_eq!(c.code(Mutation::Unlink { parent: ROOT_INO, name: "before".into(), keep: false }), Some(ErrorCode::Unavailable));
+    assert!(ns.lookup(ROOT_INO, b"before").is_ok());
+    c.seq -= 3;
+    assert_eq!(c.code(create("lost")), Some(ErrorCode::Unavailable), "a retry is not answered from the unsynced reply");
+    assert!(ns.open_session(&owner("x"), "x").is_err());
+    assert!(ns.cluster_put(b"k", &1u64).is_err());
+    // Garbage collection treats every block as referenced.
+    assert!(ns.is_referenced(&BlockId::of(&[9])).is_err());
+    let why = ns.store().failure().expect("the failure is recorded");
+    assert!(why.starts_with("WAL sync failed at 20") && why.contains("UTC"), "{why}");
+}
+
+#[test]
+fn audit_finds_wrong_counts_dangling_entries_and_leaked_inodes() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let f = c.mk(ROOT_INO, "f", FileKind::File);
+    let g = c.mk(ROOT_INO, "g", FileKind::File);
+    c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096)), (1, bref(2, 4096)), (2, bref(1, 4096))], size: 3 * 4096 });
+    c.m(Mutation::CommitBlocks { ino: g, blocks: vec![(0, bref(1, 4096))], size: 4096 });
+    c.m(Mutation::Unlink { parent: ROOT_INO, name: "g".into(), keep: true });
+    let clean = ns.audit_refs().unwrap();
+    assert!(clean.clean(), "{clean:?}");
+    assert_eq!((clean.entries, clean.blocks, clean.orphans), (4, 2, 1));
+    // Corrupt the store directly: block 1 has 3 references, store 2; block 9 is counted
+    // but nothing uses it; an entry of inode 999, which does not exist; an inode without
+    // a link that is nobody's orphan.
+    let mut b = Batch::default();
+    b.put(Cf::Refcounts, BlockId::of(&[1]).0.to_vec(), 2u64.to_le_bytes().to_vec());
+    b.put(Cf::Refcounts, BlockId::of(&[9]).0.to_vec(), 1u64.to_le_bytes().to_vec());
+    b.put(Cf::BlockMap, pair_key(999, 0), enc_bref(&bref(2, 10)));
+    let mut r = ns.get_inode(f).unwrap();
+    r.nlink = 0;
+    b.put(Cf::Inodes, ino_key(f), enc(&r));
+    ns.store().apply(b).unwrap();
+    let bad = ns.audit_refs().unwrap();
+    assert!(!bad.clean());
+    // Block 2 now has 2 entries (f and 999) but 1 stored: a mismatch too.
+    assert_eq!((bad.refcount_mismatches, bad.dangling_entries, bad.unlinked_not_orphans, bad.stale_orphans), (3, 1, 1, 0), "{bad:#?}");
+    let text = bad.problems.join("\n");
+    assert!(text.contains(&format!("block {}: reference count 2 stored, 3 block-map entries", BlockId::of(&[1]).to_hex())), "{text}");
+    assert!(text.contains("inode 999 does not exist"), "{text}");
+}
+
+#[test]
+fn state_survives_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let ino = {
+        let ns = Namespace::open(Store::open(d.path()).unwrap(), FsParams { block_size: 4096 }).unwrap();
+        let mut c = C::new(&ns);
+        c.mk(ROOT_INO, "keep", FileKind::File)
+    };
+    let ns = Namespace::open(Store::open(d.path()).unwrap(), FsParams { block_size: 1 << 20 }).unwrap();
+    assert_eq!(ns.params.block_size, 4096, "block size is fixed at creation");
+    assert_eq!(ns.lookup(ROOT_INO, b"keep").unwrap().ino, ino);
+    let mut c = C::new(&ns);
+    assert!(c.mk(ROOT_INO, "next", FileKind::File) > ino, "inode numbers are never reused");
+}
