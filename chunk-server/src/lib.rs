@@ -75,7 +75,7 @@ impl Service for ChunkService {
     async fn handle(self: Arc<Self>, peer: Arc<Identity>, req: ChunkRequest, payload: Vec<u8>) -> (ChunkResponse, Vec<u8>) {
         let store = self.store.clone();
         let res: Result<(ChunkResponse, Vec<u8>), WireError> = match req {
-            ChunkRequest::Put { id } => blocking(move || store.put(&id, &payload).map(|_| (ChunkResponse::Stored, vec![]))).await,
+            ChunkRequest::Put { id, age } => blocking(move || store.put(&id, &payload, age).map(|_| (ChunkResponse::Stored, vec![]))).await,
             ChunkRequest::Get { id } => blocking(move || store.read(&id).map(|d| (ChunkResponse::Block, d))).await,
             ChunkRequest::Report { id } => {
                 // Check the copy; a bad one is quarantined by get() and replaced from a good one.
@@ -90,7 +90,7 @@ impl Service for ChunkService {
                 }
                 Ok((ChunkResponse::Stored, vec![]))
             }
-            ChunkRequest::Has { ids } => Ok((ChunkResponse::Has(ids.iter().map(|i| store.has(i)).collect()), vec![])),
+            ChunkRequest::Has { ids, touch } => blocking(move || Ok((ChunkResponse::Has(ids.iter().map(|i| store.has(i, touch)).collect()), vec![]))).await,
             ChunkRequest::Delete { ids, min_idle_secs } => match admin_only(&peer, "delete blocks") {
                 Err(e) => Err(e),
                 Ok(()) => {

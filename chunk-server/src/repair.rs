@@ -66,7 +66,8 @@ impl Repairer {
     async fn send_copy(&self, ring: &Ring, id: BlockId, node: u64) -> Option<(u64, BlockId)> {
         let info = ring.node(node)?;
         let store = self.store.clone();
-        let data = match tokio::task::spawn_blocking(move || store.get(&id)).await {
+        // The copy keeps our copy's last-use time: copying is not a use (see proto::chunk).
+        let data = match tokio::task::spawn_blocking(move || store.get(&id).map(|d| (d, store.idle_secs(&id).unwrap_or(0)))).await {
             Ok(Ok(d)) => d,
             other => {
                 warn!(block = %id.short(), "repair: local copy unusable: {other:?}");
@@ -74,9 +75,10 @@ impl Repairer {
                 return None;
             }
         };
+        let (data, age) = data;
         self.rate.take(data.len()).await;
         let c = self.peers.get(&info.addr);
-        let r = match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id }, &data).await {
+        let r = match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id, age: Some(age) }, &data).await {
             Ok((ChunkResponse::Stored, _)) => {
                 self.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
                 debug!(block = %id.short(), to = %info.addr, "repair: copy sent");
@@ -132,7 +134,7 @@ impl Repairer {
             let c = self.peers.get(&info.addr);
             let mut ok = true;
             for chunk in list.chunks(4096) {
-                match c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: chunk.to_vec() }, &[]).await {
+                match c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: chunk.to_vec(), touch: false }, &[]).await {
                     Ok((ChunkResponse::Has(flags), _)) => has.extend(chunk.iter().zip(flags).filter(|(_, h)| *h).map(|(id, _)| (*node, *id))),
                     _ => ok = false,
                 }

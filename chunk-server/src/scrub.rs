@@ -79,8 +79,9 @@ impl Scrubber {
             let c = self.peers.get(&n.addr);
             if let Ok((ChunkResponse::Block, data)) = c.call::<_, ChunkResponse>(&ChunkRequest::Get { id }, &[]).await {
                 let store = self.store.clone();
-                // put() verifies the bytes against the id before storing them.
-                if let Ok(Ok(_)) = tokio::task::spawn_blocking(move || store.put(&id, &data)).await {
+                // put() verifies the bytes against the id before storing them; fetching a
+                // replacement is not a use of the block.
+                if let Ok(Ok(_)) = tokio::task::spawn_blocking(move || store.put(&id, &data, Some(0))).await {
                     info!(block = %id.short(), from = %n.addr, "scrub: corrupt copy replaced");
                     return true;
                 }

@@ -83,10 +83,16 @@ impl BlockStore {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// Whether the block is stored; a hit counts as a use (see `delete_if_idle`).
-    pub fn has(&self, id: &BlockId) -> bool {
+    /// Whether the block is stored. With `touch` (a client's dedup check), a hit counts as a use
+    /// (see `delete_if_idle`); servers' probes (repair, fsck) must not touch, or no copy would
+    /// ever be idle for the grace period.
+    pub fn has(&self, id: &BlockId, touch: bool) -> bool {
+        let p = self.path(id);
+        if !touch {
+            return p.is_file();
+        }
         let _g = self.gc_lock.lock().unwrap();
-        self.touch(&self.path(id))
+        self.touch(&p)
     }
 
     /// Refresh the last-use time (the file's mtime). False if the file is missing.
@@ -122,15 +128,19 @@ impl BlockStore {
         Ok(ids.into_iter().map(|id| (id, self.idle_secs(&id).unwrap_or(0))).collect())
     }
 
-    /// Store `data` as block `id`. Returns true when the block was new.
-    pub fn put(&self, id: &BlockId, data: &[u8]) -> Result<bool, ChunkError> {
+    /// Store `data` as block `id`. Returns true when the block was new. `age`: `None` for a
+    /// client's write, which counts as a use; for a copy from another server (repair), the
+    /// seconds since its last use there: a new copy keeps that age, an existing one is left
+    /// as it is, so copying never keeps a block from being collected.
+    pub fn put(&self, id: &BlockId, data: &[u8], age: Option<u64>) -> Result<bool, ChunkError> {
         if !id.verify(data) {
             return Err(ChunkError::BadHash(*id));
         }
         let dest = self.path(id);
         {
             let _g = self.gc_lock.lock().unwrap();
-            if self.touch(&dest) {
+            let stored = if age.is_none() { self.touch(&dest) } else { dest.is_file() };
+            if stored {
                 return Ok(false);
             }
         }
@@ -140,6 +150,10 @@ impl BlockStore {
         let guard = TempGuard(&tmp);
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(data).map_err(io(&tmp))?;
+        if let Some(age) = age {
+            let then = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+            f.set_modified(then).map_err(io(&tmp))?;
+        }
         f.sync_data().map_err(io(&tmp))?;
         drop(f);
         // link(2) never replaces: when two puts of the same block race, exactly one creates it
@@ -233,16 +247,16 @@ mod tests {
         let s = BlockStore::open(d.path()).unwrap();
         let data = vec![7u8; 10_000];
         let id = BlockId::of(&data);
-        assert!(s.put(&id, &data).unwrap());
-        assert!(!s.put(&id, &data).unwrap(), "second put is a no-op");
+        assert!(s.put(&id, &data, None).unwrap());
+        assert!(!s.put(&id, &data, None).unwrap(), "second put is a no-op");
         assert_eq!((s.count(), s.used()), (1, 10_000));
         assert_eq!(s.get(&id).unwrap(), data);
-        assert!(matches!(s.put(&BlockId::of(b"x"), b"y"), Err(ChunkError::BadHash(_))));
+        assert!(matches!(s.put(&BlockId::of(b"x"), b"y", None), Err(ChunkError::BadHash(_))));
         // Racing puts of one block count it once.
         let other = vec![9u8; 5000];
         let oid = BlockId::of(&other);
         let news: usize = std::thread::scope(|sc| {
-            let hs: Vec<_> = (0..8).map(|_| sc.spawn(|| s.put(&oid, &other).unwrap() as usize)).collect();
+            let hs: Vec<_> = (0..8).map(|_| sc.spawn(|| s.put(&oid, &other, None).unwrap() as usize)).collect();
             hs.into_iter().map(|h| h.join().unwrap()).sum()
         });
         assert_eq!(news, 1);
@@ -255,18 +269,44 @@ mod tests {
         raw[5] ^= 1;
         fs::write(s.path(&id), &raw).unwrap();
         assert!(matches!(s.get(&id), Err(ChunkError::Corrupt(_))));
-        assert!(!s.has(&id));
+        assert!(!s.has(&id, false));
         assert_eq!(s.count(), 0);
 
-        s.put(&id, &data).unwrap();
+        s.put(&id, &data, None).unwrap();
         let reopened = BlockStore::open(d.path()).unwrap();
         assert_eq!(reopened.count(), 1);
         // Just used: not idle for an hour, so not collected.
         assert!(!reopened.delete_if_idle(&id, 3600).unwrap());
-        assert!(reopened.has(&id));
+        assert!(reopened.has(&id, false));
         assert_eq!(reopened.list(None, 10).unwrap().len(), 1);
         assert!(reopened.list(Some(id), 10).unwrap().is_empty());
         assert!(reopened.delete(&id).unwrap());
         assert!(matches!(reopened.get(&id), Err(ChunkError::NotFound(_))));
+    }
+
+    /// Only a client's put or dedup check refreshes the last-use time; servers' probes and
+    /// copies do not (or repair would keep every replicated block from being collected).
+    #[test]
+    fn only_a_clients_use_refreshes_the_idle_time() {
+        let d = tempfile::tempdir().unwrap();
+        let s = BlockStore::open(d.path()).unwrap();
+        let data = vec![3u8; 1000];
+        let id = BlockId::of(&data);
+        // A copy from a server where it was last used an hour ago keeps that age.
+        assert!(s.put(&id, &data, Some(3600)).unwrap());
+        let old = |s: &BlockStore| s.idle_secs(&id).unwrap() >= 3599;
+        assert!(old(&s));
+        assert!(s.has(&id, false));
+        assert!(!s.put(&id, &data, Some(0)).unwrap());
+        assert!(old(&s), "a probe or a repair copy refreshed the idle time");
+        assert!(s.delete_if_idle(&id, 3600).unwrap(), "idle for an hour: collected");
+        // A client's dedup check and a client's put count as use.
+        assert!(s.put(&id, &data, Some(3600)).unwrap());
+        assert!(s.has(&id, true));
+        assert!(!s.delete_if_idle(&id, 3600).unwrap());
+        assert!(s.delete(&id).unwrap());
+        assert!(s.put(&id, &data, Some(3600)).unwrap());
+        assert!(!s.put(&id, &data, None).unwrap());
+        assert!(!s.delete_if_idle(&id, 3600).unwrap(), "a client's put must count as use");
     }
 }

@@ -156,7 +156,7 @@ impl Admin {
             // A server that just died is still "up" for a few seconds: don't wait long on it.
             let c = Arc::new(RpcClient::new(self.ep.clone(), &n.addr, 1, Duration::from_secs(30)).with_connect_timeout(Duration::from_secs(2)));
             for chunk in ids.chunks(4096) {
-                if let Ok((ChunkResponse::Has(flags), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: chunk.to_vec() }, &[]).await {
+                if let Ok((ChunkResponse::Has(flags), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: chunk.to_vec(), touch: false }, &[]).await {
                     for (id, has) in chunk.iter().zip(flags) {
                         if has {
                             held.entry(*id).or_default().insert(n.id);

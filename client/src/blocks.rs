@@ -133,13 +133,13 @@ impl Blocks {
         let c = self.client(addr);
         // Asking first costs a round trip; for a small block, sending it costs about the same.
         if data.len() >= DEDUP_CHECK_MIN {
-            if let Ok((ChunkResponse::Has(h), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: vec![id] }, &[]).await {
+            if let Ok((ChunkResponse::Has(h), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: vec![id], touch: true }, &[]).await {
                 if h.first() == Some(&true) {
                     return Ok(());
                 }
             }
         }
-        match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id }, &data).await {
+        match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id, age: None }, &data).await {
             Ok((ChunkResponse::Stored, _)) => Ok(()),
             Ok((ChunkResponse::Error(e), _)) => Err(FsError::Io(format!("{}: {e}", c.addr()))),
             Ok((r, _)) => Err(FsError::Io(format!("{}: unexpected reply {r:?}", c.addr()))),
