@@ -48,7 +48,7 @@ impl From<ChunkError> for WireError {
         let code = match e {
             ChunkError::NotFound(_) => ErrorCode::NotFound,
             ChunkError::BadHash(_) | ChunkError::Corrupt(_) => ErrorCode::BadHash,
-            ChunkError::Io { .. } => ErrorCode::Internal,
+            ChunkError::Unreadable(..) | ChunkError::Io { .. } => ErrorCode::Internal,
         };
         WireError::new(code, e.to_string())
     }
@@ -76,13 +76,24 @@ impl Service for ChunkService {
         let store = self.store.clone();
         let res: Result<(ChunkResponse, Vec<u8>), WireError> = match req {
             ChunkRequest::Put { id, age } => blocking(move || store.put(&id, &payload, age).map(|_| (ChunkResponse::Stored, vec![]))).await,
-            ChunkRequest::Get { id } => blocking(move || store.read(&id).map(|d| (ChunkResponse::Block, d))).await,
+            ChunkRequest::Get { id } => match tokio::task::spawn_blocking(move || store.read(&id)).await {
+                Ok(Ok(d)) => Ok((ChunkResponse::Block, d)),
+                Ok(Err(e)) => {
+                    if matches!(e, ChunkError::Unreadable(..)) {
+                        // The medium failed under this copy: fetch a good one now, not at the next scan.
+                        let s = self.scrubber.clone();
+                        tokio::spawn(async move { s.refetch(id).await });
+                    }
+                    Err(e.into())
+                }
+                Err(e) => Err(WireError::new(ErrorCode::Internal, e.to_string())),
+            },
             ChunkRequest::Report { id } => {
                 // Check the copy; a bad one is quarantined by get() and replaced from a good one.
                 let s = self.scrubber.clone();
                 let check = store.clone();
                 match tokio::task::spawn_blocking(move || check.get(&id)).await {
-                    Ok(Err(ChunkError::Corrupt(_))) => {
+                    Ok(Err(ChunkError::Corrupt(_) | ChunkError::Unreadable(..))) => {
                         tracing::error!(block = %id.short(), reporter = %peer.name, "a reader found this copy corrupt; replacing it");
                         tokio::spawn(async move { s.refetch(id).await });
                     }

@@ -39,7 +39,7 @@ impl Scrubber {
                     report.bytes += data.len() as u64;
                     self.rate.take(data.len()).await;
                 }
-                Ok(Err(ChunkError::Corrupt(_))) => {
+                Ok(Err(ChunkError::Corrupt(_) | ChunkError::Unreadable(..))) => {
                     report.checked += 1;
                     report.corrupt += 1;
                     error!(node = self.me, block = %id.short(), "scrub: corrupt copy found");
