@@ -1,7 +1,7 @@
 //! Keeping N copies: a background scan of this server's blocks against the current ring.
 //!
-//! For each block held here, the current owners that are up and lack it are sent a copy
-//! (rate-limited; by one holder: the first owner holding it, else every holder); a block this
+//! For each block held here, the current owners that are up, not full, and lack it are sent a
+//! copy (rate-limited; by one holder: the first owner holding it, else every holder); a block this
 //! server does not own is deleted here once every owner is up and
 //! holds it. The same rule re-replicates after a server goes out, fills a server that joins,
 //! drains a server that leaves, and cleans up copies written elsewhere while an owner was down.
@@ -152,9 +152,11 @@ impl Repairer {
                 None => true,
             }
         };
+        // A full owner is not sent copies (as a down one): the copies stay where writers put
+        // them instead, on the next servers clockwise, until it has room again.
         let missing: Vec<(BlockId, u64)> = ask
             .iter()
-            .filter(|(node, _)| reachable.contains(node))
+            .filter(|(node, _)| reachable.contains(node) && ring.node(**node).is_some_and(|n| !n.full))
             .flat_map(|(node, list)| list.iter().filter(|id| !has.contains(&(*node, **id))).map(|id| (*id, *node)))
             .filter(|(id, _)| sender(id))
             .collect();

@@ -27,6 +27,8 @@ pub enum ChunkError {
     Corrupt(BlockId),
     #[error("block {0}: read error on disk (quarantined): {1}")]
     Unreadable(BlockId, std::io::Error),
+    #[error("no space for block {0}: {1}")]
+    NoSpace(BlockId, String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -35,6 +37,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ChunkError + '_ {
     move |source| ChunkError::Io { path: path.to_owned(), source }
 }
 
+fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
 
 pub struct BlockStore {
     root: PathBuf,
@@ -219,6 +224,14 @@ impl BlockStore {
         if !id.verify(data) {
             return Err(ChunkError::BadHash(*id));
         }
+        // A full disk fails this put alone: the temporary file goes, stored blocks stay as they are.
+        self.put_inner(id, data, age).map_err(|e| match e {
+            ChunkError::Io { path, source } if is_no_space(&source) => ChunkError::NoSpace(*id, format!("{}: {source}", path.display())),
+            e => e,
+        })
+    }
+
+    fn put_inner(&self, id: &BlockId, data: &[u8], age: Option<u64>) -> Result<bool, ChunkError> {
         let dest = self.path(id);
         // A bad copy (unreadable, not quarantined) is replaced by rename, which overwrites it.
         let replace = self.is_bad(id);
@@ -527,5 +540,28 @@ mod tests {
         assert!(s.put(&id, &data, Some(0)).unwrap(), "a put replaces the bad copy");
         assert!(s.has(&id, false));
         assert_eq!((s.count(), s.get(&id).unwrap()), (1, data));
+    }
+
+    /// A put that hits a full disk fails with `NoSpace`, leaves no temporary file and changes
+    /// nothing stored. The temporary file is made a link to /dev/full, whose writes fail with
+    /// ENOSPC, as a full file system's do.
+    #[test]
+    fn a_put_on_a_full_disk_fails_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let s = BlockStore::open(d.path()).unwrap();
+        let kept = vec![1u8; 2000];
+        let kid = BlockId::of(&kept);
+        s.put(&kid, &kept, None).unwrap();
+        let data = vec![2u8; 2000];
+        let id = BlockId::of(&data);
+        let seq = s.tmp_seq.load(Ordering::Relaxed);
+        std::os::unix::fs::symlink("/dev/full", d.path().join("tmp").join(format!("{}.{seq}", id.to_hex()))).unwrap();
+        let r = s.put(&id, &data, None);
+        assert!(matches!(r, Err(ChunkError::NoSpace(..))), "{r:?}");
+        assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0, "the temporary file is left");
+        assert!(!s.has(&id, false));
+        assert_eq!((s.count(), s.used()), (1, 2000));
+        assert_eq!(s.get(&kid).unwrap(), kept);
+        assert!(s.put(&id, &data, None).unwrap(), "with space again, the put works");
     }
 }

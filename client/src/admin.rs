@@ -37,6 +37,7 @@ struct NodeJson {
     last_heartbeat_ms: u64,
     draining: bool,
     repair_pending: u64,
+    full: bool,
 }
 
 #[derive(Serialize, Debug)]
@@ -211,6 +212,7 @@ impl Admin {
                     last_heartbeat_ms: n.last_heartbeat_ms,
                     draining: n.draining,
                     repair_pending: n.repair_pending,
+                    full: n.full,
                 })
                 .collect(),
             blocks,
@@ -231,7 +233,11 @@ impl Admin {
                 n.id,
                 n.zone,
                 n.addr,
-                if n.draining && n.state != "out" { format!("{}/drain", n.state) } else { n.state.clone() },
+                match (n.draining && n.state != "out", n.full && n.state == "up") {
+                    (true, _) => format!("{}/drain", n.state),
+                    (false, true) => "up/full".to_string(),
+                    (false, false) => n.state.clone(),
+                },
                 human(n.capacity),
                 human(n.used),
                 n.blocks,

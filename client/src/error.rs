@@ -22,6 +22,11 @@ impl From<NetError> for FsError {
 }
 
 impl FsError {
+    /// No server can take a block (all full, or they answered `NoSpace`): ENOSPC.
+    pub fn no_space(why: &str) -> Self {
+        FsError::Wire(WireError::new(ErrorCode::NoSpace, why))
+    }
+
     pub fn errno(&self) -> i32 {
         match self {
             FsError::Wire(w) => match w.code {

@@ -109,8 +109,8 @@ impl MetaService {
                 Role::Chunk => r(self.members.register(node_id, addr, zone, capacity).map(MetaResponse::Ring)),
                 role => denied(role, "register a chunk server"),
             },
-            MetaRequest::Heartbeat { node_id, capacity, used, blocks, repair_pending } => match peer.role {
-                Role::Chunk => r(self.members.heartbeat(node_id, capacity, used, blocks, repair_pending).map(|ring_version| MetaResponse::HeartbeatAck { ring_version })),
+            MetaRequest::Heartbeat { node_id, capacity, used, blocks, repair_pending, full } => match peer.role {
+                Role::Chunk => r(self.members.heartbeat(node_id, capacity, used, blocks, repair_pending, full).map(|ring_version| MetaResponse::HeartbeatAck { ring_version })),
                 role => denied(role, "send heartbeats"),
             },
             MetaRequest::NodeAdmin { node_id, action } => match peer.role {

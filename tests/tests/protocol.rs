@@ -177,7 +177,7 @@ async fn roles_are_enforced() {
         .await
         .unwrap();
     denied(&r, "a client registering a chunk server");
-    let (r, _) = client.call::<_, MetaResponse>(&MetaRequest::Heartbeat { node_id: 99, capacity: 1, used: 0, blocks: 0, repair_pending: 0 }, &[]).await.unwrap();
+    let (r, _) = client.call::<_, MetaResponse>(&MetaRequest::Heartbeat { node_id: 99, capacity: 1, used: 0, blocks: 0, repair_pending: 0, full: false }, &[]).await.unwrap();
     denied(&r, "a client sending heartbeats");
     let (r, _) = client.call::<_, MetaResponse>(&MetaRequest::Status, &[]).await.unwrap();
     denied(&r, "a client reading the cluster status");

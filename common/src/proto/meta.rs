@@ -124,8 +124,9 @@ pub enum MetaRequest {
     /// Chunk servers only. Reply: `Ring`.
     RegisterChunk { node_id: u64, addr: String, zone: String, capacity: u64 },
     /// Chunk servers only. `repair_pending`: copies the server found missing elsewhere in its
-    /// last scan and has not sent yet. Reply: `HeartbeatAck`.
-    Heartbeat { node_id: u64, capacity: u64, used: u64, blocks: u64, repair_pending: u64 },
+    /// last scan and has not sent yet. `full`: its free space is below its reserve; the ring
+    /// marks it so and writers skip it. Reply: `HeartbeatAck`.
+    Heartbeat { node_id: u64, capacity: u64, used: u64, blocks: u64, repair_pending: u64, full: bool },
     /// Admin only: take a chunk server out of the ring. Reply: `Done`.
     NodeAdmin { node_id: u64, action: NodeAction },
     /// Admin only. Reply: `Status`.
@@ -179,6 +180,8 @@ pub struct NodeStatus {
     pub last_heartbeat_ms: u64,
     pub draining: bool,
     pub repair_pending: u64,
+    /// Free space below the server's reserve: it takes no new blocks.
+    pub full: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
