@@ -43,7 +43,7 @@ impl FsError {
                 ErrorCode::TooManyLinks => libc::EMLINK,
                 ErrorCode::NotSupported => libc::EOPNOTSUPP,
                 ErrorCode::Busy => libc::EBUSY,
-                ErrorCode::Internal | ErrorCode::BadHash | ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::UnknownSession => libc::EIO,
+                ErrorCode::Internal | ErrorCode::BadHash | ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::UnknownSession | ErrorCode::MissingBlock => libc::EIO,
             },
             FsError::Net(_) | FsError::Io(_) => libc::EIO,
             FsError::Errno(e) => *e,

@@ -93,7 +93,9 @@ pub enum Mutation {
     /// Reply: `Attr` of the linked inode.
     Link { ino: u64, new_parent: u64, new_name: Vec<u8> },
     /// Set block-map entries (index → block) and the new size in one step. Inline data, if the
-    /// file had any, is dropped (the client has moved it into block 0). Reply: `Attr`.
+    /// file had any, is dropped (the client has moved it into block 0). Reply: `Attr`, or
+    /// `MissingBlock` (nothing changed) if a block no file references yet is on no chunk
+    /// server that is up; the server's check touches the copies it finds (see `proto::chunk`).
     CommitBlocks { ino: u64, blocks: Vec<(u64, BlockRef)>, size: u64 },
     /// Store the whole content of a small file (at most `INLINE_MAX` bytes) in the metadata;
     /// its blocks, if any, are dropped. The size becomes `data.len()`. Reply: `Attr`.
