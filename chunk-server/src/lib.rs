@@ -32,6 +32,9 @@ pub struct ChunkConfig {
     pub zone: String,
     /// Bytes offered to the cluster; defaults to the size of the data directory's disk.
     pub capacity: Option<u64>,
+    /// Bytes kept free (see [`Space`]); defaults to 5% of the disk (or of the capacity, if
+    /// smaller), within [16 MiB, 1 GiB].
+    pub reserve: Option<u64>,
     pub heartbeat: Duration,
     /// Repair and rebalance traffic limit, MB/s.
     pub repair_rate: f64,
@@ -48,7 +51,8 @@ impl From<ChunkError> for WireError {
         let code = match e {
             ChunkError::NotFound(_) => ErrorCode::NotFound,
             ChunkError::BadHash(_) | ChunkError::Corrupt(_) => ErrorCode::BadHash,
-            ChunkError::Io { .. } => ErrorCode::Internal,
+            ChunkError::NoSpace(..) => ErrorCode::NoSpace,
+            ChunkError::Unreadable(..) | ChunkError::Io { .. } => ErrorCode::Internal,
         };
         WireError::new(code, e.to_string())
     }
@@ -58,6 +62,40 @@ struct ChunkService {
     store: Arc<BlockStore>,
     node_id: u64,
     scrubber: Arc<scrub::Scrubber>,
+    space: Arc<Space>,
+}
+
+/// Free space. The headroom is the smaller of the data disk's free space and what is left of
+/// `--capacity`. Below the reserve the server is `full`: its heartbeat says so, the ring marks
+/// it, and writers and repair send new blocks to the next servers clockwise. A new block is
+/// refused (`NoSpace`) once it would leave less than half the reserve, which leaves room for
+/// writers whose ring is a few seconds old; the file system's own ENOSPC is the last guard.
+pub struct Space {
+    dir: PathBuf,
+    capacity: u64,
+    pub reserve: u64,
+}
+
+const MIB: u64 = 1 << 20;
+
+impl Space {
+    pub fn new(dir: PathBuf, capacity: u64, reserve: Option<u64>) -> Self {
+        let reserve = reserve.unwrap_or_else(|| (disk_stat(&dir).0.min(capacity) / 20).clamp(16 * MIB, 1024 * MIB));
+        Space { dir, capacity, reserve }
+    }
+
+    pub fn headroom(&self, used: u64) -> u64 {
+        disk_stat(&self.dir).1.min(self.capacity.saturating_sub(used))
+    }
+
+    pub fn full(&self, used: u64) -> bool {
+        self.headroom(used) < self.reserve
+    }
+
+    /// Whether a new block of `len` bytes may be stored.
+    pub fn admits(&self, used: u64, len: usize) -> bool {
+        self.headroom(used) >= len as u64 + self.reserve / 2
+    }
 }
 
 fn admin_only(peer: &Identity, what: &str) -> Result<(), WireError> {
@@ -75,14 +113,34 @@ impl Service for ChunkService {
     async fn handle(self: Arc<Self>, peer: Arc<Identity>, req: ChunkRequest, payload: Vec<u8>) -> (ChunkResponse, Vec<u8>) {
         let store = self.store.clone();
         let res: Result<(ChunkResponse, Vec<u8>), WireError> = match req {
-            ChunkRequest::Put { id } => blocking(move || store.put(&id, &payload).map(|_| (ChunkResponse::Stored, vec![]))).await,
-            ChunkRequest::Get { id } => blocking(move || store.read(&id).map(|d| (ChunkResponse::Block, d))).await,
+            ChunkRequest::Put { id, age } => {
+                let space = self.space.clone();
+                blocking(move || {
+                    if !space.admits(store.used(), payload.len()) && !store.has(&id, false) {
+                        return Err(ChunkError::NoSpace(id, format!("{} bytes free, {} kept in reserve", space.headroom(store.used()), space.reserve)));
+                    }
+                    store.put(&id, &payload, age).map(|_| (ChunkResponse::Stored, vec![]))
+                })
+                .await
+            }
+            ChunkRequest::Get { id } => match tokio::task::spawn_blocking(move || store.read(&id)).await {
+                Ok(Ok(d)) => Ok((ChunkResponse::Block, d)),
+                Ok(Err(e)) => {
+                    if matches!(e, ChunkError::Unreadable(..)) {
+                        // The medium failed under this copy: fetch a good one now, not at the next scan.
+                        let s = self.scrubber.clone();
+                        tokio::spawn(async move { s.refetch(id).await });
+                    }
+                    Err(e.into())
+                }
+                Err(e) => Err(WireError::new(ErrorCode::Internal, e.to_string())),
+            },
             ChunkRequest::Report { id } => {
                 // Check the copy; a bad one is quarantined by get() and replaced from a good one.
                 let s = self.scrubber.clone();
                 let check = store.clone();
                 match tokio::task::spawn_blocking(move || check.get(&id)).await {
-                    Ok(Err(ChunkError::Corrupt(_))) => {
+                    Ok(Err(ChunkError::Corrupt(_) | ChunkError::Unreadable(..))) => {
                         tracing::error!(block = %id.short(), reporter = %peer.name, "a reader found this copy corrupt; replacing it");
                         tokio::spawn(async move { s.refetch(id).await });
                     }
@@ -90,7 +148,7 @@ impl Service for ChunkService {
                 }
                 Ok((ChunkResponse::Stored, vec![]))
             }
-            ChunkRequest::Has { ids } => Ok((ChunkResponse::Has(ids.iter().map(|i| store.has(i)).collect()), vec![])),
+            ChunkRequest::Has { ids, touch } => blocking(move || Ok((ChunkResponse::Has(ids.iter().map(|i| store.has(i, touch)).collect()), vec![]))).await,
             ChunkRequest::Delete { ids, min_idle_secs } => match admin_only(&peer, "delete blocks") {
                 Err(e) => Err(e),
                 Ok(()) => {
@@ -137,19 +195,20 @@ fn node_id(dir: &std::path::Path) -> anyhow::Result<u64> {
         return s.trim().parse().with_context(|| format!("{}: not a node id", p.display()));
     }
     let id = rand::random::<u64>() >> 1 | 1;
-    std::fs::write(&p, format!("{id}\n")).with_context(|| format!("writing {}", p.display()))?;
+    tessera_common::durable::write_file(&p, format!("{id}\n").as_bytes()).with_context(|| format!("writing {}", p.display()))?;
     Ok(id)
 }
 
-fn disk_size(dir: &std::path::Path) -> u64 {
+/// (size, bytes available to us) of the file system holding `dir`; (0, 0) if unknown.
+fn disk_stat(dir: &std::path::Path) -> (u64, u64) {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap_or_default();
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is a valid NUL-terminated path and s a properly sized out-parameter.
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } == 0 {
-        s.f_blocks as u64 * s.f_frsize as u64
+        (s.f_blocks as u64 * s.f_frsize as u64, s.f_bavail as u64 * s.f_frsize as u64)
     } else {
-        0
+        (0, 0)
     }
 }
 
@@ -166,15 +225,16 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
     if certs.identity.role != Role::Chunk {
         bail!("certificate in {} has role {}, a chunk server needs role chunk", cfg.certs.display(), certs.identity.role);
     }
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    tessera_common::durable::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let store = Arc::new(BlockStore::open(&cfg.data_dir)?);
     let node_id = node_id(&cfg.data_dir)?;
     let ep = net::server_endpoint(&certs, cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = ep.local_addr()?;
     let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let capacity = cfg.capacity.unwrap_or_else(|| disk_size(&cfg.data_dir));
+    let capacity = cfg.capacity.unwrap_or_else(|| disk_stat(&cfg.data_dir).0);
+    let space = Arc::new(Space::new(cfg.data_dir.clone(), capacity, cfg.reserve));
     let meta = Arc::new(MetaLink::new(ep.clone(), &cfg.meta, Duration::from_secs(10)));
-    info!(node_id, %addr, blocks = store.count(), "chunk server listening");
+    info!(node_id, %addr, blocks = store.count(), reserve = space.reserve, "chunk server listening");
 
     let (ring_tx, ring_rx) = watch::channel(Arc::new(Ring::default()));
     let pending = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -188,7 +248,7 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
         rate: repair::RateLimiter::new(cfg.scrub_rate),
         running: Default::default(),
     });
-    let svc = Arc::new(ChunkService { store: store.clone(), node_id, scrubber: scrubber.clone() });
+    let svc = Arc::new(ChunkService { store: store.clone(), node_id, scrubber: scrubber.clone(), space: space.clone() });
     let scrub_every = cfg.scrub_interval;
     let mut scrub_stop = shutdown.clone();
     let scrub_task = tokio::spawn(async move {
@@ -210,7 +270,7 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
         sent: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     };
     let rep = tokio::spawn(repairer.run(shutdown.clone()));
-    let beat = Heartbeat { meta, store, node_id, addr: advertise, zone: cfg.zone.clone(), capacity, every: cfg.heartbeat, ring: ring_tx, pending };
+    let beat = Heartbeat { meta, store, space, node_id, addr: advertise, zone: cfg.zone.clone(), capacity, every: cfg.heartbeat, ring: ring_tx, pending };
     let hb = tokio::spawn(beat.run(shutdown.clone()));
     let task = tokio::spawn(async move {
         net::serve(ep, svc, shutdown).await;
@@ -224,6 +284,7 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
 struct Heartbeat {
     meta: Arc<MetaLink>,
     store: Arc<BlockStore>,
+    space: Arc<Space>,
     node_id: u64,
     addr: String,
     zone: String,
@@ -237,7 +298,17 @@ impl Heartbeat {
     /// Register, then beat; follow the ring version the replies carry.
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut registered = false;
+        let mut was_full = false;
         loop {
+            let full = self.space.full(self.store.used());
+            if full != was_full {
+                if full {
+                    warn!(free = self.space.headroom(self.store.used()), reserve = self.space.reserve, "free space is below the reserve: taking no new blocks");
+                } else {
+                    info!("free space is above the reserve again: taking new blocks");
+                }
+                was_full = full;
+            }
             let req = if registered {
                 MetaRequest::Heartbeat {
                     node_id: self.node_id,
@@ -245,6 +316,7 @@ impl Heartbeat {
                     used: self.store.used(),
                     blocks: self.store.count(),
                     repair_pending: self.pending.load(std::sync::atomic::Ordering::Relaxed),
+                    full,
                 }
             } else {
                 MetaRequest::RegisterChunk { node_id: self.node_id, addr: self.addr.clone(), zone: self.zone.clone(), capacity: self.capacity }

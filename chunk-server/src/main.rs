@@ -23,6 +23,10 @@ struct Args {
     /// Bytes offered to the cluster (default: the size of the data directory's disk).
     #[arg(long)]
     capacity: Option<u64>,
+    /// Bytes kept free: below it the server reports itself full and takes no new blocks
+    /// (default: 5% of the disk or of --capacity if smaller, at least 16 MiB, at most 1 GiB).
+    #[arg(long)]
+    reserve: Option<u64>,
     /// Repair and rebalance traffic limit in MB/s.
     #[arg(long, default_value_t = 100.0)]
     repair_rate: f64,
@@ -51,7 +55,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let cfg = ChunkConfig { data_dir: a.data_dir, listen: a.listen, advertise: a.advertise, meta, certs: a.certs, zone: a.zone, capacity: a.capacity, heartbeat: Duration::from_secs(1), repair_rate: a.repair_rate, scan_interval: Duration::from_secs(a.scan_interval.max(1)), scrub_rate: a.scrub_rate, scrub_interval: Duration::from_secs_f64((a.scrub_interval_hours * 3600.0).max(1.0)) };
+    let cfg = ChunkConfig { data_dir: a.data_dir, listen: a.listen, advertise: a.advertise, meta, certs: a.certs, zone: a.zone, capacity: a.capacity, reserve: a.reserve, heartbeat: Duration::from_secs(1), repair_rate: a.repair_rate, scan_interval: Duration::from_secs(a.scan_interval.max(1)), scrub_rate: a.scrub_rate, scrub_interval: Duration::from_secs_f64((a.scrub_interval_hours * 3600.0).max(1.0)) };
     if !(cfg.repair_rate > 0.0 && cfg.scrub_rate > 0.0 && a.scrub_interval_hours > 0.0) {
         eprintln!("tessera-chunk: --repair-rate, --scrub-rate and --scrub-interval-hours must be positive numbers");
         std::process::exit(2);

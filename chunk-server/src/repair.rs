@@ -1,7 +1,7 @@
 //! Keeping N copies: a background scan of this server's blocks against the current ring.
 //!
-//! For each block held here, the current owners that are up and lack it are sent a copy
-//! (rate-limited; by one holder: the first owner holding it, else every holder); a block this
+//! For each block held here, the current owners that are up, not full, and lack it are sent a
+//! copy (rate-limited; by one holder: the first owner holding it, else every holder); a block this
 //! server does not own is deleted here once every owner is up and
 //! holds it. The same rule re-replicates after a server goes out, fills a server that joins,
 //! drains a server that leaves, and cleans up copies written elsewhere while an owner was down.
@@ -66,7 +66,8 @@ impl Repairer {
     async fn send_copy(&self, ring: &Ring, id: BlockId, node: u64) -> Option<(u64, BlockId)> {
         let info = ring.node(node)?;
         let store = self.store.clone();
-        let data = match tokio::task::spawn_blocking(move || store.get(&id)).await {
+        // The copy keeps our copy's last-use time: copying is not a use (see proto::chunk).
+        let data = match tokio::task::spawn_blocking(move || store.get(&id).map(|d| (d, store.idle_secs(&id).unwrap_or(0)))).await {
             Ok(Ok(d)) => d,
             other => {
                 warn!(block = %id.short(), "repair: local copy unusable: {other:?}");
@@ -74,9 +75,10 @@ impl Repairer {
                 return None;
             }
         };
+        let (data, age) = data;
         self.rate.take(data.len()).await;
         let c = self.peers.get(&info.addr);
-        let r = match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id }, &data).await {
+        let r = match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id, age: Some(age) }, &data).await {
             Ok((ChunkResponse::Stored, _)) => {
                 self.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
                 debug!(block = %id.short(), to = %info.addr, "repair: copy sent");
@@ -132,7 +134,7 @@ impl Repairer {
             let c = self.peers.get(&info.addr);
             let mut ok = true;
             for chunk in list.chunks(4096) {
-                match c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: chunk.to_vec() }, &[]).await {
+                match c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: chunk.to_vec(), touch: false }, &[]).await {
                     Ok((ChunkResponse::Has(flags), _)) => has.extend(chunk.iter().zip(flags).filter(|(_, h)| *h).map(|(id, _)| (*node, *id))),
                     _ => ok = false,
                 }
@@ -150,9 +152,11 @@ impl Repairer {
                 None => true,
             }
         };
+        // A full owner is not sent copies (as a down one): the copies stay where writers put
+        // them instead, on the next servers clockwise, until it has room again.
         let missing: Vec<(BlockId, u64)> = ask
             .iter()
-            .filter(|(node, _)| reachable.contains(node))
+            .filter(|(node, _)| reachable.contains(node) && ring.node(**node).is_some_and(|n| !n.full))
             .flat_map(|(node, list)| list.iter().filter(|id| !has.contains(&(*node, **id))).map(|id| (*id, *node)))
             .filter(|(id, _)| sender(id))
             .collect();

@@ -39,7 +39,7 @@ impl Scrubber {
                     report.bytes += data.len() as u64;
                     self.rate.take(data.len()).await;
                 }
-                Ok(Err(ChunkError::Corrupt(_))) => {
+                Ok(Err(ChunkError::Corrupt(_) | ChunkError::Unreadable(..))) => {
                     report.checked += 1;
                     report.corrupt += 1;
                     error!(node = self.me, block = %id.short(), "scrub: corrupt copy found");
@@ -79,8 +79,9 @@ impl Scrubber {
             let c = self.peers.get(&n.addr);
             if let Ok((ChunkResponse::Block, data)) = c.call::<_, ChunkResponse>(&ChunkRequest::Get { id }, &[]).await {
                 let store = self.store.clone();
-                // put() verifies the bytes against the id before storing them.
-                if let Ok(Ok(_)) = tokio::task::spawn_blocking(move || store.put(&id, &data)).await {
+                // put() verifies the bytes against the id before storing them; fetching a
+                // replacement is not a use of the block.
+                if let Ok(Ok(_)) = tokio::task::spawn_blocking(move || store.put(&id, &data, Some(0))).await {
                     info!(block = %id.short(), from = %n.addr, "scrub: corrupt copy replaced");
                     return true;
                 }

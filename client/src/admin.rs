@@ -37,6 +37,7 @@ struct NodeJson {
     last_heartbeat_ms: u64,
     draining: bool,
     repair_pending: u64,
+    full: bool,
 }
 
 #[derive(Serialize, Debug)]
@@ -158,7 +159,7 @@ impl Admin {
             // A server that just died is still "up" for a few seconds: don't wait long on it.
             let c = Arc::new(RpcClient::new(self.ep.clone(), &n.addr, 1, Duration::from_secs(30), tessera_common::tls::Role::Chunk).with_connect_timeout(Duration::from_secs(2)));
             for chunk in ids.chunks(4096) {
-                if let Ok((ChunkResponse::Has(flags), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: chunk.to_vec() }, &[]).await {
+                if let Ok((ChunkResponse::Has(flags), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: chunk.to_vec(), touch: false }, &[]).await {
                     for (id, has) in chunk.iter().zip(flags) {
                         if has {
                             held.entry(*id).or_default().insert(n.id);
@@ -213,6 +214,7 @@ impl Admin {
                     last_heartbeat_ms: n.last_heartbeat_ms,
                     draining: n.draining,
                     repair_pending: n.repair_pending,
+                    full: n.full,
                 })
                 .collect(),
             blocks,
@@ -234,7 +236,11 @@ impl Admin {
                 n.id,
                 n.zone,
                 n.addr,
-                if n.draining && n.state != "out" { format!("{}/drain", n.state) } else { n.state.clone() },
+                match (n.draining && n.state != "out", n.full && n.state == "up") {
+                    (true, _) => format!("{}/drain", n.state),
+                    (false, true) => "up/full".to_string(),
+                    (false, false) => n.state.clone(),
+                },
                 human(n.capacity),
                 human(n.used),
                 n.blocks,

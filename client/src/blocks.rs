@@ -9,7 +9,7 @@ use std::time::Duration;
 use tessera_common::net::{ClientPool, RpcClient};
 use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
 use tessera_common::ring::Ring;
-use tessera_common::BlockId;
+use tessera_common::{BlockId, ErrorCode};
 use tracing::warn;
 
 type Fetch = Shared<BoxFuture<'static, Result<Arc<Vec<u8>>, FsError>>>;
@@ -98,17 +98,21 @@ impl Blocks {
     /// parallel. A server that fails is replaced by the next one clockwise, so N copies exist
     /// while enough servers answer; the write fails only if fewer than the write quorum took it.
     /// A server that already holds the block is not sent it again (dedup); its "has" also
-    /// protects the block from garbage collection until we commit.
+    /// protects the block from garbage collection until we commit. Servers that are full are
+    /// skipped like down ones; when the write fails because no server can take the block (all
+    /// full, or a server answered `NoSpace`), the error is `NoSpace` (ENOSPC), not EIO.
     pub async fn put(&self, id: BlockId, data: Arc<Vec<u8>>) -> FsResult<()> {
         let ring = self.ring();
         let candidates: Vec<String> = ring.targets(&id, ring.nodes.len()).iter().map(|n| n.addr.clone()).collect();
+        let some_full = ring.nodes.iter().any(|n| n.up && n.full);
         if candidates.is_empty() {
-            return Err(FsError::Io("no chunk server is up".into()));
+            return Err(if some_full { FsError::no_space("every chunk server that is up is full") } else { FsError::Io("no chunk server is up".into()) });
         }
         let want = self.replicas.min(candidates.len());
         let mut next = 0;
         let mut acked = 0;
         let mut last = None;
+        let mut refused_for_space = false;
         while acked < want && next < candidates.len() {
             let batch = &candidates[next..(next + want - acked).min(candidates.len())];
             next += batch.len();
@@ -117,13 +121,18 @@ impl Blocks {
                     Ok(()) => acked += 1,
                     Err(e) => {
                         warn!(block = %id.short(), "put failed: {e}");
+                        refused_for_space |= e.errno() == libc::ENOSPC;
                         last = Some(e);
                     }
                 }
             }
         }
         // A cluster smaller than the quorum can hold at most one copy per server.
-        if acked < self.write_quorum.min(ring.nodes.len()) || acked == 0 {
+        let quorum = self.write_quorum.min(ring.nodes.len());
+        if acked < quorum || acked == 0 {
+            if refused_for_space || (some_full && candidates.len() < quorum) {
+                return Err(FsError::no_space(&format!("block {}: {acked} of {quorum} copies stored, the other servers are full", id.short())));
+            }
             return Err(last.unwrap_or_else(|| FsError::Io("write quorum not reached".into())));
         }
         Ok(())
@@ -133,14 +142,15 @@ impl Blocks {
         let c = self.client(addr);
         // Asking first costs a round trip; for a small block, sending it costs about the same.
         if data.len() >= DEDUP_CHECK_MIN {
-            if let Ok((ChunkResponse::Has(h), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: vec![id] }, &[]).await {
+            if let Ok((ChunkResponse::Has(h), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: vec![id], touch: true }, &[]).await {
                 if h.first() == Some(&true) {
                     return Ok(());
                 }
             }
         }
-        match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id }, &data).await {
+        match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id, age: None }, &data).await {
             Ok((ChunkResponse::Stored, _)) => Ok(()),
+            Ok((ChunkResponse::Error(e), _)) if e.code == ErrorCode::NoSpace => Err(FsError::no_space(&format!("{}: {}", c.addr(), e.message))),
             Ok((ChunkResponse::Error(e), _)) => Err(FsError::Io(format!("{}: {e}", c.addr()))),
             Ok((r, _)) => Err(FsError::Io(format!("{}: unexpected reply {r:?}", c.addr()))),
             Err(e) => Err(FsError::from(e)),

@@ -79,6 +79,7 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
                 certs: certs.join(format!("chunk-{i}")),
                 zone: format!("zone-{i}"),
                 capacity: None,
+                reserve: None,
                 heartbeat: Duration::from_secs(1),
                 repair_rate: 100.0,
                 scan_interval: Duration::from_secs(10),

@@ -22,6 +22,11 @@ impl From<NetError> for FsError {
 }
 
 impl FsError {
+    /// No server can take a block (all full, or they answered `NoSpace`): ENOSPC.
+    pub fn no_space(why: &str) -> Self {
+        FsError::Wire(WireError::new(ErrorCode::NoSpace, why))
+    }
+
     pub fn errno(&self) -> i32 {
         match self {
             FsError::Wire(w) => match w.code {
@@ -38,7 +43,7 @@ impl FsError {
                 ErrorCode::TooManyLinks => libc::EMLINK,
                 ErrorCode::NotSupported => libc::EOPNOTSUPP,
                 ErrorCode::Busy => libc::EBUSY,
-                ErrorCode::Internal | ErrorCode::BadHash | ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::UnknownSession => libc::EIO,
+                ErrorCode::Internal | ErrorCode::BadHash | ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::UnknownSession | ErrorCode::MissingBlock => libc::EIO,
             },
             FsError::Net(_) | FsError::Io(_) => libc::EIO,
             FsError::Errno(e) => *e,

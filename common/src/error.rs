@@ -24,6 +24,8 @@ pub enum ErrorCode {
     TooManyLinks = 16,
     NotSupported = 17,
     Busy = 18,
+    /// A commit names a block that no chunk server holds.
+    MissingBlock = 19,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -19,6 +19,9 @@ pub struct RingNode {
     /// False while the server is `down`: it keeps its place (nothing moves), but readers and
     /// writers skip it.
     pub up: bool,
+    /// True while the server's free space is below its reserve: it keeps its place and serves
+    /// reads, but writes and repair copies go to the next servers clockwise, as for a down one.
+    pub full: bool,
 }
 
 /// A published version of the ring: the servers that hold data (`up` or `down`, not `out`).
@@ -31,7 +34,7 @@ pub struct Ring {
     pub replicas: u32,
     pub nodes: Vec<RingNode>,
     points: Vec<(u64, usize)>,
-    /// Distinct zones among all nodes and among the nodes that are up.
+    /// Distinct zones among all nodes and among the nodes that take writes (up, not full).
     zones: (usize, usize),
 }
 
@@ -69,6 +72,13 @@ fn point(node: u64, i: usize) -> u64 {
     u64::from_be_bytes(h.finalize().as_bytes()[..8].try_into().unwrap())
 }
 
+impl RingNode {
+    /// Whether new blocks may be written here.
+    pub fn writable(&self) -> bool {
+        self.up && !self.full
+    }
+}
+
 impl Ring {
     pub fn new(version: u64, replicas: u32, mut nodes: Vec<RingNode>) -> Self {
         nodes.sort_by_key(|n| n.id);
@@ -87,7 +97,7 @@ impl Ring {
         pts.sort_unstable();
         self.points = pts;
         let all: HashSet<&str> = self.nodes.iter().map(|n| n.zone.as_str()).collect();
-        let up: HashSet<&str> = self.nodes.iter().filter(|n| n.up).map(|n| n.zone.as_str()).collect();
+        let up: HashSet<&str> = self.nodes.iter().filter(|n| n.writable()).map(|n| n.zone.as_str()).collect();
         self.zones = (all.len(), up.len());
     }
 
@@ -100,7 +110,8 @@ impl Ring {
         self.walk(block.ring_position(), n, false)
     }
 
-    /// Where a write of `block` goes now: the first `n` servers clockwise that are up.
+    /// Where a write of `block` goes now: the first `n` servers clockwise that are up and not
+    /// full.
     pub fn targets(&self, block: &BlockId, n: usize) -> Vec<&RingNode> {
         self.walk(block.ring_position(), n, true)
     }
@@ -110,10 +121,10 @@ impl Ring {
         self.walk(block.ring_position(), self.nodes.len(), false)
     }
 
-    fn walk(&self, pos: u64, n: usize, up_only: bool) -> Vec<&RingNode> {
-        let eligible = |i: usize| !up_only || self.nodes[i].up;
+    fn walk(&self, pos: u64, n: usize, writable_only: bool) -> Vec<&RingNode> {
+        let eligible = |i: usize| !writable_only || self.nodes[i].writable();
         let want = n.min((0..self.nodes.len()).filter(|&i| eligible(i)).count());
-        let zones = if up_only { self.zones.1 } else { self.zones.0 };
+        let zones = if writable_only { self.zones.1 } else { self.zones.0 };
         let start = self.points.partition_point(|&(p, _)| p < pos);
         let mut chosen: Vec<usize> = Vec::with_capacity(want);
         let mut used_zones: HashSet<&str> = HashSet::new();
@@ -149,7 +160,7 @@ mod tests {
             1,
             3,
             (1..=n)
-                .map(|id| RingNode { id, addr: format!("127.0.0.1:{id}"), zone: format!("z{}", id % zones), capacity: 100 * GIB, up: true })
+                .map(|id| RingNode { id, addr: format!("127.0.0.1:{id}"), zone: format!("z{}", id % zones), capacity: 100 * GIB, up: true, full: false })
                 .collect(),
         )
     }
@@ -204,6 +215,24 @@ mod tests {
         assert!(targets.contains(&owners[1]) && targets.contains(&owners[2]));
         assert_eq!(r.owners(&b, 3).iter().map(|n| n.id).collect::<Vec<_>>(), owners, "down servers keep their place");
         assert_eq!(r.clockwise(&b).len(), 5);
+    }
+
+    #[test]
+    fn writes_skip_full_servers_like_down_ones() {
+        let mut r = ring(5, 5);
+        let b = block(7);
+        let owners: Vec<u64> = r.owners(&b, 3).iter().map(|n| n.id).collect();
+        let full = owners[1];
+        r.nodes.iter_mut().find(|n| n.id == full).unwrap().full = true;
+        let r = Ring::new(2, 3, r.nodes);
+        let targets: Vec<u64> = r.targets(&b, 3).iter().map(|n| n.id).collect();
+        assert_eq!(targets.len(), 3);
+        assert!(!targets.contains(&full), "a full server is written to");
+        assert!(targets.contains(&owners[0]) && targets.contains(&owners[2]));
+        assert_eq!(r.owners(&b, 3).iter().map(|n| n.id).collect::<Vec<_>>(), owners, "full servers keep their place");
+        // Every server full: nowhere to write.
+        let all_full = Ring::new(3, 3, r.nodes.iter().cloned().map(|n| RingNode { full: true, ..n }).collect());
+        assert!(all_full.targets(&b, 3).is_empty());
     }
 
     /// The placement table of docs/placement.md: load spread and data moved on a join or a

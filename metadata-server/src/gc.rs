@@ -25,8 +25,8 @@ pub struct Gc {
 }
 
 impl Gc {
-    pub fn new(ns: Arc<Namespace>, members: Arc<Membership>, ep: quinn::Endpoint, grace: Duration) -> Self {
-        Gc { ns, members, grace, clients: ClientPool::new(ep, 1, Duration::from_secs(60), tessera_common::tls::Role::Chunk), running: Default::default() }
+    pub fn new(ns: Arc<Namespace>, members: Arc<Membership>, clients: ClientPool, grace: Duration) -> Self {
+        Gc { ns, members, grace, clients, running: Default::default() }
     }
 
     pub async fn pass(&self) -> GcReport {

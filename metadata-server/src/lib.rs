@@ -1,6 +1,7 @@
 //! Tessera metadata server: the namespace in RocksDB, client sessions, chunk-server membership
 //! and the ring, served over QUIC.
 
+pub mod claims;
 pub mod gc;
 pub mod membership;
 pub mod namespace;
@@ -76,6 +77,7 @@ struct MetaService {
     replicas: u32,
     write_quorum: u32,
     gc: Arc<gc::Gc>,
+    claims: claims::Claims,
 }
 
 fn ns_state(ns: &Namespace) -> String {
@@ -118,8 +120,8 @@ impl MetaService {
                 Role::Chunk => r(self.members.register(node_id, addr, zone, capacity).map(MetaResponse::Ring)),
                 role => denied(role, "register a chunk server"),
             },
-            MetaRequest::Heartbeat { node_id, capacity, used, blocks, repair_pending } => match peer.role {
-                Role::Chunk => r(self.members.heartbeat(node_id, capacity, used, blocks, repair_pending).map(|ring_version| MetaResponse::HeartbeatAck { ring_version })),
+            MetaRequest::Heartbeat { node_id, capacity, used, blocks, repair_pending, full } => match peer.role {
+                Role::Chunk => r(self.members.heartbeat(node_id, capacity, used, blocks, repair_pending, full).map(|ring_version| MetaResponse::HeartbeatAck { ring_version })),
                 role => denied(role, "send heartbeats"),
             },
             MetaRequest::NodeAdmin { node_id, action } => match peer.role {
@@ -186,6 +188,13 @@ impl Service for MetaService {
             tokio::spawn(async move { gc.pass().await });
             return (MetaResponse::Gc(Default::default()), vec![]);
         }
+        if let MetaRequest::Mutate { op, .. } = &req {
+            if matches!(peer.role, Role::Client | Role::Admin) {
+                if let Err(e) = self.claims.check(op).await {
+                    return (MetaResponse::Error(e), vec![]);
+                }
+            }
+        }
         // RocksDB reads and WAL syncs block: keep them off the async threads.
         let resp = tokio::task::spawn_blocking(move || self.answer(&peer, req))
             .await
@@ -215,8 +224,11 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     let ep = net::server_endpoint(&certs, cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = ep.local_addr()?;
     info!(%addr, block_size = ns.params.block_size, replicas = cfg.replicas, "metadata server listening");
-    let gc = Arc::new(gc::Gc::new(ns.clone(), members.clone(), ep.clone(), cfg.gc_grace));
-    let svc = Arc::new(MetaService { ns, members: members.clone(), replicas: cfg.replicas, write_quorum: cfg.write_quorum.unwrap_or(cfg.replicas), gc: gc.clone() });
+    // One pool of connections to the chunk servers, for GC and for the commit check.
+    let chunks = net::ClientPool::new(ep.clone(), 1, Duration::from_secs(60), tessera_common::tls::Role::Chunk);
+    let gc = Arc::new(gc::Gc::new(ns.clone(), members.clone(), chunks.clone(), cfg.gc_grace));
+    let claims = claims::Claims { ns: ns.clone(), members: members.clone(), pool: chunks };
+    let svc = Arc::new(MetaService { ns, members: members.clone(), replicas: cfg.replicas, write_quorum: cfg.write_quorum.unwrap_or(cfg.replicas), gc: gc.clone(), claims });
     let (gc_every, mut gc_stop) = (cfg.gc_interval, shutdown.clone());
     let gc_task = tokio::spawn(async move {
         loop {

@@ -38,6 +38,7 @@ struct Node {
     used: u64,
     blocks: u64,
     repair_pending: u64,
+    full: bool,
     last_heartbeat: Instant,
 }
 
@@ -93,7 +94,7 @@ impl Membership {
             .cluster_scan::<NodeRecord>(NODE_PREFIX)?
             .into_iter()
             // Until a first heartbeat after a restart, give every server the benefit of the doubt.
-            .map(|rec| (rec.id, Node { rec, used: 0, blocks: 0, repair_pending: 0, last_heartbeat: now }))
+            .map(|rec| (rec.id, Node { rec, used: 0, blocks: 0, repair_pending: 0, full: false, last_heartbeat: now }))
             .collect();
         let stored = match ns.cluster_get::<RingRecord>(KEY_RING)? {
             Some(r) => Some(r),
@@ -142,6 +143,7 @@ impl Membership {
                 zone: n.rec.zone.clone(),
                 capacity: n.rec.capacity,
                 up: self.state(n, now) == NodeState::Up,
+                full: n.full,
             })
             .collect()
     }
@@ -172,7 +174,7 @@ impl Membership {
         let admin = self.nodes.lock().unwrap().get(&id).map(|n| n.rec.admin).unwrap_or(Admin::Active);
         let rec = NodeRecord { id, addr, zone, capacity, admin };
         self.ns.cluster_put(&node_key(id), &rec)?;
-        self.nodes.lock().unwrap().insert(id, Node { rec, used: 0, blocks: 0, repair_pending: 0, last_heartbeat: Instant::now() });
+        self.nodes.lock().unwrap().insert(id, Node { rec, used: 0, blocks: 0, repair_pending: 0, full: false, last_heartbeat: Instant::now() });
         self.refresh()
     }
 
@@ -192,7 +194,7 @@ impl Membership {
         self.refresh().map(|_| ())
     }
 
-    pub fn heartbeat(&self, id: u64, capacity: u64, used: u64, blocks: u64, repair_pending: u64) -> Result<u64, WireError> {
+    pub fn heartbeat(&self, id: u64, capacity: u64, used: u64, blocks: u64, repair_pending: u64, full: bool) -> Result<u64, WireError> {
         let changed = {
             let mut nodes = self.nodes.lock().unwrap();
             let n = nodes.get_mut(&id).ok_or_else(|| WireError::new(ErrorCode::NotFound, "unknown chunk server; register first"))?;
@@ -203,8 +205,10 @@ impl Membership {
             n.last_heartbeat = Instant::now();
             let cap_changed = n.rec.capacity != capacity;
             n.rec.capacity = capacity;
+            let full_changed = n.full != full;
+            n.full = full;
             let was_down = self.ring.lock().unwrap().node(id).is_some_and(|r| !r.up);
-            was_out || was_down || cap_changed
+            was_out || was_down || cap_changed || full_changed
         };
         let ring = if changed { self.refresh()? } else { self.ring() };
         Ok(ring.version)
@@ -227,6 +231,7 @@ impl Membership {
                 last_heartbeat_ms: now.saturating_duration_since(n.last_heartbeat).as_millis() as u64,
                 draining: n.rec.admin == Admin::Draining,
                 repair_pending: n.repair_pending,
+                full: n.full,
             })
             .collect()
     }
@@ -262,7 +267,7 @@ mod tests {
             saw(&mut seen, &m.register(2, "127.0.0.1:2".into(), "z2".into(), 1 << 30).unwrap());
             // Server 2 stops sending heartbeats: it is down in the next ring.
             std::thread::sleep(Duration::from_millis(300));
-            m.heartbeat(1, 1 << 30, 0, 0, 0).unwrap();
+            m.heartbeat(1, 1 << 30, 0, 0, 0, false).unwrap();
             let r = m.refresh().unwrap();
             assert!(r.node(1).unwrap().up && !r.node(2).unwrap().up, "{:?}", r.nodes);
             saw(&mut seen, &r);

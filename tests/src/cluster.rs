@@ -37,11 +37,16 @@ pub struct ClusterOpts {
     pub repair_rate: u64,
     /// `tessera-chunk --capacity` bytes (the same for every server, so shares are equal).
     pub capacity: u64,
+    /// More `tessera-meta` arguments (e.g. `--gc-grace`).
+    pub meta_args: Vec<String>,
+    /// Data directories for the first chunk servers (e.g. small file systems the test
+    /// mounted); the others get one under the cluster's root.
+    pub data_dirs: Vec<PathBuf>,
 }
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts { chunks: 5, replicas: 3, write_quorum: None, down_after: 3, out_after: 10, scan_interval: 2, repair_rate: 200, capacity: 64 << 30 }
+        ClusterOpts { chunks: 5, replicas: 3, write_quorum: None, down_after: 3, out_after: 10, scan_interval: 2, repair_rate: 200, capacity: 64 << 30, meta_args: Vec::new(), data_dirs: Vec::new() }
     }
 }
 
@@ -191,7 +196,8 @@ impl Cluster {
             .arg("--down-after")
             .arg(opts.down_after.to_string())
             .arg("--out-after")
-            .arg(opts.out_after.to_string());
+            .arg(opts.out_after.to_string())
+            .args(&opts.meta_args);
         if let Some(q) = opts.write_quorum {
             cmd.arg("--write-quorum").arg(q.to_string());
         }
@@ -247,7 +253,7 @@ impl Cluster {
         self.chunks.push(ChunkNode {
             name: format!("chunk{i}"),
             zone: format!("z{i}"),
-            data_dir: r.join(format!("chunk{i}")),
+            data_dir: self.opts.data_dirs.get(i).cloned().unwrap_or_else(|| r.join(format!("chunk{i}"))),
             certs,
             port: free_port(),
             log: r.join(format!("chunk{i}.log")),

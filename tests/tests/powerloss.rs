@@ -361,7 +361,6 @@ fn power_cut_of_every_server_at_once_keeps_every_acknowledged_fsync() {
 }
 
 #[test]
-#[ignore = "fails today: tessera-chunk writes DATA_DIR/node.id without fsync (file and directory)"]
 fn chunk_server_keeps_its_identity_through_a_power_cut_right_after_its_first_start() {
     let mut c = PowerCluster::start_with(false, true, false);
     let id_file = c.chunks[0].data.join("node.id");

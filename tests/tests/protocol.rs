@@ -181,7 +181,7 @@ async fn roles_are_enforced() {
         .await
         .unwrap();
     denied(&r, "a client registering a chunk server");
-    let (r, _) = client.call::<_, MetaResponse>(&MetaRequest::Heartbeat { node_id: 99, capacity: 1, used: 0, blocks: 0, repair_pending: 0 }, &[]).await.unwrap();
+    let (r, _) = client.call::<_, MetaResponse>(&MetaRequest::Heartbeat { node_id: 99, capacity: 1, used: 0, blocks: 0, repair_pending: 0, full: false }, &[]).await.unwrap();
     denied(&r, "a client sending heartbeats");
     let (r, _) = client.call::<_, MetaResponse>(&MetaRequest::Status, &[]).await.unwrap();
     denied(&r, "a client reading the cluster status");
@@ -256,7 +256,7 @@ fn start_impostor(certs: &NodeCerts) -> (SocketAddr, watch::Sender<bool>) {
 async fn put_to(certs: &NodeCerts, addr: SocketAddr, expect: Role) -> Result<ChunkResponse, String> {
     let c = RpcClient::new(net::client_endpoint(certs).unwrap(), &addr.to_string(), 1, Duration::from_secs(10), expect);
     let data = b"precious bytes".to_vec();
-    c.call::<_, ChunkResponse>(&ChunkRequest::Put { id: BlockId::of(&data) }, &data).await.map(|(r, _)| r).map_err(|e| e.to_string())
+    c.call::<_, ChunkResponse>(&ChunkRequest::Put { id: BlockId::of(&data), age: None }, &data).await.map(|(r, _)| r).map_err(|e| e.to_string())
 }
 
 /// A certificate as `tessera cert issue` wrote them before client certificates lost their server

@@ -8,24 +8,31 @@
 //! to another server (repair) are always verified first, and scrubbing checks every copy. `Delete`, `List` and `Scrub` are refused
 //! unless the peer's certificate has the `meta` or `admin` role.
 //!
-//! Garbage collection safety: a `Put` and a `Has` that finds the block both refresh the block's
-//! last-use time, and `Delete` removes a block only if it has not been used for `min_idle_secs`
-//! (checked and deleted atomically), so a block a client has just put or found by dedup, and is
-//! about to commit, is never collected under it.
+//! Garbage collection safety: only a client's use refreshes a block's last-use time: a `Put`
+//! with `age: None` (a client's write) and a `Has` with `touch: true` (a client's dedup check,
+//! or the metadata server checking a commit's blocks) that finds the block. `Delete` removes a
+//! block only if it has not been used for `min_idle_secs` (checked and deleted atomically), so a
+//! block a client has just put or found, and is about to commit, is never collected under it.
+//! Servers' own traffic never counts as use, or no copy would ever be idle for the grace: repair,
+//! scrub and fsck probe with `touch: false`, and a copy repair sends carries `age: Some(secs)`,
+//! the seconds since its last use at the sender, which a new copy keeps (an existing copy is
+//! left as it is).
 
 use crate::{BlockId, WireError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkRequest {
-    /// Payload: the block. Reply: `Stored`.
-    Put { id: BlockId },
+    /// Payload: the block. `age`: `None` for a client's write (counts as use); for a copy sent
+    /// by another server, the seconds since the block's last use there. Reply: `Stored`.
+    Put { id: BlockId, age: Option<u64> },
     /// Reply: `Block` with the bytes as payload.
     Get { id: BlockId },
     /// The copy of `id` this server sent did not match its id. Reply: `Stored` (checked).
     Report { id: BlockId },
-    /// Reply: `Has`, one flag per id.
-    Has { ids: Vec<BlockId> },
+    /// Reply: `Has`, one flag per id (false for a copy found unreadable). With `touch`, a
+    /// block found counts as used (see the module docs).
+    Has { ids: Vec<BlockId>, touch: bool },
     /// Meta/admin only: delete blocks unused for at least `min_idle_secs`. Reply: `Deleted`.
     Delete { ids: Vec<BlockId>, min_idle_secs: u64 },
     /// Meta/admin only: stored blocks in id order after `after`, with seconds since last use.

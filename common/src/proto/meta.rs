@@ -98,7 +98,9 @@ pub enum Mutation {
     /// Reply: `Attr` of the linked inode.
     Link { ino: u64, new_parent: u64, new_name: Vec<u8> },
     /// Set block-map entries (index → block) and the new size in one step. Inline data, if the
-    /// file had any, is dropped (the client has moved it into block 0). Reply: `Attr`.
+    /// file had any, is dropped (the client has moved it into block 0). Reply: `Attr`, or
+    /// `MissingBlock` (nothing changed) if a block no file references yet is on no chunk
+    /// server that is up; the server's check touches the copies it finds (see `proto::chunk`).
     CommitBlocks { ino: u64, blocks: Vec<(u64, BlockRef)>, size: u64 },
     /// Store the whole content of a small file (at most `INLINE_MAX` bytes) in the metadata;
     /// its blocks, if any, are dropped. The size becomes `data.len()`. Reply: `Attr`.
@@ -132,8 +134,9 @@ pub enum MetaRequest {
     /// Chunk servers only. Reply: `Ring`.
     RegisterChunk { node_id: u64, addr: String, zone: String, capacity: u64 },
     /// Chunk servers only. `repair_pending`: copies the server found missing elsewhere in its
-    /// last scan and has not sent yet. Reply: `HeartbeatAck`.
-    Heartbeat { node_id: u64, capacity: u64, used: u64, blocks: u64, repair_pending: u64 },
+    /// last scan and has not sent yet. `full`: its free space is below its reserve; the ring
+    /// marks it so and writers skip it. Reply: `HeartbeatAck`.
+    Heartbeat { node_id: u64, capacity: u64, used: u64, blocks: u64, repair_pending: u64, full: bool },
     /// Admin only: take a chunk server out of the ring. Reply: `Done`.
     NodeAdmin { node_id: u64, action: NodeAction },
     /// Admin only. Reply: `Status`.
@@ -218,6 +221,8 @@ pub struct NodeStatus {
     pub last_heartbeat_ms: u64,
     pub draining: bool,
     pub repair_pending: u64,
+    /// Free space below the server's reserve: it takes no new blocks.
+    pub full: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,170 @@
+//! Space, end to end on a multi-process cluster: garbage collection reclaims every copy while
+//! repair scans run many times per grace period, and a full cluster answers ENOSPC, keeps what
+//! it stored, and takes writes again once space is freed.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use tessera_tests::cluster::*;
+use tessera_tests::*;
+
+const MIB: usize = 1 << 20;
+
+/// `tessera ARGS --meta .. --certs ADMIN`; returns the output, whatever the status.
+fn admin(c: &Cluster, args: &[&str]) -> Output {
+    run_timeout(
+        Command::new(bin("tessera")).args(args).args(["--meta", &c.meta_addr, "--certs"]).arg(&c.admin).env_remove("TESSERA_META").env_remove("TESSERA_CERTS"),
+        Duration::from_secs(120),
+    )
+}
+
+fn total_block_files(c: &Cluster) -> usize {
+    c.chunks.iter().map(|n| n.block_files().len()).sum()
+}
+
+/// Repair scans every second, six per grace period: a scan's probes of other owners must not
+/// count as use, or no copy is ever idle for the grace and nothing is reclaimed.
+#[test]
+fn gc_reclaims_every_copy_while_repair_scans() {
+    let grace = 6;
+    let c = Cluster::start_with(ClusterOpts {
+        chunks: 4,
+        replicas: 3,
+        scan_interval: 1,
+        meta_args: vec!["--gc-grace".into(), grace.to_string(), "--gc-interval".into(), "3600".into()],
+        ..Default::default()
+    });
+    let mut rng = seeded_rng();
+    let data = random_bytes(&mut rng, 6 * BLOCK_SIZE);
+    write_file_synced(&c.path("f"), &data).unwrap();
+    let ids = block_ids_of(&data);
+    let all: Vec<usize> = (0..c.chunks.len()).collect();
+    assert!(c.wrong_copies(&ids, &all, 3).is_empty(), "3 copies of each block: {:?}", c.copies(&ids, &all));
+    std::fs::remove_file(c.path("f")).unwrap();
+    // Past the grace, every copy is idle: two passes (the first may race a repair send) delete all.
+    std::thread::sleep(Duration::from_secs(grace + 2));
+    let t = Instant::now();
+    let mut passes = Vec::new();
+    while total_block_files(&c) > 0 && passes.len() < 3 {
+        let out = admin(&c, &["gc", "--wait", "--json"]);
+        assert!(out.status.success(), "gc failed: {}", String::from_utf8_lossy(&out.stderr));
+        passes.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!("{} gc passes {passes:?} in {:?}; block files left {:?}", passes.len(), t.elapsed(), c.block_counts());
+    assert_eq!(total_block_files(&c), 0, "copies left after {} gc passes past the grace: {:?}; passes {passes:?}", passes.len(), c.block_counts());
+    let stored = wait_stored(&c, 0);
+    assert_eq!(stored, 0, "status still reports {stored} stored bytes");
+}
+
+/// `bytes.stored` of `status`, once it reads `want` (heartbeats lag) or after 15 s.
+fn wait_stored(c: &Cluster, want: u64) -> u64 {
+    let mut last = u64::MAX;
+    c.wait_until(Duration::from_secs(15), |c| {
+        last = c.try_status().ok().and_then(|s| s["bytes"]["stored"].as_u64()).unwrap_or(u64::MAX);
+        last == want
+    });
+    last
+}
+
+/// Size-limited tmpfs file systems, one per chunk server; unmounted when dropped (also when the
+/// test fails: declare it before the cluster, so the cluster's processes stop first).
+struct SmallDisks {
+    dirs: Vec<PathBuf>,
+    _root: tempfile::TempDir,
+}
+
+impl SmallDisks {
+    fn mount(n: usize, mib: usize) -> Self {
+        let root = tempfile::Builder::new().prefix("tessera-disks-").tempdir().unwrap();
+        let mut disks = SmallDisks { dirs: Vec::new(), _root: root };
+        for i in 0..n {
+            let d = disks._root.path().join(format!("disk{i}"));
+            std::fs::create_dir(&d).unwrap();
+            let out = run_timeout(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"]).arg(&d), Duration::from_secs(30));
+            assert!(out.status.success(), "mount -t tmpfs {}: {}", d.display(), String::from_utf8_lossy(&out.stderr));
+            disks.dirs.push(d);
+        }
+        disks
+    }
+}
+
+impl Drop for SmallDisks {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let ok = Command::new("umount").arg(d).status().is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(d).status();
+            }
+        }
+    }
+}
+
+/// Chunk servers on 64 MiB disks: write 4 MiB files until the cluster is full. The writer gets
+/// ENOSPC (not EIO), `status` shows the full servers, everything fsynced before reads back
+/// exactly, fsck is clean, and once files are deleted and collected, writes work again.
+#[test]
+fn a_full_cluster_answers_enospc_and_keeps_what_it_stored() {
+    let disks = SmallDisks::mount(4, 64);
+    let mut c = Cluster::start_with(ClusterOpts {
+        chunks: 4,
+        replicas: 2,
+        capacity: 64 << 20,
+        data_dirs: disks.dirs.clone(),
+        meta_args: vec!["--gc-grace".into(), "1".into(), "--gc-interval".into(), "3600".into()],
+        ..Default::default()
+    });
+    let mut rng = seeded_rng();
+    let mut written: Vec<(String, blake3::Hash)> = Vec::new();
+    let mut failure = None;
+    // 4 x 64 MiB in 2 copies hold at most 128 MiB: 40 files of 4 MiB cannot fit.
+    for i in 0..40 {
+        let data = random_bytes(&mut rng, 4 * MIB);
+        let name = format!("f{i}");
+        match write_file_synced(&c.path(&name), &data) {
+            Ok(()) => written.push((name, blake3::hash(&data))),
+            Err(e) => {
+                failure = Some((name, e));
+                break;
+            }
+        }
+    }
+    let (failed, e) = failure.unwrap_or_else(|| panic!("40 files of 4 MiB fit on 4 x 64 MiB in 2 copies: {:?}", c.block_counts()));
+    eprintln!("{} {} files written, then {failed}: {e}; block files {:?}", c.t(), written.len(), c.block_counts());
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "a full cluster must answer ENOSPC, got {e}");
+    assert!(written.len() >= 8, "only {} files fit before ENOSPC", written.len());
+    let s = c.status_json();
+    let full = s["nodes"].as_array().unwrap().iter().filter(|n| n["full"] == true).count();
+    assert!(full >= 1, "status shows no full server: {s}");
+    let _ = std::fs::remove_file(c.path(&failed));
+
+    // What was fsynced reads back exactly, through a fresh client.
+    let mut m2 = c.extra_mount("m2");
+    for (name, want) in &written {
+        let p = c.root().join("m2").join(name);
+        assert_eq!(hash_file(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display())), *want, "{name} changed");
+    }
+    m2.stop();
+    let fsck = admin(&c, &["fsck"]);
+    assert!(fsck.status.success(), "fsck of a full cluster: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
+
+    // Free space: delete half of the files, collect, and write again.
+    for (name, _) in written.iter().step_by(2) {
+        std::fs::remove_file(c.path(name)).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(admin(&c, &["gc", "--wait"]).status.success());
+    let data = random_bytes(&mut rng, 8 * MIB);
+    let t = Instant::now();
+    let ok = c.wait_until(Duration::from_secs(30), |c| write_file_synced(&c.path("again"), &data).is_ok());
+    assert!(ok, "writes still fail 30 s after space was freed; status {}", c.status_json());
+    eprintln!("{} writing works again after {:?}", c.t(), t.elapsed());
+    assert_eq!(hash_file(&c.path("again")).unwrap(), blake3::hash(&data));
+    for (name, want) in written.iter().skip(1).step_by(2) {
+        assert_eq!(hash_file(&c.path(name)).unwrap(), *want, "{name} changed after gc");
+    }
+    let fsck = admin(&c, &["fsck"]);
+    assert!(fsck.status.success(), "fsck after freeing space: {}", String::from_utf8_lossy(&fsck.stdout));
+    c.assert_running();
+}
