@@ -49,7 +49,15 @@ impl Claims {
             return Ok(());
         }
         let ring = self.members.ring();
-        let order: HashMap<BlockId, Vec<String>> = missing.iter().map(|id| (*id, ring.clockwise(id).into_iter().filter(|n| n.up).map(|n| n.addr.clone()).collect())).collect();
+        // Servers that are up first, then the others: right after a metadata restart (or a
+        // ring change) a server may not be marked up yet although it holds the copy.
+        let order: HashMap<BlockId, Vec<String>> = missing
+            .iter()
+            .map(|id| {
+                let (up, rest): (Vec<_>, Vec<_>) = ring.clockwise(id).into_iter().partition(|n| n.up);
+                (*id, up.into_iter().chain(rest).map(|n| n.addr.clone()).collect())
+            })
+            .collect();
         let first = (ring.replicas as usize).max(1);
         let mut round = 0;
         while !missing.is_empty() {
@@ -78,7 +86,7 @@ impl Claims {
             None => Ok(()),
             Some(id) => Err(WireError::new(
                 ErrorCode::MissingBlock,
-                format!("commit refused: block {} ({} of the commit's blocks) is on no chunk server that is up", id.to_hex(), missing.len()),
+                format!("commit refused: block {} ({} of the commit's blocks) is on no chunk server", id.to_hex(), missing.len()),
             )),
         }
     }

@@ -308,6 +308,7 @@ impl Drop for PowerCluster {
             for s in std::iter::once(&self.meta).chain(&self.chunks) {
                 eprintln!("{}", tail(&s.log, 30));
             }
+            eprintln!("{}", tail(&self.root.path().join("mount.log"), 30));
         }
     }
 }
@@ -327,7 +328,6 @@ fn chunk_server_power_cut_keeps_every_acknowledged_block() {
 }
 
 #[test]
-#[ignore = "flaky since the merge of issue 11 (about 1 run in 2): the first fsync after the metadata server's restart sometimes fails with EIO; under investigation, see the issue 11 note"]
 fn metadata_server_power_cut_keeps_every_acknowledged_file_and_name() {
     let mut c = PowerCluster::start(true, false);
     for round in 0..2 {
