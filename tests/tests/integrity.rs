@@ -124,7 +124,15 @@ fn corrupt_copies_are_never_served_and_are_repaired() {
     assert!(r["corrupt"].as_u64().unwrap() <= flipped, "{r}");
     assert_eq!(r["corrupt"], r["repaired"], "every corrupt copy found must be repaired: {r}");
     // Copies caught by the read were replaced then; together with the scrub, every flip is gone:
-    let again = json(&tessera(&c, &["scrub", "--wait", "--json"]));
+    // (a copy a reader reported is replaced in the background: give that a few seconds)
+    let mut again = json(&tessera(&c, &["scrub", "--wait", "--json"]));
+    for _ in 0..10 {
+        if again["checked"].as_u64() == Some(18) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        again = json(&tessera(&c, &["scrub", "--wait", "--json"]));
+    }
     assert_eq!(again["corrupt"].as_u64(), Some(0), "a second scrub still finds corruption: {again}");
     assert_eq!(again["checked"].as_u64(), Some(18), "every copy is back: {again}");
     let fsck = tessera(&c, &["fsck", "--deep"]);
