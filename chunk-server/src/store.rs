@@ -159,7 +159,7 @@ impl BlockStore {
     fn sync_dir(&self, dir: &Path) -> Result<(), ChunkError> {
         #[cfg(test)]
         self.faults.dir_syncs.lock().unwrap().push(dir.to_owned());
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+        tessera_common::durable::sync_dir(dir).map_err(io(dir))
     }
 
     /// Create the fan-out directory of `id` if needed; once it is known to be durable (its

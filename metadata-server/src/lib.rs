@@ -188,8 +188,9 @@ impl Service for MetaService {
             tokio::spawn(async move { gc.pass().await });
             return (MetaResponse::Gc(Default::default()), vec![]);
         }
-        if let MetaRequest::Mutate { op, .. } = &req {
-            if matches!(peer.role, Role::Client | Role::Admin) {
+        if let MetaRequest::Mutate { session, seq, op } = &req {
+            // A retry that was answered gets its reply back, even if its blocks are gone by now.
+            if matches!(peer.role, Role::Client | Role::Admin) && !self.ns.is_answered(*session, *seq) {
                 if let Err(e) = self.claims.check(op).await {
                     return (MetaResponse::Error(e), vec![]);
                 }

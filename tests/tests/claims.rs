@@ -31,7 +31,13 @@ async fn commit_of_a_block_no_server_holds_is_refused() {
     let d = dir.path();
     issue_all(d);
     let (stop, rx) = watch::channel(false);
-    let meta = tessera_meta::start(MetaConfig { data_dir: d.join("meta-data"), certs: d.join("meta"), replicas: 1, ..Default::default() }, rx.clone()).await.unwrap();
+    // GC collects an unreferenced block after 1 s idle, checking every 300 ms.
+    let meta = tessera_meta::start(
+        MetaConfig { data_dir: d.join("meta-data"), certs: d.join("meta"), replicas: 1, gc_grace: Duration::from_secs(1), gc_interval: Duration::from_millis(300), ..Default::default() },
+        rx.clone(),
+    )
+    .await
+    .unwrap();
     let chunk = tessera_chunk::start(
         tessera_chunk::ChunkConfig {
             data_dir: d.join("chunk-data"),
@@ -91,6 +97,20 @@ async fn commit_of_a_block_no_server_holds_is_refused() {
     match meta_call(&m, MetaRequest::GetBlocks { ino: a.ino, first: 0, count: 16 }).await {
         MetaResponse::Blocks { blocks, .. } => assert_eq!(blocks, vec![(0, BlockRef { id, len: data.len() as u32 })]),
         other => panic!("GetBlocks: {other:?}"),
+    }
+
+    // The file is deleted and its block collected; a retry of the commit (its reply was lost)
+    // is answered with the original reply, not refused for the block that is gone now.
+    let unlink = Mutation::Unlink { parent: 1, name: b"f".to_vec(), keep: false };
+    assert!(matches!(meta_call(&m, MetaRequest::Mutate { session, seq: 4, op: unlink }).await, MetaResponse::Unlinked { .. }));
+    let t = Instant::now();
+    while c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: vec![id], touch: false }, &[]).await.unwrap().0 != ChunkResponse::Has(vec![false]) {
+        assert!(t.elapsed() < Duration::from_secs(30), "garbage collection did not delete the unreferenced block");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    match meta_call(&m, commit(3)).await {
+        MetaResponse::Attr(a) => assert_eq!(a.size, data.len() as u64, "the retry got another reply than the original"),
+        other => panic!("a retried commit was not answered with its original reply: {other:?}"),
     }
     stop.send(true).unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(10), async {

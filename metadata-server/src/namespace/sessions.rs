@@ -30,6 +30,11 @@ impl Namespace {
         }
     }
 
+    /// Whether `(session, seq)` was applied already (its reply is in the retry cache).
+    pub fn is_answered(&self, session: u64, seq: u64) -> bool {
+        matches!(self.store.get(Cf::Sessions, &pair_key(session, seq)), Ok(Some(_)))
+    }
+
     pub(super) fn check_session(&self, owner: &SessionOwner, session: u64) -> Result<(), WireError> {
         let unknown = || err(ErrorCode::UnknownSession, format!("unknown session {session}; open a new one"));
         let rec: SessionRec = dec(&self.store.get(Cf::Sessions, &session_key(session))?.ok_or_else(unknown)?)?;
