@@ -195,18 +195,30 @@ fn deleted_and_truncated_data_is_reclaimed() {
     fs::remove_file(c.path("a")).unwrap();
     // Truncate b to 1 MiB: only its first block (4 MiB, 3 copies) stays referenced.
     File::options().write(true).open(c.path("b")).unwrap().set_len(MIB as u64).unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    let out = tessera(&c, &["gc", "--wait", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stored = stored_bytes(&c);
+    let stored = gc_until(&c, 3 * 4 * MIB as u64);
     assert!(stored <= 3 * 4 * MIB as u64, "after gc, {stored} bytes are still stored (expected at most one block in 3 copies)");
     assert_eq!(fs::metadata(c.path("b")).unwrap().len(), MIB as u64);
     assert!(tessera(&c, &["fsck"]).status.success(), "fsck after gc");
     // Delete everything: stored bytes fall to zero.
     fs::remove_file(c.path("b")).unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(tessera(&c, &["gc", "--wait"]).status.success());
-    assert_eq!(stored_bytes(&c), 0);
+    assert_eq!(gc_until(&c, 0), 0);
+}
+
+/// Run `gc --wait` past the grace until at most `bound` bytes are stored (or 30 s have passed:
+/// on a loaded machine a pass can start before the last block has been idle for the grace);
+/// the bytes stored then.
+fn gc_until(c: &DevCluster, bound: u64) -> u64 {
+    let t = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_secs(3));
+        let out = tessera(c, &["gc", "--wait", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stored = stored_bytes(c);
+        if stored <= bound || t.elapsed() > Duration::from_secs(30) {
+            return stored;
+        }
+        eprintln!("after a gc pass {stored} bytes are stored; another pass");
+    }
 }
 
 /// Identical content is written again and again while the previous copy is deleted and garbage
