@@ -14,3 +14,6 @@ else
     echo "cargo-nextest not found; falling back to cargo test" >&2
     cargo test --release --workspace --no-fail-fast "$@"
 fi
+
+# Faults injected from scripts, every scenario in its short form (docs/faults.md).
+scripts/chaos all --quick
