@@ -187,7 +187,7 @@ async fn roles_are_enforced() {
     denied(&r, "a client reading the cluster status");
 
     let chunk = s.rpc("chunk");
-    let op = Mutation::Create { parent: 1, name: b"x".to_vec(), kind: FileKind::File, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None };
+    let op = Mutation::Create { parent: 1, name: b"x".to_vec(), kind: FileKind::File, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 };
     let (r, _) = chunk.call::<_, MetaResponse>(&MetaRequest::Mutate { session: 1, seq: 1, op }, &[]).await.unwrap();
     denied(&r, "a chunk server changing the namespace");
 
@@ -335,7 +335,7 @@ async fn a_session_is_bound_to_its_certificate() {
         MetaResponse::Session { session, .. } => session,
         other => panic!("open session: {other:?}"),
     };
-    let create = |name: &[u8]| Mutation::Create { parent: 1, name: name.to_vec(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None };
+    let create = |name: &[u8]| Mutation::Create { parent: 1, name: name.to_vec(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 };
     async fn mutate(c: &RpcClient, session: u64, seq: u64, op: Mutation) -> MetaResponse {
         c.call::<_, MetaResponse>(&MetaRequest::Mutate { session, seq, op }, &[]).await.unwrap().0
     }
