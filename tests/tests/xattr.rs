@@ -207,3 +207,25 @@ fn cp_a_preserves_user_xattrs_and_acls() {
     assert_eq!(acls("copy/src"), want_acls, "cp -a kept the ACLs");
     assert_fsck_clean(&c);
 }
+
+/// The client remembers that a file has no `security.capability` (the kernel asks before
+/// every write); a capability set later is seen at once, and a write still drops it.
+#[test]
+fn a_file_capability_is_seen_at_once_and_dropped_by_a_write() {
+    let c = DevCluster::start();
+    let f = c.path("tool");
+    let mut file = fs::OpenOptions::new().create(true).write(true).open(&f).unwrap();
+    use std::io::Write;
+    file.write_all(b"first write: the absence is remembered").unwrap();
+    assert_eq!(get(&f, "security.capability"), Err(libc::ENODATA));
+    // VFS_CAP_REVISION_2, CAP_NET_BIND_SERVICE permitted.
+    let mut cap = 0x0200_0000u32.to_le_bytes().to_vec();
+    cap.extend_from_slice(&(1u32 << 10).to_le_bytes());
+    cap.extend_from_slice(&[0; 12]);
+    set(&f, "security.capability", &cap, 0).expect("setting a file capability (needs CAP_SETFCAP)");
+    assert_eq!(get(&f, "security.capability").unwrap(), cap, "set through this mount, seen at once");
+    file.write_all(b"a write by a non-privileged-aware path").unwrap();
+    drop(file);
+    assert_eq!(get(&f, "security.capability"), Err(libc::ENODATA), "a write drops the file capability");
+    assert_fsck_clean(&c);
+}
