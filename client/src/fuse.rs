@@ -48,10 +48,10 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-fn reply_xattr(r: Result<xattr::Sized, FsError>, reply: fuser::ReplyXattr) {
+fn reply_xattr(r: Result<xattr::Answer, FsError>, reply: fuser::ReplyXattr) {
     match r {
-        Ok(xattr::Sized::Size(n)) => reply.size(n),
-        Ok(xattr::Sized::Data(d)) => reply.data(&d),
+        Ok(xattr::Answer::Size(n)) => reply.size(n),
+        Ok(xattr::Answer::Data(d)) => reply.data(&d),
         Err(e) => reply.error(errno(&e)),
     }
 }

@@ -85,18 +85,18 @@ impl Fs {
 
 /// A `getxattr`/`listxattr` reply for a caller's buffer of `size` bytes: the needed size when
 /// `size` is 0, `ERANGE` when the buffer is too small.
-pub enum Sized {
+pub enum Answer {
     Size(u32),
     Data(Vec<u8>),
 }
 
-pub fn fit(data: Vec<u8>, size: u32) -> FsResult<Sized> {
+pub fn fit(data: Vec<u8>, size: u32) -> FsResult<Answer> {
     if size == 0 {
-        Ok(Sized::Size(data.len() as u32))
+        Ok(Answer::Size(data.len() as u32))
     } else if data.len() > size as usize {
         Err(FsError::Errno(libc::ERANGE))
     } else {
-        Ok(Sized::Data(data))
+        Ok(Answer::Data(data))
     }
 }
 
