@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install what a fresh Debian machine lacks to build and mount Tessera: FUSE 3 and the RocksDB
-# build's needs (clang for bindgen, a C++ compiler). Idempotent; asks apt only when needed.
+# build's needs (clang for bindgen, a C++ compiler), and acl and attr (setfacl, getfattr) for
+# the xattr tests. Idempotent; asks apt only when needed.
 set -euo pipefail
 need=()
-for pkg in fuse3 libclang-dev clang g++ pkg-config make; do
+for pkg in fuse3 libclang-dev clang g++ pkg-config make acl attr; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -78,6 +78,7 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
     upload_slots: Arc<Semaphore>,
+    pub(crate) no_capability: crate::xattr::NoCapability,
 }
 
 impl Fs {
@@ -91,6 +92,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             upload_slots: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
+            no_capability: Default::default(),
         })
     }
 
@@ -123,9 +125,10 @@ impl Fs {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub async fn create(&self, parent: u64, name: &[u8], kind: FileKind, perm: u16, uid: u32, gid: u32, rdev: u32, target: Option<Vec<u8>>) -> FsResult<Attr> {
+    /// `umask` applies unless `parent` has a default ACL (the server decides, see `Create`).
+    pub async fn create(&self, parent: u64, name: &[u8], kind: FileKind, perm: u16, umask: u16, uid: u32, gid: u32, rdev: u32, target: Option<Vec<u8>>) -> FsResult<Attr> {
         tessera_common::names::check_name(name)?;
-        self.meta.mutate_attr(Mutation::Create { parent, name: name.to_vec(), kind, perm, uid, gid, rdev, target }).await
+        self.meta.mutate_attr(Mutation::Create { parent, name: name.to_vec(), kind, perm, uid, gid, rdev, target, umask }).await
     }
 
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {

@@ -233,8 +233,8 @@ pub fn print(r: &FsckReport, repair: bool) {
     );
     let a = &r.refs;
     println!(
-        "fsck: references: {} block-map entries, {} blocks; {} wrong reference counts, {} entries without an inode, {} leaked inodes, {} stale orphan records; {} files open after unlink",
-        a.entries, a.blocks, a.refcount_mismatches, a.dangling_entries, a.unlinked_not_orphans, a.stale_orphans, a.orphans
+        "fsck: references: {} block-map entries, {} blocks; {} wrong reference counts, {} entries without an inode, {} leaked inodes, {} stale orphan records, {} inodes' attributes left without the inode; {} files open after unlink",
+        a.entries, a.blocks, a.refcount_mismatches, a.dangling_entries, a.unlinked_not_orphans, a.stale_orphans, a.dangling_xattrs, a.orphans
     );
     for p in &a.problems {
         println!("fsck: {p}");

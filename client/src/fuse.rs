@@ -4,6 +4,7 @@
 
 use crate::error::FsError;
 use crate::fs::Fs;
+use crate::xattr;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
@@ -45,6 +46,14 @@ fn errno(e: &FsError) -> Errno {
         tracing::warn!("operation failed: {e}");
     }
     Errno::from_i32(e.errno())
+}
+
+fn reply_xattr(r: Result<xattr::Answer, FsError>, reply: fuser::ReplyXattr) {
+    match r {
+        Ok(xattr::Answer::Size(n)) => reply.size(n),
+        Ok(xattr::Answer::Data(d)) => reply.data(&d),
+        Err(e) => reply.error(errno(&e)),
+    }
 }
 
 fn time(ns: i64) -> SystemTime {
@@ -119,6 +128,9 @@ impl Filesystem for FuseFs {
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_MAX_PAGES);
+        // The kernel enforces POSIX ACLs and caches them; the server keeps them in step with the
+        // mode and does default-ACL inheritance, so it also applies the umask itself.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK);
         Ok(())
     }
 
@@ -185,9 +197,9 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::from_i32(libc::EINVAL));
         };
         let (fs, name, uid, gid) = (self.fs.clone(), name.as_bytes().to_vec(), req.uid(), req.gid());
-        let perm = (mode & !umask & 0o7777) as u16;
+        let (perm, umask) = ((mode & 0o7777) as u16, (umask & 0o777) as u16);
         self.spawn(async move {
-            match fs.create(parent.0, &name, k, perm, uid, gid, rdev, None).await {
+            match fs.create(parent.0, &name, k, perm, umask, uid, gid, rdev, None).await {
                 Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -196,9 +208,9 @@ impl Filesystem for FuseFs {
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let (fs, name, uid, gid) = (self.fs.clone(), name.as_bytes().to_vec(), req.uid(), req.gid());
-        let perm = (mode & !umask & 0o7777) as u16;
+        let (perm, umask) = ((mode & 0o7777) as u16, (umask & 0o777) as u16);
         self.spawn(async move {
-            match fs.create(parent.0, &name, FileKind::Dir, perm, uid, gid, 0, None).await {
+            match fs.create(parent.0, &name, FileKind::Dir, perm, umask, uid, gid, 0, None).await {
                 Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -229,7 +241,7 @@ impl Filesystem for FuseFs {
         let (fs, name, uid, gid) = (self.fs.clone(), link_name.as_bytes().to_vec(), req.uid(), req.gid());
         let target = target.as_os_str().as_bytes().to_vec();
         self.spawn(async move {
-            match fs.create(parent.0, &name, FileKind::Symlink, 0o777, uid, gid, 0, Some(target)).await {
+            match fs.create(parent.0, &name, FileKind::Symlink, 0o777, 0, uid, gid, 0, Some(target)).await {
                 Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -400,22 +412,40 @@ impl Filesystem for FuseFs {
         });
     }
 
-    // Extended attributes are not stored yet: ENOSYS tells the kernel once, and it answers
-    // EOPNOTSUPP itself from then on.
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
+        let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
+        self.spawn(async move {
+            let r = async { xattr::fit(fs.get_xattr(ino.0, &name).await?, size) };
+            reply_xattr(r.await, reply);
+        });
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            let r = async { xattr::fit(xattr::name_list(&fs.list_xattr(ino.0).await?), size) };
+            reply_xattr(r.await, reply);
+        });
     }
 
-    fn setxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _value: &[u8], _flags: i32, _position: u32, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS);
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let (fs, name, value) = (self.fs.clone(), name.as_bytes().to_vec(), value.to_vec());
+        self.spawn(async move {
+            match fs.set_xattr(ino.0, &name, &value, flags as u32).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match fs.remove_xattr(ino.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -425,10 +455,10 @@ impl Filesystem for FuseFs {
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
         let (fs, name, uid, gid) = (self.fs.clone(), name.as_bytes().to_vec(), req.uid(), req.gid());
-        let perm = (mode & !umask & 0o7777) as u16;
+        let (perm, umask) = ((mode & 0o7777) as u16, (umask & 0o777) as u16);
         self.spawn(async move {
             let r = async {
-                let a = fs.create(parent.0, &name, FileKind::File, perm, uid, gid, 0, None).await?;
+                let a = fs.create(parent.0, &name, FileKind::File, perm, umask, uid, gid, 0, None).await?;
                 let fh = fs.open_new(a.ino);
                 Ok::<_, FsError>((a, fh))
             }

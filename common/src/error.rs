@@ -26,6 +26,12 @@ pub enum ErrorCode {
     Busy = 18,
     /// A commit names a block that no chunk server holds.
     MissingBlock = 19,
+    /// No extended attribute of that name (ENODATA).
+    NoAttribute = 20,
+    /// An extended attribute value over the limit (E2BIG).
+    TooBig = 21,
+    /// An extended attribute name over the limit (ERANGE).
+    OutOfRange = 22,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

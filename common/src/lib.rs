@@ -10,6 +10,7 @@ pub mod net;
 pub mod proto;
 pub mod ring;
 pub mod tls;
+pub mod xattr;
 
 pub use block::BlockId;
 pub use error::{ErrorCode, WireError};

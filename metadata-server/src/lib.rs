@@ -93,7 +93,7 @@ impl MetaService {
         let r = |x: Result<MetaResponse, WireError>| x.unwrap_or_else(MetaResponse::Error);
         let ns = &self.ns;
         // The namespace is read by clients and admins (fsck); servers have no business there.
-        let namespace_read = matches!(req, MetaRequest::Lookup { .. } | MetaRequest::GetAttr { .. } | MetaRequest::ReadDir { .. } | MetaRequest::ReadLink { .. } | MetaRequest::GetBlocks { .. } | MetaRequest::StatFs);
+        let namespace_read = matches!(req, MetaRequest::Lookup { .. } | MetaRequest::GetAttr { .. } | MetaRequest::ReadDir { .. } | MetaRequest::ReadLink { .. } | MetaRequest::GetBlocks { .. } | MetaRequest::StatFs | MetaRequest::GetXattr { .. } | MetaRequest::ListXattr { .. });
         if namespace_read && !matches!(peer.role, Role::Client | Role::Admin) {
             return denied(peer.role, "read the namespace");
         }
@@ -140,6 +140,8 @@ impl MetaService {
                 Role::Admin => r(ns.audit_refs().map(MetaResponse::Audit)),
                 role => denied(role, "audit the namespace"),
             },
+            MetaRequest::GetXattr { ino, name } => r(ns.get_xattr(ino, &name).map(MetaResponse::Xattr)),
+            MetaRequest::ListXattr { ino } => r(ns.list_xattr(ino).map(MetaResponse::XattrNames)),
             MetaRequest::Gc { .. } => unreachable!("answered in handle"),
         }
     }

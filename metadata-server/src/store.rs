@@ -27,10 +27,12 @@ pub enum Cf {
     Cluster,
     /// Inodes with no link left, kept for the session that has them open: (session, ino).
     Orphans,
+    /// Extended attributes: (ino, name) → value.
+    Xattrs,
 }
 
 impl Cf {
-    const ALL: [Cf; 9] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans];
+    const ALL: [Cf; 10] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans, Cf::Xattrs];
     fn name(self) -> &'static str {
         match self {
             Cf::Inodes => "inodes",
@@ -42,6 +44,7 @@ impl Cf {
             Cf::Sessions => "sessions",
             Cf::Cluster => "cluster",
             Cf::Orphans => "orphans",
+            Cf::Xattrs => "xattrs",
         }
     }
 }

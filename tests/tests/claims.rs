@@ -68,7 +68,7 @@ async fn commit_of_a_block_no_server_holds_is_refused() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let MetaResponse::Session { session, .. } = meta_call(&m, MetaRequest::OpenSession { client: "test".into() }).await else { panic!("no session") };
-    let create = Mutation::Create { parent: 1, name: b"f".to_vec(), kind: FileKind::File, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None };
+    let create = Mutation::Create { parent: 1, name: b"f".to_vec(), kind: FileKind::File, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 };
     let MetaResponse::Attr(a) = meta_call(&m, MetaRequest::Mutate { session, seq: 1, op: create }).await else { panic!("create failed") };
 
     // A block that was never put anywhere: refused, and the file is unchanged.

@@ -187,7 +187,7 @@ async fn roles_are_enforced() {
     denied(&r, "a client reading the cluster status");
 
     let chunk = s.rpc("chunk");
-    let op = Mutation::Create { parent: 1, name: b"x".to_vec(), kind: FileKind::File, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None };
+    let op = Mutation::Create { parent: 1, name: b"x".to_vec(), kind: FileKind::File, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 };
     let (r, _) = chunk.call::<_, MetaResponse>(&MetaRequest::Mutate { session: 1, seq: 1, op }, &[]).await.unwrap();
     denied(&r, "a chunk server changing the namespace");
 
@@ -335,7 +335,7 @@ async fn a_session_is_bound_to_its_certificate() {
         MetaResponse::Session { session, .. } => session,
         other => panic!("open session: {other:?}"),
     };
-    let create = |name: &[u8]| Mutation::Create { parent: 1, name: name.to_vec(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None };
+    let create = |name: &[u8]| Mutation::Create { parent: 1, name: name.to_vec(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 };
     async fn mutate(c: &RpcClient, session: u64, seq: u64, op: Mutation) -> MetaResponse {
         c.call::<_, MetaResponse>(&MetaRequest::Mutate { session, seq, op }, &[]).await.unwrap().0
     }
@@ -363,6 +363,8 @@ async fn namespace_reads_are_for_clients_and_admins() {
         MetaRequest::ReadLink { ino: 1 },
         MetaRequest::GetBlocks { ino: 1, first: 0, count: 1 },
         MetaRequest::StatFs,
+        MetaRequest::GetXattr { ino: 1, name: b"user.x".to_vec() },
+        MetaRequest::ListXattr { ino: 1 },
     ];
     for who in ["chunk", "meta"] {
         let c = s.rpc(who);
@@ -486,4 +488,33 @@ async fn many_streams_do_not_pin_server_memory() {
     let (_ep2, fresh) = connect_with(&client, addr).await.unwrap();
     assert_root_attr(&raw_getattr_root(&fresh).await.expect("a new connection after the attack"));
     drop(meta);
+}
+
+/// Extended attributes over the limits, sent straight over the wire (no kernel in between to
+/// check them): an error reply for each, nothing stored, the server still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_xattrs_get_an_error_and_change_nothing() {
+    let s = Server::start().await;
+    let c = s.rpc("client");
+    let session = match c.call::<_, MetaResponse>(&MetaRequest::OpenSession { client: "x".into() }, &[]).await.unwrap().0 {
+        MetaResponse::Session { session, .. } => session,
+        other => panic!("open session: {other:?}"),
+    };
+    let set = |seq: u64, name: Vec<u8>, value: Vec<u8>| MetaRequest::Mutate { session, seq, op: Mutation::SetXattr { ino: 1, name, value, flags: 0 } };
+    let code = |r: MetaResponse| match r {
+        MetaResponse::Error(e) => e.code,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    let mut long = b"user.".to_vec();
+    long.resize(100_000, b'n');
+    assert_eq!(code(c.call::<_, MetaResponse>(&set(1, long.clone(), vec![]), &[]).await.unwrap().0), ErrorCode::OutOfRange);
+    assert_eq!(code(c.call::<_, MetaResponse>(&set(2, b"user.v".to_vec(), vec![7; 1 << 20]), &[]).await.unwrap().0), ErrorCode::TooBig);
+    assert_eq!(code(c.call::<_, MetaResponse>(&MetaRequest::GetXattr { ino: 1, name: long }, &[]).await.unwrap().0), ErrorCode::OutOfRange);
+    match c.call::<_, MetaResponse>(&MetaRequest::ListXattr { ino: 1 }, &[]).await.unwrap().0 {
+        MetaResponse::XattrNames(n) => assert!(n.is_empty(), "a refused set stored {n:?}"),
+        other => panic!("listxattr: {other:?}"),
+    }
+    let (resp, _) = c.call::<_, MetaResponse>(&MetaRequest::GetAttr { ino: 1 }, &[]).await.unwrap();
+    assert_root_attr(&resp);
+    s.stop().await;
 }

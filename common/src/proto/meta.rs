@@ -81,7 +81,9 @@ pub const RENAME_EXCHANGE: u32 = 2;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mutation {
     /// Create a file, directory, symlink (with `target`) or special node. Reply: `Attr`.
-    Create { parent: u64, name: Vec<u8>, kind: FileKind, perm: u16, uid: u32, gid: u32, rdev: u32, target: Option<Vec<u8>> },
+    /// `umask` is applied to `perm` unless the parent has a default ACL, which the new inode
+    /// then inherits (masked by `perm`, as POSIX.1e says).
+    Create { parent: u64, name: Vec<u8>, kind: FileKind, perm: u16, uid: u32, gid: u32, rdev: u32, target: Option<Vec<u8>>, umask: u16 },
     /// Reply: `Attr`.
     SetAttr { ino: u64, attr: SetAttr },
     /// Remove a name. With `keep`, a regular file that loses its last link is not dropped but
@@ -108,7 +110,18 @@ pub enum Mutation {
     /// Drop an orphan of this session (its inode, blocks and inline data). Anything else
     /// (not an orphan, another session's, already dropped) is left alone. Reply: `Done`.
     DropOrphan { ino: u64 },
+    /// Set an extended attribute (rules in [`crate::xattr`]). `flags`: [`XATTR_CREATE`] (fail
+    /// with `Exists` if it is set) or [`XATTR_REPLACE`] (fail with `NoAttribute` unless it is
+    /// set). Setting `system.posix_acl_access` also sets the permission bits from the ACL; an
+    /// ACL the bits express alone is not stored. Reply: `Done`.
+    SetXattr { ino: u64, name: Vec<u8>, value: Vec<u8>, flags: u32 },
+    /// Reply: `Done`, or `NoAttribute`.
+    RemoveXattr { ino: u64, name: Vec<u8> },
 }
+
+/// `SetXattr` flags, as Linux `setxattr(2)`.
+pub const XATTR_CREATE: u32 = 1;
+pub const XATTR_REPLACE: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaRequest {
@@ -150,6 +163,10 @@ pub enum MetaRequest {
     /// Admin only: count the references of every block-map entry and compare them with the
     /// stored reference counts, on one consistent snapshot. Reply: `Audit`.
     AuditRefs,
+    /// Reply: `Xattr` (the value), or `NoAttribute`.
+    GetXattr { ino: u64, name: Vec<u8> },
+    /// Reply: `XattrNames`.
+    ListXattr { ino: u64 },
 }
 
 /// What `AuditRefs` found. Clean when every count except `entries`, `blocks` and `orphans` is 0.
@@ -172,11 +189,13 @@ pub struct AuditReport {
     pub orphans: u64,
     /// The first problems found, one line each (at most 100).
     pub problems: Vec<String>,
+    /// Extended attributes whose inode does not exist.
+    pub dangling_xattrs: u64,
 }
 
 impl AuditReport {
     pub fn clean(&self) -> bool {
-        self.refcount_mismatches == 0 && self.dangling_entries == 0 && self.unlinked_not_orphans == 0 && self.stale_orphans == 0
+        self.refcount_mismatches == 0 && self.dangling_entries == 0 && self.dangling_xattrs == 0 && self.unlinked_not_orphans == 0 && self.stale_orphans == 0
     }
 }
 
@@ -259,4 +278,6 @@ pub enum MetaResponse {
     /// Reply of `Unlink` and `Rename`: the inode kept as an orphan, if one was.
     Unlinked { orphan: Option<u64> },
     Audit(AuditReport),
+    Xattr(Vec<u8>),
+    XattrNames(Vec<Vec<u8>>),
 }

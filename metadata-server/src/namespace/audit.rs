@@ -4,7 +4,7 @@ use super::*;
 
 impl Namespace {
     /// Count the references of every block-map entry and compare them with the stored counts;
-    /// find block-map entries without an inode, inodes without a link that are not orphans, and
+    /// find block-map entries and extended attributes without an inode, inodes without a link that are not orphans, and
     /// orphan records without an inode. Reads one RocksDB snapshot, so mutations go on meanwhile
     /// and every command is seen whole or not at all. Holds one counter per distinct block.
     pub fn audit_refs(&self) -> Result<AuditReport, WireError> {
@@ -61,6 +61,17 @@ impl Namespace {
             } else if r.nlink == 0 {
                 rep.orphans += 1;
             }
+            Ok::<_, WireError>(())
+        })?;
+        let mut last: Option<u64> = None;
+        view.for_each(Cf::Xattrs, |k, _| {
+            let ino = u64::from_be_bytes(k.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| err(ErrorCode::Internal, "corrupt attribute key"))?);
+            // Counted once per inode: its records are adjacent.
+            if last != Some(ino) && view.get(Cf::Inodes, &ino_key(ino))?.is_none() {
+                rep.dangling_xattrs += 1;
+                problem(&mut rep, format!("extended attributes of inode {ino}, which does not exist"));
+            }
+            last = Some(ino);
             Ok::<_, WireError>(())
         })?;
         for ino in orphans {

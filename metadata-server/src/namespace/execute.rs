@@ -21,7 +21,7 @@ impl Namespace {
         };
         let now = cmd.now;
         let reply = match &cmd.op {
-            Mutation::Create { parent, name, kind, perm, uid, gid, rdev, target } => {
+            Mutation::Create { parent, name, kind, perm, uid, gid, rdev, target, umask } => {
                 check_name(name)?;
                 tx.dir(*parent)?;
                 if tx.dirent(*parent, name)?.is_some() {
@@ -35,9 +35,10 @@ impl Namespace {
                     (_, Some(_)) => return Err(err(ErrorCode::InvalidArgument, "target given for a non-symlink")),
                 };
                 let ino = cmd.new_ino;
+                let perm = tx.inherit_acl(*parent, ino, *kind, perm & 0o7777, *umask)?;
                 let r = InodeRec {
                     kind: *kind,
-                    perm: perm & 0o7777,
+                    perm,
                     nlink: if *kind == FileKind::Dir { 2 } else { 1 },
                     uid: *uid,
                     gid: *gid,
@@ -60,6 +61,7 @@ impl Namespace {
                 let mut r = tx.inode(*ino)?;
                 if let Some(m) = s.mode {
                     r.perm = (m & 0o7777) as u16;
+                    tx.chmod_acl(*ino, r.perm)?;
                 }
                 if let Some(u) = s.uid {
                     r.uid = u;
@@ -202,6 +204,8 @@ impl Namespace {
                 tx.put_inode(*ino, r);
                 MetaResponse::Attr(a)
             }
+            Mutation::SetXattr { ino, name, value, flags } => self.set_xattr(&mut tx, *ino, name, value, *flags)?,
+            Mutation::RemoveXattr { ino, name } => self.remove_xattr(&mut tx, *ino, name)?,
         };
         Ok((tx.finish()?, reply))
     }

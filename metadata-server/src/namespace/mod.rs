@@ -9,6 +9,7 @@
 //! that names it (to read its stored replies or to pre-empt its next mutation) gets
 //! `UnknownSession`, as does a session that was never opened.
 
+mod acl;
 mod audit;
 mod execute;
 #[cfg(test)]
@@ -20,6 +21,9 @@ mod sessions;
 #[cfg(test)]
 mod tests;
 mod txn;
+mod xattr;
+#[cfg(test)]
+mod xattr_tests;
 
 use crate::store::{Batch, Cf, Store, StoreError};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};

@@ -153,7 +153,7 @@ fn run(seed: u64, steps: usize) {
         let files: Vec<u64> = { let mut v: Vec<u64> = m.files.keys().copied().collect(); v.sort(); v };
         let dir = |rng: &mut StdRng| dirs[rng.random_range(0..dirs.len())];
         let name = |rng: &mut StdRng| names[rng.random_range(0..names.len())].to_vec();
-        let create = |parent, name: Vec<u8>, kind| Mutation::Create { parent, name, kind, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None };
+        let create = |parent, name: Vec<u8>, kind| Mutation::Create { parent, name, kind, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 };
         let (op, expect_ok): (Mutation, bool) = match rng.random_range(0..9) {
             0 | 1 => {
                 let (p, n) = (dir(&mut rng), name(&mut rng));

@@ -1,6 +1,6 @@
 use super::*;
 
-fn ns() -> (tempfile::TempDir, Namespace) {
+pub(super) fn ns() -> (tempfile::TempDir, Namespace) {
     let d = tempfile::tempdir().unwrap();
     let s = Store::open(d.path()).unwrap();
     (d, Namespace::open(s, FsParams { block_size: 4096 }).unwrap())
@@ -10,27 +10,27 @@ fn owner(name: &str) -> SessionOwner {
     SessionOwner { name: name.into(), fingerprint: BlockId::of(name.as_bytes()).0 }
 }
 
-struct C<'a> {
-    ns: &'a Namespace,
+pub(super) struct C<'a> {
+    pub(super) ns: &'a Namespace,
     seq: u64,
     session: u64,
 }
 
 impl<'a> C<'a> {
-    fn new(ns: &'a Namespace) -> Self {
+    pub(super) fn new(ns: &'a Namespace) -> Self {
         C { ns, seq: 0, session: ns.open_session(&owner("test"), "test").unwrap() }
     }
-    fn m(&mut self, op: Mutation) -> MetaResponse {
+    pub(super) fn m(&mut self, op: Mutation) -> MetaResponse {
         self.seq += 1;
         self.ns.mutate(&owner("test"), self.session, self.seq, op)
     }
-    fn mk(&mut self, parent: u64, name: &str, kind: FileKind) -> u64 {
-        match self.m(Mutation::Create { parent, name: name.into(), kind, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None }) {
+    pub(super) fn mk(&mut self, parent: u64, name: &str, kind: FileKind) -> u64 {
+        match self.m(Mutation::Create { parent, name: name.into(), kind, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 }) {
             MetaResponse::Attr(a) => a.ino,
             r => panic!("create {name}: {r:?}"),
         }
     }
-    fn code(&mut self, op: Mutation) -> Option<ErrorCode> {
+    pub(super) fn code(&mut self, op: Mutation) -> Option<ErrorCode> {
         match self.m(op) {
             MetaResponse::Error(e) => Some(e.code),
             _ => None,
@@ -54,7 +54,7 @@ fn create_rename_unlink_rmdir_rules() {
     let b = c.mk(a, "b", FileKind::Dir);
     let f = c.mk(b, "f", FileKind::File);
     let g = c.mk(ROOT_INO, "g", FileKind::File);
-    assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: "g".into(), kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None }), Some(ErrorCode::Exists));
+    assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: "g".into(), kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 }), Some(ErrorCode::Exists));
     assert_eq!(c.code(Mutation::Rmdir { parent: ROOT_INO, name: "a".into() }), Some(ErrorCode::NotEmpty));
     assert_eq!(c.code(Mutation::Unlink { parent: ROOT_INO, name: "a".into(), keep: false }), Some(ErrorCode::IsDir));
     assert_eq!(c.code(Mutation::Rmdir { parent: ROOT_INO, name: "g".into() }), Some(ErrorCode::NotDir));
@@ -83,8 +83,8 @@ fn create_rename_unlink_rmdir_rules() {
     assert_eq!(ns.getattr(f).unwrap().nlink, 1);
     assert_eq!(ns.stats().unwrap().files, 2);
     // Names: too long, slash.
-    assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: vec![b'x'; 256], kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None }), Some(ErrorCode::NameTooLong));
-    assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: b"a/b".to_vec(), kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None }), Some(ErrorCode::InvalidArgument));
+    assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: vec![b'x'; 256], kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 }), Some(ErrorCode::NameTooLong));
+    assert_eq!(c.code(Mutation::Create { parent: ROOT_INO, name: b"a/b".to_vec(), kind: FileKind::File, perm: 0, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 }), Some(ErrorCode::InvalidArgument));
 }
 
 fn refs(ns: &Namespace) -> HashMap<BlockId, u64> {
@@ -296,7 +296,7 @@ fn a_retried_mutation_is_answered_not_reapplied() {
     let (_d, ns) = ns();
     let a = owner("a");
     let s = ns.open_session(&a, "a").unwrap();
-    let op = Mutation::Create { parent: ROOT_INO, name: "x".into(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None };
+    let op = Mutation::Create { parent: ROOT_INO, name: "x".into(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 };
     let first = ns.mutate(&a, s, 1, op.clone());
     assert!(matches!(first, MetaResponse::Attr(_)));
     assert_eq!(ns.mutate(&a, s, 1, op.clone()), first, "same (session, seq): the stored reply");
@@ -308,7 +308,7 @@ fn a_session_belongs_to_the_certificate_that_opened_it() {
     let (_d, ns) = ns();
     let (a, b) = (owner("client-a"), owner("client-b"));
     let sa = ns.open_session(&a, "mount-a").unwrap();
-    let create = |name: &str| Mutation::Create { parent: ROOT_INO, name: name.into(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None };
+    let create = |name: &str| Mutation::Create { parent: ROOT_INO, name: name.into(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 };
     let reply = ns.mutate(&a, sa, 1, create("secret"));
     assert!(matches!(reply, MetaResponse::Attr(_)));
     let unknown = |r: MetaResponse| matches!(r, MetaResponse::Error(ref e) if e.code == ErrorCode::UnknownSession);
@@ -332,7 +332,7 @@ fn a_failed_wal_sync_stops_every_change() {
     let mut c = C::new(&ns);
     let f = c.mk(ROOT_INO, "before", FileKind::File);
     c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
-    let create = |name: &str| Mutation::Create { parent: ROOT_INO, name: name.into(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None };
+    let create = |name: &str| Mutation::Create { parent: ROOT_INO, name: name.into(), kind: FileKind::File, perm: 0o600, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 };
     ns.store().fail_next_sync_for_test();
     // The change whose sync failed is not acknowledged.
     assert_eq!(c.code(create("lost")), Some(ErrorCode::Unavailable));

@@ -125,6 +125,7 @@ impl<'a> Txn<'a> {
             self.inline.insert(ino, None);
             self.bytes -= r.size as i64;
         }
+        self.drop_xattrs(ino)?;
         self.files -= 1;
         self.inodes.insert(ino, None);
         Ok(())
