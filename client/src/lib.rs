@@ -11,3 +11,4 @@ pub mod fsck;
 pub mod fuse;
 pub mod meta;
 pub mod mount;
+pub mod page_cache;
