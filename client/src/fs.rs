@@ -202,17 +202,21 @@ impl Fs {
 
     pub async fn setattr(&self, ino: u64, attr: SetAttr) -> FsResult<Attr> {
         let open = self.files.lock().unwrap().get(&ino).cloned();
-        let Some(f) = open.filter(|_| attr.size.is_some()) else {
+        let Some(f) = open.filter(|_| attr.size.is_some() || attr.mtime.is_some()) else {
             let a = self.meta.mutate_attr(Mutation::SetAttr { ino, attr }).await?;
             return Ok(self.overlay(a));
         };
-        // Truncating a file open here: settle local writes first, then cut both views.
+        // Truncating, or setting the mtime of, a file open here: settle local writes first,
+        // so that their commit cannot change the size or the mtime afterwards (`tar -x` writes,
+        // then sets the mtime with futimens, then closes); then cut both views.
         let mut st = f.st.lock().await;
         self.flush_state(&f, &mut st).await?;
-        let size = attr.size.unwrap();
+        let size = attr.size;
         let a = self.meta.mutate_attr(Mutation::SetAttr { ino, attr }).await?;
-        st.truncate(size, self.bs);
-        f.size_hint.store(size, Ordering::Relaxed);
+        if let Some(size) = size {
+            st.truncate(size, self.bs);
+            f.size_hint.store(size, Ordering::Relaxed);
+        }
         Ok(a)
     }
 
