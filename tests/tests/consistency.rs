@@ -39,11 +39,6 @@ fn read_all(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
-fn fsck_clean(c: &DevCluster) {
-    let out = c.admin(&["fsck"]);
-    assert!(out.status.success(), "fsck: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-}
-
 fn pattern(seed: u8, n: usize) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
@@ -65,7 +60,7 @@ fn after_a_closes_a_file_b_opening_it_reads_the_new_bytes() {
         assert_eq!(read_all(&fb), v, "round {round}: B's open right after A's close reads the new bytes");
     }
     drop(b);
-    fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 #[test]
@@ -85,7 +80,7 @@ fn b_drops_its_cached_pages_when_a_changed_the_file() {
     want[1000..1012].copy_from_slice(b"changed by A");
     assert_eq!(read_all(&fb), want);
     drop(b);
-    fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 #[test]
@@ -112,7 +107,7 @@ fn a_size_change_by_a_is_seen_by_b_after_open() {
     File::options().write(true).open(&fa).unwrap().set_len(4).unwrap();
     assert_eq!(read_all(&fb), b"0123", "B reads the truncated file at once");
     drop(b);
-    fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 #[test]
@@ -137,7 +132,7 @@ fn a_name_created_or_removed_by_a_is_seen_by_b_within_the_ttl() {
     let gone = gone.expect("B still sees the name A removed");
     assert!(gone <= TTL + Duration::from_millis(500), "gone after {gone:?}, more than the TTL");
     drop(b);
-    fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 #[test]
@@ -154,7 +149,7 @@ fn an_unchanged_file_keeps_its_page_cache_across_opens() {
         assert!(kept_after_open(&f, n as u64), "an open of the unchanged file keeps its pages");
     }
     // A change through this mount keeps them too (the written pages are the new content).
-    let mut h = File::options().write(true).open(&f).unwrap();
+    let h = File::options().write(true).open(&f).unwrap();
     h.write_all_at(b"local change", 5).unwrap();
     drop(h);
     assert!(kept_after_open(&f, n as u64), "a change through this mount keeps the pages");
@@ -164,7 +159,7 @@ fn an_unchanged_file_keeps_its_page_cache_across_opens() {
     // And what the cache showed is what the servers have.
     drop_page_cache();
     assert_eq!(read_all(&f), want);
-    fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 /// One process writes through a shared mapping while another reads and writes the file with
@@ -200,7 +195,7 @@ fn mmap_writes_by_one_process_are_read_by_another() {
     let b = c.second_mount("b");
     assert_eq!(read_all(&b.mountpoint.as_ref().unwrap().join("mapped")), want, "a second mount reads both writes from the servers");
     drop(b);
-    fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 /// A shared, writable mapping of a whole file.

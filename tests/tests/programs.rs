@@ -62,11 +62,6 @@ impl Side {
     }
 }
 
-fn fsck_clean(c: &DevCluster) {
-    let out = c.admin(&["fsck"]);
-    assert!(out.status.success(), "fsck: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-}
-
 /// A source tree: `files` files in nested directories, sizes from empty to a few hundred KiB
 /// and one of 5 MiB (more than a block), with symlinks, a hard link, an executable and an
 /// empty directory.
@@ -137,7 +132,7 @@ fn git_init_commit_clone_fsck_and_commit_in_the_clone() {
         // The checkout matches the repository, byte for byte.
         sh(&dir.join("clone"), "git diff --quiet HEAD && test -z \"$(git ls-files --others --exclude-standard)\"");
     });
-    fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 #[test]
@@ -157,7 +152,7 @@ fn a_source_tree_through_tar_create_and_extract() {
         // tar -d compares sizes, modes, mtimes and contents with the archive.
         sh(dir, &format!("tar -df {}", tarball.display()));
     });
-    fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 #[test]
@@ -175,7 +170,7 @@ fn rsync_archive_in_and_out() {
         let again = sh(dir, "rsync -a --checksum --itemize-changes in/ out/");
         assert_eq!(again, "", "rsync --checksum finds different bytes");
     });
-    fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 const MAKEFILE: &str = "CFLAGS = -O1 -Wall -Werror
@@ -214,5 +209,5 @@ fn make_j2_builds_a_c_program_on_the_mount() {
         assert_eq!(rebuilt.lines().filter(|l| l.contains("-c -o")).count(), 1, "only f3.o rebuilt:\n{rebuilt}");
         assert_eq!(sh(&proj, "./calc"), format!("{}\n", 28 * 4950));
     });
-    fsck_clean(&c);
+    c.assert_fsck_clean();
 }
