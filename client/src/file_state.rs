@@ -289,6 +289,26 @@ impl FileState {
         }
     }
 
+    /// A digest of the content as last loaded or committed: size, block map and inline bytes.
+    /// Blocks are named by their BLAKE3 hash, so equal digests mean equal bytes. Meaningful
+    /// when the state is clean (the page cache validation at open compares two of them).
+    pub fn content_id(&self) -> blake3::Hash {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.size.to_le_bytes());
+        for (i, b) in &self.blocks {
+            if let Block::Committed(r) | Block::Uploaded(r) = b {
+                h.update(&i.to_le_bytes());
+                h.update(&r.id.0);
+                h.update(&r.len.to_le_bytes());
+            }
+        }
+        if let Some(d) = &self.inline {
+            h.update(b"inline");
+            h.update(d);
+        }
+        h.finalize()
+    }
+
     /// A stored block worth prefetching at `idx` (not shadowed by local bytes).
     pub fn stored(&self, idx: u64) -> Option<BlockRef> {
         match self.blocks.get(&idx) {

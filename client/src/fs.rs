@@ -5,6 +5,7 @@ use crate::blocks::Blocks;
 use crate::error::{FsError, FsResult};
 use crate::file_state::{FileState, Src};
 use crate::meta::MetaClient;
+use crate::page_cache::{self, PageMarks};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,9 @@ pub struct OpenFile {
 struct OpenState {
     file: FileState,
     uploads: Vec<Upload>,
+    /// The content the kernel's pages of this file were filled from, remembered from its last
+    /// close here; taken by the first open's validation.
+    pages_from: Option<blake3::Hash>,
 }
 
 impl std::ops::Deref for OpenState {
@@ -65,8 +69,8 @@ impl OpenState {
 }
 
 impl OpenFile {
-    fn new(ino: u64, file: FileState) -> Arc<Self> {
-        Arc::new(OpenFile { ino, st: tokio::sync::Mutex::new(OpenState { file, uploads: Vec::new() }), opens: AtomicUsize::new(0), size_hint: AtomicU64::new(0), orphan: AtomicBool::new(false) })
+    fn new(ino: u64, file: FileState, pages_from: Option<blake3::Hash>) -> Arc<Self> {
+        Arc::new(OpenFile { ino, st: tokio::sync::Mutex::new(OpenState { file, uploads: Vec::new(), pages_from }), opens: AtomicUsize::new(0), size_hint: AtomicU64::new(0), orphan: AtomicBool::new(false) })
     }
 }
 
@@ -79,6 +83,7 @@ pub struct Fs {
     next_fh: AtomicU64,
     upload_slots: Arc<Semaphore>,
     pub(crate) no_capability: crate::xattr::NoCapability,
+    pages: PageMarks,
 }
 
 impl Fs {
@@ -93,6 +98,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             upload_slots: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
             no_capability: Default::default(),
+            pages: PageMarks::default(),
         })
     }
 
@@ -199,17 +205,21 @@ impl Fs {
 
     pub async fn setattr(&self, ino: u64, attr: SetAttr) -> FsResult<Attr> {
         let open = self.files.lock().unwrap().get(&ino).cloned();
-        let Some(f) = open.filter(|_| attr.size.is_some()) else {
+        let Some(f) = open.filter(|_| attr.size.is_some() || attr.mtime.is_some()) else {
             let a = self.meta.mutate_attr(Mutation::SetAttr { ino, attr }).await?;
             return Ok(self.overlay(a));
         };
-        // Truncating a file open here: settle local writes first, then cut both views.
+        // Truncating, or setting the mtime of, a file open here: settle local writes first,
+        // so that their commit cannot change the size or the mtime afterwards (`tar -x` writes,
+        // then sets the mtime with futimens, then closes); then cut both views.
         let mut st = f.st.lock().await;
         self.flush_state(&f, &mut st).await?;
-        let size = attr.size.unwrap();
+        let size = attr.size;
         let a = self.meta.mutate_attr(Mutation::SetAttr { ino, attr }).await?;
-        st.truncate(size, self.bs);
-        f.size_hint.store(size, Ordering::Relaxed);
+        if let Some(size) = size {
+            st.truncate(size, self.bs);
+            f.size_hint.store(size, Ordering::Relaxed);
+        }
         Ok(a)
     }
 
@@ -220,28 +230,35 @@ impl Fs {
         let f = {
             let mut files = self.files.lock().unwrap();
             // An inode has one entry, whoever opened it first: never two write buffers.
-            let f = files.entry(ino).or_insert_with(|| OpenFile::new(ino, FileState::new_empty())).clone();
+            let f = files.entry(ino).or_insert_with(|| OpenFile::new(ino, FileState::new_empty(), None)).clone();
             f.opens.fetch_add(1, Ordering::AcqRel);
             f
         };
         self.new_handle(f)
     }
 
-    pub async fn open(&self, ino: u64) -> FsResult<u64> {
+    /// Open a file: the handle, and whether the kernel may keep the pages it has cached of it
+    /// (see [`page_cache`]).
+    pub async fn open(&self, ino: u64) -> FsResult<(u64, bool)> {
         let f = {
             let mut files = self.files.lock().unwrap();
-            let f = files.entry(ino).or_insert_with(|| OpenFile::new(ino, FileState::default())).clone();
+            let f = files.entry(ino).or_insert_with(|| OpenFile::new(ino, FileState::default(), self.pages.take(ino))).clone();
             f.opens.fetch_add(1, Ordering::AcqRel);
             f
         };
+        // Unsaved writes here: the pages are the local content, nothing to reload.
+        let mut keep_cache = true;
         {
             let mut st = f.st.lock().await;
             // Close-to-open: a clean file is re-read from the metadata server on every open.
             if !st.loaded || st.clean() {
+                // Open here already: the pages show the local state.
+                let pages_from = if st.loaded { Some(st.content_id()) } else { st.pages_from.take() };
                 match self.meta.block_map(ino).await {
                     Ok((size, map, inline)) => {
                         st.load(size, map, inline);
                         f.size_hint.store(size, Ordering::Relaxed);
+                        keep_cache = page_cache::keep(pages_from, st.content_id());
                     }
                     Err(e) => {
                         drop(st);
@@ -251,7 +268,7 @@ impl Fs {
                 }
             }
         }
-        Ok(self.new_handle(f))
+        Ok((self.new_handle(f), keep_cache))
     }
 
     fn new_handle(&self, f: Arc<OpenFile>) -> u64 {
@@ -271,7 +288,7 @@ impl Fs {
         let st = f.st.lock().await;
         let mut files = self.files.lock().unwrap();
         if f.opens.fetch_sub(1, Ordering::AcqRel) == 1 && st.clean() {
-            remove_entry(&mut files, f);
+            self.retire(&mut files, f, &st);
         }
     }
 
@@ -335,7 +352,7 @@ impl Fs {
                 }
                 let mut files = self.files.lock().unwrap();
                 if f.opens.load(Ordering::Acquire) == 0 && st.clean() {
-                    remove_entry(&mut files, &f);
+                    self.retire(&mut files, &f, &st);
                 }
                 continue;
             }
@@ -512,9 +529,15 @@ async fn reap(st: &mut OpenState, wait: bool) {
     st.uploads = keep;
 }
 
-/// Remove `f`'s entry from the open-file table, if it is still the one there.
-fn remove_entry(files: &mut HashMap<u64, Arc<OpenFile>>, f: &Arc<OpenFile>) {
-    if files.get(&f.ino).is_some_and(|x| Arc::ptr_eq(x, f)) {
-        files.remove(&f.ino);
+impl Fs {
+    /// Remove `f`'s entry (state `st`, clean) from the open-file table, if it is still the one
+    /// there, remembering the content its pages show for the next open.
+    fn retire(&self, files: &mut HashMap<u64, Arc<OpenFile>>, f: &Arc<OpenFile>, st: &OpenState) {
+        if files.get(&f.ino).is_some_and(|x| Arc::ptr_eq(x, f)) {
+            files.remove(&f.ino);
+            if st.loaded {
+                self.pages.remember(f.ino, st.content_id());
+            }
+        }
     }
 }

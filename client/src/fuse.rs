@@ -12,7 +12,7 @@ use fuser::{
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tessera_common::proto::meta::{Attr, FileKind, SetAttr, SetTime};
 use tokio::runtime::Handle;
@@ -26,11 +26,18 @@ pub const MAX_IO: u32 = 1 << 20;
 pub struct FuseFs {
     fs: Arc<Fs>,
     rt: Handle,
+    /// Set once the session exists (it is made from this value).
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 impl FuseFs {
     pub fn new(fs: Arc<Fs>, rt: Handle) -> Self {
-        FuseFs { fs, rt }
+        FuseFs { fs, rt, notifier: Arc::default() }
+    }
+
+    /// Where the mount puts the session's notifier.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     fn spawn<F>(&self, f: F)
@@ -268,11 +275,22 @@ impl Filesystem for FuseFs {
         });
     }
 
+    /// Without `FOPEN_KEEP_CACHE` the kernel drops the file's pages. When the content changed
+    /// since they were filled, its cached attributes go too (before the reply), so that the
+    /// new size is seen at once, not after the TTL.
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let fs = self.fs.clone();
+        let (fs, notifier) = (self.fs.clone(), self.notifier.clone());
         self.spawn(async move {
             match fs.open(ino.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok((fh, false)) => {
+                    if let Some(n) = notifier.get() {
+                        // Offset -1: attributes only; the open itself drops the pages. ENOENT
+                        // (the kernel holds no such inode) needs nothing.
+                        let _ = n.inval_inode(ino, -1, 0);
+                    }
+                    reply.opened(FileHandle(fh), FopenFlags::empty())
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });

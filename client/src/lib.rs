@@ -12,3 +12,4 @@ pub mod fuse;
 pub mod meta;
 pub mod mount;
 pub mod xattr;
+pub mod page_cache;

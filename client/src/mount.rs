@@ -95,7 +95,10 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &[String], rt: tokio::runtime
     cfg.mount_options = mount_options(opts)?;
     cfg.acl = SessionACL::All;
     cfg.n_threads = Some(2);
-    let mut session = fuser::Session::new(FuseFs::new(fs, rt), mountpoint, &cfg).with_context(|| format!("mounting {}", mountpoint.display()))?;
+    let fuse = FuseFs::new(fs, rt);
+    let notifier = fuse.notifier_slot();
+    let mut session = fuser::Session::new(fuse, mountpoint, &cfg).with_context(|| format!("mounting {}", mountpoint.display()))?;
+    let _ = notifier.set(session.notifier());
     let unmounter = session.unmount_callable();
     let (tx, ended) = oneshot::channel();
     let thread = std::thread::Builder::new().name("fuse-session".into()).spawn(move || {

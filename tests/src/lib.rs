@@ -407,6 +407,12 @@ impl DevCluster {
     pub fn log_tail(&self, n: usize) -> String {
         tail(&self.log, n)
     }
+
+    /// `tessera fsck` reports nothing wrong (the end of every end-to-end test).
+    pub fn assert_fsck_clean(&self) {
+        let out = self.admin(&["fsck"]);
+        assert!(out.status.success(), "fsck: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 impl Drop for DevCluster {
