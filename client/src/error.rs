@@ -43,6 +43,7 @@ impl FsError {
                 ErrorCode::TooManyLinks => libc::EMLINK,
                 ErrorCode::NotSupported => libc::EOPNOTSUPP,
                 ErrorCode::Busy => libc::EBUSY,
+                ErrorCode::WouldBlock => libc::EAGAIN,
                 ErrorCode::Internal | ErrorCode::BadHash | ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::UnknownSession | ErrorCode::MissingBlock => libc::EIO,
             },
             FsError::Net(_) | FsError::Io(_) => libc::EIO,
@@ -52,7 +53,7 @@ impl FsError {
 
     /// Whether this is worth an error line in the log (expected errors such as ENOENT are not).
     pub fn is_expected(&self) -> bool {
-        matches!(self.errno(), libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENOTDIR | libc::EISDIR | libc::ENAMETOOLONG | libc::EINVAL | libc::EPERM)
+        matches!(self.errno(), libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENOTDIR | libc::EISDIR | libc::ENAMETOOLONG | libc::EINVAL | libc::EPERM | libc::EAGAIN | libc::EINTR)
     }
 }
 

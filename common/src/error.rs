@@ -26,6 +26,8 @@ pub enum ErrorCode {
     Busy = 18,
     /// A commit names a block that no chunk server holds.
     MissingBlock = 19,
+    /// A lock is held by another owner (`F_SETLK`: EAGAIN).
+    WouldBlock = 20,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

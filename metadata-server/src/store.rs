@@ -27,10 +27,14 @@ pub enum Cf {
     Cluster,
     /// Inodes with no link left, kept for the session that has them open: (session, ino).
     Orphans,
+    /// Files open per session: `s`‖session‖ino → handle count, and `i`‖ino‖session → empty.
+    Opens,
+    /// Lock table per inode: ino → the locks held on it.
+    Locks,
 }
 
 impl Cf {
-    const ALL: [Cf; 9] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans];
+    const ALL: [Cf; 11] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans, Cf::Opens, Cf::Locks];
     fn name(self) -> &'static str {
         match self {
             Cf::Inodes => "inodes",
@@ -42,6 +46,8 @@ impl Cf {
             Cf::Sessions => "sessions",
             Cf::Cluster => "cluster",
             Cf::Orphans => "orphans",
+            Cf::Opens => "opens",
+            Cf::Locks => "locks",
         }
     }
 }
