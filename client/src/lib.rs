@@ -9,5 +9,6 @@ pub mod file_state;
 pub mod fs;
 pub mod fsck;
 pub mod fuse;
+pub mod locks;
 pub mod meta;
 pub mod mount;
