@@ -160,6 +160,11 @@ fn a_waiting_setlkw_is_woken_by_the_unlock_and_ended_by_a_signal() {
     let t = Instant::now();
     assert_eq!(try_lock(&bmnt.join("f"), "wr_wait_alarm", 0, 10), "EINTR");
     assert!(t.elapsed() < Duration::from_secs(8), "the interrupted wait took {:?}", t.elapsed());
+    // SIGKILL ends a waiter too (it does not hang in the kernel waiting for the lock).
+    let mut killed = Locker::start(&bmnt.join("f"), "wr_wait", 0, 10);
+    std::thread::sleep(Duration::from_millis(500));
+    killed.child.kill().unwrap();
+    assert!(wait_timeout(&mut killed.child, Duration::from_secs(5)).is_some(), "a SIGKILLed F_SETLKW waiter did not exit");
     let mut w = Locker::start(&bmnt.join("f"), "wr_wait", 0, 10);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(w.child.try_wait().unwrap().is_none(), "F_SETLKW returned while A held the lock");
