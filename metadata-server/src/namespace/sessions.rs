@@ -57,9 +57,14 @@ impl Namespace {
                 return dec(&v);
             }
             let is_create = matches!(op, Mutation::Create { .. });
-            // An open record is soft state the next durable write covers: a crash that loses
-            // it loses nothing acknowledged that the client could not redo.
-            let lazy = matches!(op, Mutation::Open { .. });
+            // Open records are soft state that the next durable write covers: a crash that
+            // loses one loses nothing the client relies on, unless the close also released
+            // locks or an orphan (then it waits for the WAL sync like any change).
+            let lazy = match &op {
+                Mutation::Open { .. } => true,
+                Mutation::Close { ino } => !self.close_releases(session, *ino)?,
+                _ => false,
+            };
             let cmd = Command { session, seq, now: now_ns(), new_ino: c.next_ino, op };
             let (mut batch, reply) = match self.execute(&cmd) {
                 Ok(x) => x,
