@@ -26,6 +26,7 @@ def alarm(*_): raise Alarm()
 try:
     if op == "flock_ex_nb": fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     elif op == "wr_nb": fcntl.fcntl(fd, fcntl.F_SETLK, flock(fcntl.F_WRLCK))
+    elif op == "ofd_wr_nb": fcntl.fcntl(fd, 37, flock(fcntl.F_WRLCK))  # F_OFD_SETLK
     elif op == "rd_nb": fcntl.fcntl(fd, fcntl.F_SETLK, flock(fcntl.F_RDLCK))
     elif op == "wr_wait": fcntl.fcntl(fd, fcntl.F_SETLKW, flock(fcntl.F_WRLCK))
     elif op == "wr_wait_alarm":
@@ -148,6 +149,11 @@ fn byte_ranges_conflict_only_where_they_overlap_and_getlk_names_the_holder() {
     let free = wait_for(Duration::from_secs(10), || (try_lock(&bf, "rd_nb", 0, 100) == "ok").then_some(()));
     assert!(free.is_some(), "A's range stayed locked after A closed the file");
     b.release();
+    // OFD locks reach the server too: one through A blocks a byte-range lock through B.
+    let mut ofd = Locker::start(&c.path("f"), "ofd_wr_nb", 500, 10);
+    assert_eq!(ofd.line(), "ok");
+    assert_eq!(try_lock(&bf, "wr_nb", 505, 1), "EAGAIN", "an OFD lock through A did not block B");
+    ofd.release();
     assert_fsck_clean(&c);
 }
 
@@ -261,3 +267,4 @@ fn a_file_unlinked_through_b_stays_readable_and_writable_through_a() {
     assert_fsck_clean(&c);
     let _ = std::io::stderr().flush();
 }
+
