@@ -59,6 +59,22 @@ struct StatusJson {
     meta_state: String,
     /// Copies the servers found missing in their last scan and have not sent yet.
     repair_pending: u64,
+    /// Client sessions (mounts).
+    mounts: Vec<MountJson>,
+}
+
+#[derive(Serialize, Debug)]
+struct MountJson {
+    session: u64,
+    cert: String,
+    client: String,
+    addr: String,
+    /// When the session was opened (`YYYY-MM-DD HH:MM:SS UTC`).
+    since: String,
+    last_heartbeat_ms: u64,
+    open_files: u64,
+    orphans: u64,
+    locks: u64,
 }
 
 impl Admin {
@@ -224,6 +240,21 @@ impl Admin {
             replicas: s.replicas,
             ring_version: s.ring_version,
             meta_state: s.meta_state.clone(),
+            mounts: s
+                .mounts
+                .iter()
+                .map(|m| MountJson {
+                    session: m.session,
+                    cert: m.cert.clone(),
+                    client: m.client.clone(),
+                    addr: m.addr.clone(),
+                    since: tessera_common::utc_time(m.since.div_euclid(1_000_000_000)),
+                    last_heartbeat_ms: m.last_heartbeat_ms,
+                    open_files: m.open_files,
+                    orphans: m.orphans,
+                    locks: m.locks,
+                })
+                .collect(),
         };
         if json {
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -262,6 +293,22 @@ impl Admin {
             out.blocks.total, out.blocks.under_replicated, out.blocks.missing, out.blocks.misplaced
         );
         println!("repair: {} copies waiting to be sent", out.repair_pending);
+        println!();
+        println!("{:<8} {:<12} {:<12} {:<22} {:<20} {:>8} {:>6} {:>8} {:>6}", "SESSION", "CERT", "CLIENT", "ADDRESS", "SINCE", "LAST HB", "OPEN", "ORPHANS", "LOCKS");
+        for m in &out.mounts {
+            println!(
+                "{:<8} {:<12} {:<12} {:<22} {:<20} {:>7.1}s {:>6} {:>8} {:>6}",
+                m.session,
+                m.cert,
+                m.client,
+                if m.addr.is_empty() { "-" } else { &m.addr },
+                m.since,
+                m.last_heartbeat_ms as f64 / 1000.0,
+                m.open_files,
+                m.orphans,
+                m.locks
+            );
+        }
         Ok(())
     }
 }

@@ -18,6 +18,8 @@ pub struct DevOptions {
     pub replicas: u32,
     /// Seconds before an unreferenced block is collected.
     pub gc_grace: u64,
+    /// Seconds a mount's session lives without a heartbeat.
+    pub session_lease: u64,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -61,6 +63,7 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
             replicas: o.replicas,
             gc_grace: Duration::from_secs(o.gc_grace),
             gc_interval: Duration::from_secs(o.gc_grace.clamp(1, 600)),
+            session_lease: Duration::from_secs(o.session_lease),
             ..Default::default()
         },
         stop_rx.clone(),

@@ -46,6 +46,7 @@ impl FsError {
                 ErrorCode::NoAttribute => libc::ENODATA,
                 ErrorCode::TooBig => libc::E2BIG,
                 ErrorCode::OutOfRange => libc::ERANGE,
+                ErrorCode::WouldBlock => libc::EAGAIN,
                 ErrorCode::Internal | ErrorCode::BadHash | ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::UnknownSession | ErrorCode::MissingBlock => libc::EIO,
             },
             FsError::Net(_) | FsError::Io(_) => libc::EIO,
@@ -55,7 +56,7 @@ impl FsError {
 
     /// Whether this is worth an error line in the log (expected errors such as ENOENT are not).
     pub fn is_expected(&self) -> bool {
-        matches!(self.errno(), libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENOTDIR | libc::EISDIR | libc::ENAMETOOLONG | libc::EINVAL | libc::EPERM | libc::ENODATA | libc::ERANGE | libc::EOPNOTSUPP)
+        matches!(self.errno(), libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENOTDIR | libc::EISDIR | libc::ENAMETOOLONG | libc::EINVAL | libc::EPERM | libc::ENODATA | libc::ERANGE | libc::EOPNOTSUPP | libc::EAGAIN | libc::EINTR)
     }
 }
 

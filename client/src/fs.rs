@@ -35,9 +35,9 @@ pub struct OpenFile {
     opens: AtomicUsize,
     /// The size as this mount sees it, readable without the state lock.
     size_hint: AtomicU64,
-    /// Its last link was removed while open here: the metadata server keeps it as an orphan
-    /// of this session until the last close drops it.
-    orphan: AtomicBool,
+    /// Our session expired and the file could not be registered again under the new one (it
+    /// was removed meanwhile): its handles fail with EIO.
+    lost: AtomicBool,
 }
 
 /// A file's block states and the uploads in flight for them.
@@ -70,7 +70,7 @@ impl OpenState {
 
 impl OpenFile {
     fn new(ino: u64, file: FileState, pages_from: Option<blake3::Hash>) -> Arc<Self> {
-        Arc::new(OpenFile { ino, st: tokio::sync::Mutex::new(OpenState { file, uploads: Vec::new(), pages_from }), opens: AtomicUsize::new(0), size_hint: AtomicU64::new(0), orphan: AtomicBool::new(false) })
+        Arc::new(OpenFile { ino, st: tokio::sync::Mutex::new(OpenState { file, uploads: Vec::new(), pages_from }), opens: AtomicUsize::new(0), size_hint: AtomicU64::new(0), lost: AtomicBool::new(false) })
     }
 }
 
@@ -82,6 +82,7 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
     upload_slots: Arc<Semaphore>,
+    pub locks: crate::locks::Locks,
     pub(crate) no_capability: crate::xattr::NoCapability,
     pages: PageMarks,
 }
@@ -97,6 +98,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             upload_slots: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
+            locks: Default::default(),
             no_capability: Default::default(),
             pages: PageMarks::default(),
         })
@@ -119,13 +121,9 @@ impl Fs {
     }
 
     /// A file open here shows the size of its local, not yet committed writes.
-    /// A file unlinked while open here (an orphan) has no links left.
     fn overlay(&self, mut a: Attr) -> Attr {
         if let Some(f) = self.files.lock().unwrap().get(&a.ino) {
             a.size = f.size_hint.load(Ordering::Relaxed);
-            if f.orphan.load(Ordering::Acquire) {
-                a.nlink = 0;
-            }
         }
         a
     }
@@ -137,9 +135,10 @@ impl Fs {
         self.meta.mutate_attr(Mutation::Create { parent, name: name.to_vec(), kind, perm, uid, gid, rdev, target, umask }).await
     }
 
+    /// A file that loses its last link while a session has it open (this mount or another)
+    /// is kept by the metadata server until the last of them closes it: see `open`.
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
-        let orphan = self.meta.mutate_unlinked(Mutation::Unlink { parent, name: name.to_vec(), keep: self.any_open() }).await?;
-        self.adopt(orphan).await
+        self.meta.mutate_unlinked(Mutation::Unlink { parent, name: name.to_vec(), keep: false }).await.map(|_| ())
     }
 
     /// Replace is one metadata command: the target's last link and the new name change
@@ -147,29 +146,8 @@ impl Fs {
     /// server's to apply.
     pub async fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> FsResult<()> {
         tessera_common::names::check_name(new_name)?;
-        let op = Mutation::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags, keep: self.any_open() };
-        let orphan = self.meta.mutate_unlinked(op).await?;
-        self.adopt(orphan).await
-    }
-
-    /// POSIX keeps an unlinked file readable through the descriptors that have it open. While
-    /// this mount has files open, a removal asks the metadata server to keep an inode that loses
-    /// its last link as an orphan of our session; one that is not open here is dropped at once,
-    /// one that is, at its last close.
-    fn any_open(&self) -> bool {
-        self.files.lock().unwrap().values().any(|f| f.opens.load(Ordering::Acquire) > 0)
-    }
-
-    async fn adopt(&self, orphan: Option<u64>) -> FsResult<()> {
-        let Some(ino) = orphan else { return Ok(()) };
-        let open = self.files.lock().unwrap().get(&ino).filter(|f| f.opens.load(Ordering::Acquire) > 0).cloned();
-        match open {
-            Some(f) => {
-                f.orphan.store(true, Ordering::Release);
-                Ok(())
-            }
-            None => self.meta.mutate_done(Mutation::DropOrphan { ino }).await,
-        }
+        let op = Mutation::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags, keep: false };
+        self.meta.mutate_unlinked(op).await.map(|_| ())
     }
 
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
@@ -225,50 +203,86 @@ impl Fs {
 
     // ---- open files ----
 
-    /// Open a file this mount has just created: its state is known, no round trip needed.
-    pub fn open_new(&self, ino: u64) -> u64 {
-        let f = {
-            let mut files = self.files.lock().unwrap();
-            // An inode has one entry, whoever opened it first: never two write buffers.
-            let f = files.entry(ino).or_insert_with(|| OpenFile::new(ino, FileState::new_empty(), None)).clone();
-            f.opens.fetch_add(1, Ordering::AcqRel);
-            f
-        };
-        self.new_handle(f)
+    /// Open a file this mount has just created: its state is known, only the open is reported.
+    pub async fn open_new(&self, ino: u64) -> FsResult<u64> {
+        let (f, fresh) = self.take_entry(ino, FileState::new_empty, || None);
+        if fresh {
+            if let Err(e) = self.meta.mutate_done(Mutation::Open { ino }).await {
+                self.drop_open(&f).await;
+                return Err(e);
+            }
+        }
+        Ok(self.new_handle(f))
     }
 
-    /// Open a file: the handle, and whether the kernel may keep the pages it has cached of it
+    /// The inode's entry in the open-file table, with one more open; `true` if it is new, and
+    /// so not yet reported to the metadata server.
+    fn take_entry(&self, ino: u64, state: impl FnOnce() -> FileState, pages_from: impl FnOnce() -> Option<blake3::Hash>) -> (Arc<OpenFile>, bool) {
+        let mut files = self.files.lock().unwrap();
+        let mut fresh = false;
+        // An inode has one entry, whoever opened it first: never two write buffers.
+        let f = files
+            .entry(ino)
+            .or_insert_with(|| {
+                fresh = true;
+                OpenFile::new(ino, state(), pages_from())
+            })
+            .clone();
+        f.opens.fetch_add(1, Ordering::AcqRel);
+        (f, fresh)
+    }
+
+    /// The first open of an inode on this mount is reported to the metadata server (`Open`,
+    /// alongside the block-map read), so that a removal through any mount keeps the file
+    /// until this mount closes it; the last close reports `Close`.
+    /// Returns the handle, and whether the kernel may keep the pages it has cached of the file
     /// (see [`page_cache`]).
     pub async fn open(&self, ino: u64) -> FsResult<(u64, bool)> {
-        let f = {
-            let mut files = self.files.lock().unwrap();
-            let f = files.entry(ino).or_insert_with(|| OpenFile::new(ino, FileState::default(), self.pages.take(ino))).clone();
-            f.opens.fetch_add(1, Ordering::AcqRel);
-            f
+        let (f, fresh) = self.take_entry(ino, FileState::default, || self.pages.take(ino));
+        let registered = async {
+            if fresh {
+                self.meta.mutate_done(Mutation::Open { ino }).await
+            } else {
+                Ok(())
+            }
         };
-        // Unsaved writes here: the pages are the local content, nothing to reload.
-        let mut keep_cache = true;
-        {
+        let loaded = async {
             let mut st = f.st.lock().await;
+            // Unsaved writes here: the pages are the local content, nothing to reload.
+            let mut keep_cache = true;
             // Close-to-open: a clean file is re-read from the metadata server on every open.
             if !st.loaded || st.clean() {
                 // Open here already: the pages show the local state.
                 let pages_from = if st.loaded { Some(st.content_id()) } else { st.pages_from.take() };
-                match self.meta.block_map(ino).await {
-                    Ok((size, map, inline)) => {
-                        st.load(size, map, inline);
-                        f.size_hint.store(size, Ordering::Relaxed);
-                        keep_cache = page_cache::keep(pages_from, st.content_id());
-                    }
-                    Err(e) => {
-                        drop(st);
-                        self.drop_open(&f).await;
-                        return Err(e);
-                    }
-                }
+                let (size, map, inline) = self.meta.block_map(ino).await?;
+                st.load(size, map, inline);
+                f.size_hint.store(size, Ordering::Relaxed);
+                keep_cache = page_cache::keep(pages_from, st.content_id());
+            }
+            Ok::<_, FsError>(keep_cache)
+        };
+        let (r, l) = tokio::join!(registered, loaded);
+        match r.and(l) {
+            Ok(keep_cache) => Ok((self.new_handle(f), keep_cache)),
+            Err(e) => {
+                self.drop_open(&f).await;
+                Err(e)
             }
         }
-        Ok((self.new_handle(f), keep_cache))
+    }
+
+    /// After our session expired and a new one was opened: report every open file again. One
+    /// that is gone (removed by another mount meanwhile) is lost: its handles fail with EIO.
+    /// Locks are not re-taken (another mount may hold them by now): they are gone.
+    pub async fn reopen_all(&self) {
+        self.locks.forget(None);
+        let open: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
+        for f in open {
+            if let Err(e) = self.meta.mutate_done(Mutation::Open { ino: f.ino }).await {
+                tracing::warn!(ino = f.ino, "an open file could not be registered under the new session; its handles fail from now on: {e}");
+                f.lost.store(true, Ordering::Release);
+            }
+        }
     }
 
     fn new_handle(&self, f: Arc<OpenFile>) -> u64 {
@@ -278,17 +292,38 @@ impl Fs {
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
-        self.handles.lock().unwrap().get(&fh).cloned().ok_or(FsError::Errno(libc::EBADF))
+        let f = self.handles.lock().unwrap().get(&fh).cloned().ok_or(FsError::Errno(libc::EBADF))?;
+        if f.lost.load(Ordering::Acquire) {
+            return Err(FsError::Io(format!("inode {} was removed while this mount's session had expired", f.ino)));
+        }
+        Ok(f)
+    }
+
+    /// The inode of an open handle.
+    pub fn ino_of(&self, fh: u64) -> Option<u64> {
+        self.handles.lock().unwrap().get(&fh).map(|f| f.ino)
     }
 
     /// One handle fewer. The entry leaves the table with its last handle if nothing in it is
     /// unsaved; a file with unsaved bytes (a failed flush) stays, and the background commit
     /// retries it.
     async fn drop_open(&self, f: &Arc<OpenFile>) {
-        let st = f.st.lock().await;
-        let mut files = self.files.lock().unwrap();
-        if f.opens.fetch_sub(1, Ordering::AcqRel) == 1 && st.clean() {
-            self.retire(&mut files, f, &st);
+        let removed = {
+            let st = f.st.lock().await;
+            let mut files = self.files.lock().unwrap();
+            f.opens.fetch_sub(1, Ordering::AcqRel) == 1 && st.clean() && self.retire(&mut files, f, &st)
+        };
+        if removed {
+            self.report_close(f.ino).await;
+        }
+    }
+
+    /// The entry left the table: the last close on this mount (its locks go at the server).
+    async fn report_close(&self, ino: u64) {
+        self.locks.forget(Some(ino));
+        if let Err(e) = self.meta.mutate_done(Mutation::Close { ino }).await {
+            // The session's expiry closes it in the end.
+            tracing::warn!(ino, "reporting a close failed: {e}");
         }
     }
 
@@ -301,9 +336,6 @@ impl Fs {
             self.flush_state(&f, &mut st).await
         };
         self.drop_open(&f).await;
-        if f.opens.load(Ordering::Acquire) == 0 && f.orphan.swap(false, Ordering::AcqRel) {
-            self.meta.mutate_done(Mutation::DropOrphan { ino: f.ino }).await?;
-        }
         r
     }
 
@@ -350,9 +382,13 @@ impl Fs {
                 if let Err(e) = self.flush_state(&f, &mut st).await {
                     tracing::warn!(ino = f.ino, "saving a closed file failed again: {e}");
                 }
-                let mut files = self.files.lock().unwrap();
-                if f.opens.load(Ordering::Acquire) == 0 && st.clean() {
-                    self.retire(&mut files, &f, &st);
+                let removed = {
+                    let mut files = self.files.lock().unwrap();
+                    f.opens.load(Ordering::Acquire) == 0 && st.clean() && self.retire(&mut files, &f, &st)
+                };
+                drop(st);
+                if removed {
+                    self.report_close(f.ino).await;
                 }
                 continue;
             }
@@ -531,13 +567,15 @@ async fn reap(st: &mut OpenState, wait: bool) {
 
 impl Fs {
     /// Remove `f`'s entry (state `st`, clean) from the open-file table, if it is still the one
-    /// there, remembering the content its pages show for the next open.
-    fn retire(&self, files: &mut HashMap<u64, Arc<OpenFile>>, f: &Arc<OpenFile>, st: &OpenState) {
-        if files.get(&f.ino).is_some_and(|x| Arc::ptr_eq(x, f)) {
-            files.remove(&f.ino);
-            if st.loaded {
-                self.pages.remember(f.ino, st.content_id());
-            }
+    /// there, remembering the content its pages show for the next open; whether it was.
+    fn retire(&self, files: &mut HashMap<u64, Arc<OpenFile>>, f: &Arc<OpenFile>, st: &OpenState) -> bool {
+        if !files.get(&f.ino).is_some_and(|x| Arc::ptr_eq(x, f)) {
+            return false;
         }
+        files.remove(&f.ino);
+        if st.loaded {
+            self.pages.remember(f.ino, st.content_id());
+        }
+        true
     }
 }

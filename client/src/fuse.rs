@@ -7,7 +7,7 @@ use crate::fs::Fs;
 use crate::xattr;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -138,6 +138,10 @@ impl Filesystem for FuseFs {
         // The kernel enforces POSIX ACLs and caches them; the server keeps them in step with the
         // mode and does default-ACL inheritance, so it also applies the umask itself.
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK);
+        // Locks go to the metadata server (client/src/locks.rs), so they hold across mounts.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS) {
+            tracing::warn!(?missing, "the kernel does not pass these locks on: they are local to this mount");
+        }
         Ok(())
     }
 
@@ -327,19 +331,28 @@ impl Filesystem for FuseFs {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+    /// Each close(2): POSIX drops every `fcntl` lock the closing process holds on the file.
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, lock: LockOwner, reply: ReplyEmpty) {
         let fs = self.fs.clone();
         self.spawn(async move {
-            match fs.flush(fh.0).await {
+            let unlocked = fs.locks.release_owner(&fs.meta, ino.0, lock.0).await;
+            match fs.flush(fh.0).await.and(unlocked) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
 
-    fn release(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    /// The last close of an open file: its `flock` (owner given by the kernel) goes, and with
+    /// the inode's last handle on this mount, every lock of this mount on it (`Close`).
+    fn release(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
         let fs = self.fs.clone();
         self.spawn(async move {
+            if let Some(owner) = lock {
+                if let Err(e) = fs.locks.release_owner(&fs.meta, ino.0, owner.0).await {
+                    tracing::warn!(ino = ino.0, "releasing a flock at close failed: {e}");
+                }
+            }
             match fs.release(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -466,6 +479,33 @@ impl Filesystem for FuseFs {
         });
     }
 
+    fn getlk(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32, reply: ReplyLock) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            let r = async { fs.locks.get(&fs.meta, ino.0, crate::locks::spec(lock_owner.0, start, end, typ, pid)?).await }.await;
+            match r {
+                Ok(h) => {
+                    let (start, end, typ, pid) = crate::locks::reported(h);
+                    reply.locked(start, end, typ, pid)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    /// `F_SETLK`, `F_SETLKW` (`sleep`), `flock` and OFD locks. A waiting lock is a task, not a
+    /// FUSE thread.
+    fn setlk(&self, req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32, sleep: bool, reply: ReplyEmpty) {
+        let (fs, tid) = (self.fs.clone(), req.pid());
+        self.spawn(async move {
+            let r = async { fs.locks.set(&fs.meta, ino.0, crate::locks::spec(lock_owner.0, start, end, typ, pid)?, sleep, tid).await }.await;
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         // The kernel checks permissions (default_permissions).
         reply.ok();
@@ -477,7 +517,7 @@ impl Filesystem for FuseFs {
         self.spawn(async move {
             let r = async {
                 let a = fs.create(parent.0, &name, FileKind::File, perm, umask, uid, gid, 0, None).await?;
-                let fh = fs.open_new(a.ino);
+                let fh = fs.open_new(a.ino).await?;
                 Ok::<_, FsError>((a, fh))
             }
             .await;

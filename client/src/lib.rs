@@ -9,6 +9,7 @@ pub mod file_state;
 pub mod fs;
 pub mod fsck;
 pub mod fuse;
+pub mod locks;
 pub mod meta;
 pub mod mount;
 pub mod xattr;

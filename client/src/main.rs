@@ -46,6 +46,10 @@ enum Cmd {
         /// Seconds an unreferenced block stays before garbage collection deletes it.
         #[arg(long, default_value_t = 3600)]
         gc_grace: u64,
+        /// Seconds a mount may go without a heartbeat before its session expires and its locks
+        /// and open files are released.
+        #[arg(long, default_value_t = 30)]
+        session_lease: u64,
     },
     /// Show the cluster: servers, capacity, blocks, replication health.
     Status {
@@ -238,8 +242,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("server {node_id:016x}: {}", if action == NodeAction::Remove { "removed from the ring" } else { "draining" });
             Ok(())
         }
-        Cmd::Dev { mountpoint, data_dir, chunk_servers, replicas, gc_grace } => {
-            runtime()?.block_on(dev::run(dev::DevOptions { mountpoint, data_dir, chunk_servers, replicas, gc_grace }))
+        Cmd::Dev { mountpoint, data_dir, chunk_servers, replicas, gc_grace, session_lease } => {
+            runtime()?.block_on(dev::run(dev::DevOptions { mountpoint, data_dir, chunk_servers, replicas, gc_grace, session_lease }))
         }
         Cmd::Mount { meta, certs, mountpoint, options, foreground } => {
             let meta = meta_list(&meta)?;

@@ -17,6 +17,9 @@ pub struct MetaClient {
     session: AtomicU64,
     /// Held while a new session is opened, so concurrent callers open one, not one each.
     renewing: tokio::sync::Mutex<()>,
+    /// Signalled when a new session replaced an expired one: the open files must be
+    /// registered again (`Fs::reopen_all`).
+    pub renewed: tokio::sync::Notify,
     seq: AtomicU64,
     pub block_size: u32,
     pub replicas: u32,
@@ -41,6 +44,7 @@ impl MetaClient {
                 name: name.to_string(),
                 session: AtomicU64::new(session),
                 renewing: Default::default(),
+                renewed: Default::default(),
                 seq: AtomicU64::new(1),
                 block_size,
                 replicas,
@@ -60,12 +64,38 @@ impl MetaClient {
         }
         match self.call(MetaRequest::OpenSession { client: self.name.clone() }).await? {
             MetaResponse::Session { session, .. } => {
-                tracing::warn!(old, session, "the metadata server did not know our session; opened a new one");
+                tracing::warn!(old, session, "the metadata server did not know our session (expired?); opened a new one");
                 self.session.store(session, Ordering::Release);
+                self.renewed.notify_one();
                 Ok(())
             }
             r => Err(unexpected(r)),
         }
+    }
+
+    pub fn session(&self) -> u64 {
+        self.session.load(Ordering::Acquire)
+    }
+
+    /// Renew the session's lease; returns how long to wait before the next heartbeat. A
+    /// session the server no longer knows is replaced.
+    pub async fn heartbeat(&self) -> FsResult<Duration> {
+        let session = self.session();
+        match self.call(MetaRequest::SessionHeartbeat { session }).await {
+            Ok(MetaResponse::Lease { lease_ms }) => Ok((Duration::from_millis(lease_ms) / 4).clamp(Duration::from_millis(200), Duration::from_secs(10))),
+            Err(FsError::Wire(e)) if e.code == ErrorCode::UnknownSession => {
+                self.renew(session).await?;
+                Ok(Duration::from_millis(200))
+            }
+            Ok(r) => Err(unexpected(r)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// End the session (a clean unmount): its locks and open files are released at once
+    /// instead of at the lease's end.
+    pub async fn close_session(&self) -> FsResult<()> {
+        self.call(MetaRequest::CloseSession { session: self.session() }).await.map(|_| ())
     }
 
     /// Call the metadata service. While it cannot be reached (a restart, a failover), retry

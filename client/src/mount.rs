@@ -56,6 +56,34 @@ pub async fn connect(certs: &NodeCerts, meta: &[String]) -> anyhow::Result<Arc<F
             }
         }
     });
+    // Keep the session's lease: a mount that stops heartbeating (killed, cut off) loses its
+    // locks and open files at the metadata server when the lease runs out.
+    let weak = Arc::downgrade(&fs);
+    tokio::spawn(async move {
+        loop {
+            let Some(fs) = weak.upgrade() else { return };
+            let pause = match fs.meta.heartbeat().await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("session heartbeat failed: {e}");
+                    Duration::from_secs(1)
+                }
+            };
+            drop(fs);
+            tokio::time::sleep(pause).await;
+        }
+    });
+    let weak = Arc::downgrade(&fs);
+    let meta = fs.meta.clone();
+    tokio::spawn(async move {
+        loop {
+            meta.renewed.notified().await;
+            match weak.upgrade() {
+                Some(fs) => fs.reopen_all().await,
+                None => return,
+            }
+        }
+    });
     Ok(fs)
 }
 
@@ -84,6 +112,7 @@ fn mount_options(opts: &[String]) -> anyhow::Result<Vec<MountOption>> {
 /// A live mount. Dropping it without `unmount` leaves the session thread running.
 pub struct Mounted {
     pub mountpoint: PathBuf,
+    fs: Arc<Fs>,
     unmounter: fuser::SessionUnmounter,
     ended: oneshot::Receiver<()>,
     thread: std::thread::JoinHandle<()>,
@@ -95,7 +124,7 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &[String], rt: tokio::runtime
     cfg.mount_options = mount_options(opts)?;
     cfg.acl = SessionACL::All;
     cfg.n_threads = Some(2);
-    let fuse = FuseFs::new(fs, rt);
+    let fuse = FuseFs::new(fs.clone(), rt);
     let notifier = fuse.notifier_slot();
     let mut session = fuser::Session::new(fuse, mountpoint, &cfg).with_context(|| format!("mounting {}", mountpoint.display()))?;
     let _ = notifier.set(session.notifier());
@@ -109,7 +138,7 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &[String], rt: tokio::runtime
     })?;
     raise_readahead(mountpoint);
     info!(mountpoint = %mountpoint.display(), "mounted");
-    Ok(Mounted { mountpoint: mountpoint.to_owned(), unmounter, ended, thread })
+    Ok(Mounted { mountpoint: mountpoint.to_owned(), fs, unmounter, ended, thread })
 }
 
 fn raise_readahead(mountpoint: &Path) {
@@ -140,7 +169,12 @@ impl Mounted {
             // SAFETY: a valid NUL-terminated path.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
-        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+        let (thread, fs) = (self.thread, self.fs);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        // Release our locks and open files now rather than at the lease's end.
+        if let Err(e) = fs.meta.close_session().await {
+            tracing::warn!("closing the session failed (it expires with its lease): {e}");
+        }
         info!("unmounted");
         Ok(())
     }

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     TooBig = 21,
     /// An extended attribute name over the limit (ERANGE).
     OutOfRange = 22,
+    /// A lock is held by another owner (`F_SETLK`: EAGAIN).
+    WouldBlock = 23,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -132,7 +132,7 @@ pub async fn serve<S: Service>(ep: quinn::Endpoint, svc: Arc<S>, mut shutdown: w
 
 async fn serve_conn<S: Service>(conn: quinn::Connection, svc: Arc<S>) {
     let peer = match peer_identity(&conn) {
-        Ok(p) if svc.admit(&p) => Arc::new(p),
+        Ok(p) if svc.admit(&p) => Arc::new(Identity { addr: Some(conn.remote_address()), ..p }),
         Ok(p) => {
             warn!("refusing {} with role {}", p.name, p.role);
             conn.close(CLOSE_FORBIDDEN.into(), b"role not allowed here");

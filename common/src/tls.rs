@@ -163,6 +163,8 @@ pub struct Identity {
     pub role: Role,
     /// BLAKE3 of the certificate (DER): tells apart two certificates with the same name.
     pub fingerprint: [u8; 32],
+    /// The peer's address, when known (set by the server for each connection).
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 impl NodeCerts {
@@ -224,7 +226,7 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, TlsError> {
         .and_then(|a| a.as_str().ok())
         .ok_or_else(|| TlsError::Peer("certificate has no role (OU)".into()))?
         .parse()?;
-    Ok(Identity { name, role, fingerprint: *blake3::hash(cert.as_ref()).as_bytes() })
+    Ok(Identity { name, role, fingerprint: *blake3::hash(cert.as_ref()).as_bytes(), addr: None })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod claims;
 pub mod gc;
+pub mod leases;
 pub mod membership;
 pub mod namespace;
 pub mod store;
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_common::net::{self, Service};
-use tessera_common::proto::meta::{ClusterStatus, MetaRequest, MetaResponse, StatFs};
+use tessera_common::proto::meta::{ClusterStatus, LockSpec, MetaRequest, MetaResponse, MountStatus, Mutation, StatFs};
 use tessera_common::tls::{Identity, NodeCerts, Role};
 use tessera_common::{ErrorCode, WireError};
 use tokio::sync::watch;
@@ -36,6 +37,8 @@ pub struct MetaConfig {
     pub gc_grace: Duration,
     /// Time between garbage-collection passes.
     pub gc_interval: Duration,
+    /// A client session not heard from for this long expires (its locks and open files go).
+    pub session_lease: Duration,
 }
 
 impl Default for MetaConfig {
@@ -52,6 +55,7 @@ impl Default for MetaConfig {
             out_after: Duration::from_secs(600),
             gc_grace: Duration::from_secs(3600),
             gc_interval: Duration::from_secs(600),
+            session_lease: Duration::from_secs(30),
         }
     }
 }
@@ -63,6 +67,9 @@ impl MetaConfig {
         }
         if self.write_quorum.is_some_and(|q| q == 0 || q > self.replicas) {
             bail!("--write-quorum must be between 1 and --replicas");
+        }
+        if self.session_lease < Duration::from_secs(1) {
+            bail!("--session-lease must be at least 1 second");
         }
         if self.block_size < 4096 || self.block_size > tessera_common::MAX_BLOCK_SIZE || !self.block_size.is_power_of_two() {
             bail!("--block-size must be a power of two between 4 KiB and 16 MiB");
@@ -78,6 +85,9 @@ struct MetaService {
     write_quorum: u32,
     gc: Arc<gc::Gc>,
     claims: claims::Claims,
+    leases: Arc<leases::Leases>,
+    /// Bumped after every change that may free a lock: wakes `WaitLock`s.
+    lock_changes: watch::Sender<u64>,
 }
 
 fn ns_state(ns: &Namespace) -> String {
@@ -98,7 +108,10 @@ impl MetaService {
             return denied(peer.role, "read the namespace");
         }
         match req {
-            MetaRequest::OpenSession { client } => r(ns.open_session(&peer.into(), &client).map(|session| MetaResponse::Session {
+            MetaRequest::OpenSession { client } => r(ns.open_session(&peer.into(), &client).map(|session| {
+                self.leases.touch(session, peer.addr);
+                session
+            }).map(|session| MetaResponse::Session {
                 session,
                 block_size: ns.params.block_size,
                 replicas: self.replicas,
@@ -112,8 +125,37 @@ impl MetaService {
             MetaRequest::StatFs => r(self.statfs()),
             MetaRequest::GetBlocks { ino, first, count } => r(ns.get_blocks(ino, first, count).map(|(size, blocks, inline)| MetaResponse::Blocks { size, blocks, inline })),
             MetaRequest::Mutate { session, seq, op } => match peer.role {
-                Role::Client | Role::Admin => ns.mutate(&peer.into(), session, seq, op),
+                Role::Client | Role::Admin => {
+                    let frees_locks = matches!(op, Mutation::SetLock { .. } | Mutation::Close { .. });
+                    let resp = ns.mutate(&peer.into(), session, seq, op);
+                    if !matches!(resp, MetaResponse::Error(_)) {
+                        self.leases.touch(session, peer.addr);
+                        if frees_locks {
+                            self.lock_changes.send_modify(|v| *v += 1);
+                        }
+                    }
+                    resp
+                }
                 role => denied(role, "change the namespace"),
+            },
+            MetaRequest::SessionHeartbeat { session } => match peer.role {
+                Role::Client | Role::Admin => r(ns.session_alive(&peer.into(), session).map(|()| {
+                    self.leases.touch(session, peer.addr);
+                    MetaResponse::Lease { lease_ms: self.leases.lease.as_millis() as u64 }
+                })),
+                role => denied(role, "hold a session"),
+            },
+            MetaRequest::CloseSession { session } => match peer.role {
+                Role::Client | Role::Admin => r(ns.session_alive(&peer.into(), session).and_then(|()| ns.expire_session(session, namespace::now_ns())).map(|_| {
+                    self.leases.forget(session);
+                    self.lock_changes.send_modify(|v| *v += 1);
+                    MetaResponse::Done
+                })),
+                role => denied(role, "hold a session"),
+            },
+            MetaRequest::GetLock { ino, session, lock } => match peer.role {
+                Role::Client | Role::Admin => r(ns.get_lock(ino, session, &lock).map(MetaResponse::Lock)),
+                role => denied(role, "read locks"),
             },
             MetaRequest::GetRing => MetaResponse::Ring(self.members.ring()),
             MetaRequest::RegisterChunk { node_id, addr, zone, capacity } => match peer.role {
@@ -142,7 +184,7 @@ impl MetaService {
             },
             MetaRequest::GetXattr { ino, name } => r(ns.get_xattr(ino, &name).map(MetaResponse::Xattr)),
             MetaRequest::ListXattr { ino } => r(ns.list_xattr(ino).map(MetaResponse::XattrNames)),
-            MetaRequest::Gc { .. } => unreachable!("answered in handle"),
+            MetaRequest::Gc { .. } | MetaRequest::WaitLock { .. } => unreachable!("answered in handle"),
         }
     }
 
@@ -170,7 +212,50 @@ impl MetaService {
             logical_bytes: stats.logical_bytes,
             blocks: stats.blocks,
             meta_state: ns_state(&self.ns),
+            mounts: self.mounts()?,
         }))
+    }
+
+    fn mounts(&self) -> Result<Vec<MountStatus>, WireError> {
+        Ok(self
+            .ns
+            .sessions()?
+            .into_iter()
+            .map(|s| {
+                let (addr, ago) = self.leases.last(s.id);
+                MountStatus {
+                    session: s.id,
+                    cert: s.cert,
+                    client: s.client,
+                    addr,
+                    since: s.opened,
+                    last_heartbeat_ms: ago.as_millis() as u64,
+                    open_files: s.open_files,
+                    orphans: s.orphans,
+                    locks: s.locks,
+                }
+            })
+            .collect())
+    }
+
+    /// `WaitLock`: subscribe first, then look, so a release between the two is not missed.
+    async fn wait_lock(self: Arc<Self>, ino: u64, session: u64, lock: LockSpec, timeout_ms: u32) -> MetaResponse {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms.min(10_000) as u64);
+        let mut changes = self.lock_changes.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let ns = self.ns.clone();
+            match tokio::task::spawn_blocking(move || ns.get_lock(ino, session, &lock)).await {
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) => return MetaResponse::Done,
+                Ok(Err(e)) => return MetaResponse::Error(e),
+                Err(e) => return MetaResponse::Error(WireError::new(ErrorCode::Internal, e.to_string())),
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return MetaResponse::Done },
+                _ = tokio::time::sleep_until(deadline) => return MetaResponse::Done,
+            }
+        }
     }
 }
 
@@ -189,6 +274,12 @@ impl Service for MetaService {
             }
             tokio::spawn(async move { gc.pass().await });
             return (MetaResponse::Gc(Default::default()), vec![]);
+        }
+        if let MetaRequest::WaitLock { ino, session, lock, timeout_ms } = req {
+            if !matches!(peer.role, Role::Client | Role::Admin) {
+                return (denied(peer.role, "wait for locks"), vec![]);
+            }
+            return (self.wait_lock(ino, session, lock, timeout_ms).await, vec![]);
         }
         if let MetaRequest::Mutate { session, seq, op } = &req {
             // A retry that was answered gets its reply back, even if its blocks are gone by now.
@@ -231,7 +322,34 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     let chunks = net::ClientPool::new(ep.clone(), 1, Duration::from_secs(60), tessera_common::tls::Role::Chunk);
     let gc = Arc::new(gc::Gc::new(ns.clone(), members.clone(), chunks.clone(), cfg.gc_grace));
     let claims = claims::Claims { ns: ns.clone(), members: members.clone(), pool: chunks };
-    let svc = Arc::new(MetaService { ns, members: members.clone(), replicas: cfg.replicas, write_quorum: cfg.write_quorum.unwrap_or(cfg.replicas), gc: gc.clone(), claims });
+    let leases = Arc::new(leases::Leases::new(cfg.session_lease));
+    let (lock_changes, _) = watch::channel(0u64);
+    let svc = Arc::new(MetaService {
+        ns: ns.clone(),
+        members: members.clone(),
+        replicas: cfg.replicas,
+        write_quorum: cfg.write_quorum.unwrap_or(cfg.replicas),
+        gc: gc.clone(),
+        claims,
+        leases: leases.clone(),
+        lock_changes: lock_changes.clone(),
+    });
+    // Leader duty: expire sessions whose lease ran out, a few times per lease.
+    let (tick, mut lease_stop) = ((cfg.session_lease / 4).min(Duration::from_secs(1)), shutdown.clone());
+    let lease_task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = lease_stop.changed() => return,
+            }
+            let (l, ns) = (leases.clone(), ns.clone());
+            if let Ok(n) = tokio::task::spawn_blocking(move || l.expire_overdue(&ns)).await {
+                if n > 0 {
+                    lock_changes.send_modify(|v| *v += 1);
+                }
+            }
+        }
+    });
     let (gc_every, mut gc_stop) = (cfg.gc_interval, shutdown.clone());
     let gc_task = tokio::spawn(async move {
         loop {
@@ -256,6 +374,7 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
         net::serve(ep, svc, shutdown).await;
         ticker.abort();
         gc_task.abort();
+        lease_task.abort();
     });
     Ok(MetaServer { addr, task })
 }

@@ -35,6 +35,10 @@ struct Args {
     /// Seconds between garbage-collection passes.
     #[arg(long, default_value_t = 600)]
     gc_interval: u64,
+    /// Seconds a client session (a mount) may go without a heartbeat before it expires and
+    /// its locks and open files are released.
+    #[arg(long, default_value_t = 30)]
+    session_lease: u64,
 }
 
 #[tokio::main]
@@ -52,6 +56,7 @@ async fn main() {
         out_after: Duration::from_secs(a.out_after),
         gc_grace: Duration::from_secs(a.gc_grace),
         gc_interval: Duration::from_secs(a.gc_interval.max(1)),
+        session_lease: Duration::from_secs(a.session_lease),
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = match tessera_meta::start(cfg, rx).await {

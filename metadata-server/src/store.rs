@@ -29,10 +29,14 @@ pub enum Cf {
     Orphans,
     /// Extended attributes: (ino, name) → value.
     Xattrs,
+    /// Files open per session: `s`‖session‖ino → handle count, and `i`‖ino‖session → empty.
+    Opens,
+    /// Lock table per inode: ino → the locks held on it.
+    Locks,
 }
 
 impl Cf {
-    const ALL: [Cf; 10] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans, Cf::Xattrs];
+    const ALL: [Cf; 12] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans, Cf::Xattrs, Cf::Opens, Cf::Locks];
     fn name(self) -> &'static str {
         match self {
             Cf::Inodes => "inodes",
@@ -45,6 +49,8 @@ impl Cf {
             Cf::Cluster => "cluster",
             Cf::Orphans => "orphans",
             Cf::Xattrs => "xattrs",
+            Cf::Opens => "opens",
+            Cf::Locks => "locks",
         }
     }
 }
@@ -251,20 +257,10 @@ impl View<'_> {
     }
 }
 
-/// The current time as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, proleptic Gregorian).
+/// The current time as `YYYY-MM-DD HH:MM:SS UTC`.
 fn utc_now() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    tessera_common::utc_time(secs)
 }
 
 #[cfg(test)]

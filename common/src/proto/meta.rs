@@ -117,6 +117,70 @@ pub enum Mutation {
     SetXattr { ino: u64, name: Vec<u8>, value: Vec<u8>, flags: u32 },
     /// Reply: `Done`, or `NoAttribute`.
     RemoveXattr { ino: u64, name: Vec<u8> },
+    /// This session opened `ino` (once per mount and inode, however many handles): while any
+    /// live session has a file open, the loss of its last link keeps it (nlink 0, blocks
+    /// referenced) as an orphan of the sessions that have it open. Reply: `Done`.
+    Open { ino: u64 },
+    /// This session closed `ino` (its last handle on the mount): its locks on the file go, and
+    /// an orphan that no session has open any more is dropped. Idempotent. Reply: `Done`.
+    Close { ino: u64 },
+    /// Set, change or remove (`kind: Unlock`) a lock of `(this session, lock.owner)` on an
+    /// inode this session has open, with POSIX semantics (see `docs/posix.md`). Refused with
+    /// `WouldBlock` (nothing changed, no reply stored) when another owner holds a conflicting
+    /// lock. Reply: `Done`.
+    SetLock { ino: u64, lock: LockSpec },
+    /// Issued by the metadata server for a session whose lease ran out (or that the client
+    /// closed): its locks are released, its open files closed (orphans dropped) and its records
+    /// and stored replies deleted. Reply: `Done`.
+    ExpireSession { session: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    Read,
+    Write,
+    Unlock,
+}
+
+/// A byte-range lock (or, with `kind: Unlock`, the range to release). `end` is inclusive;
+/// `u64::MAX` is "to the end of the file, however long". `owner` is the kernel's lock owner
+/// (per process for `fcntl` locks, per open file for `flock` and OFD locks), unique within a
+/// session; `pid` is what `F_GETLK` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockSpec {
+    pub owner: u64,
+    pub kind: LockKind,
+    pub start: u64,
+    pub end: u64,
+    pub pid: u32,
+}
+
+/// A lock held on an inode, as `GetLock` and `status` report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockHolder {
+    pub session: u64,
+    pub lock: LockSpec,
+}
+
+/// A client session (a mount) as `Status` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountStatus {
+    pub session: u64,
+    /// Name (CN) of the certificate that opened it.
+    pub cert: String,
+    /// The name the client gave when it opened the session.
+    pub client: String,
+    /// Peer address of the connection that last heartbeat it (empty when none yet since the
+    /// metadata server started).
+    pub addr: String,
+    /// When it was opened (ns since the epoch).
+    pub since: i64,
+    /// Milliseconds since its last heartbeat (or since the metadata server started).
+    pub last_heartbeat_ms: u64,
+    /// Files it has open (distinct inodes) and, of those, how many are unlinked (orphans).
+    pub open_files: u64,
+    pub orphans: u64,
+    pub locks: u64,
 }
 
 /// `SetXattr` flags, as Linux `setxattr(2)`.
@@ -167,6 +231,18 @@ pub enum MetaRequest {
     GetXattr { ino: u64, name: Vec<u8> },
     /// Reply: `XattrNames`.
     ListXattr { ino: u64 },
+    /// Keep `session` alive for one more lease. Reply: `Lease`, or `UnknownSession` once it
+    /// has expired.
+    SessionHeartbeat { session: u64 },
+    /// The first lock of another owner that conflicts with `lock` (`F_GETLK`), if any; locks
+    /// of `(session, lock.owner)` never conflict with it. Reply: `Lock`.
+    GetLock { ino: u64, session: u64, lock: LockSpec },
+    /// Reply (`Done`) as soon as `lock` no longer conflicts with another owner's lock on
+    /// `ino`, or after `timeout_ms` (at most 10 s), whichever comes first. Grants nothing: a
+    /// waiting `F_SETLKW` sends `SetLock` again when it returns.
+    WaitLock { ino: u64, session: u64, lock: LockSpec, timeout_ms: u32 },
+    /// End `session` now (a clean unmount), as if its lease ran out. Reply: `Done`.
+    CloseSession { session: u64 },
 }
 
 /// What `AuditRefs` found. Clean when every count except `entries`, `blocks` and `orphans` is 0.
@@ -256,6 +332,8 @@ pub struct ClusterStatus {
     /// `ok`, or `failed: <why>` once the metadata server has stopped accepting changes (a WAL
     /// sync failed); it stays so until the server is restarted.
     pub meta_state: String,
+    /// Client sessions (mounts), by session id.
+    pub mounts: Vec<MountStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,4 +358,8 @@ pub enum MetaResponse {
     Audit(AuditReport),
     Xattr(Vec<u8>),
     XattrNames(Vec<Vec<u8>>),
+    /// Reply of `SessionHeartbeat`: the session lease; heartbeat well within it.
+    Lease { lease_ms: u64 },
+    /// Reply of `GetLock`.
+    Lock(Option<LockHolder>),
 }

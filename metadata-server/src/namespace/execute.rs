@@ -94,7 +94,8 @@ impl Namespace {
                 tx.put_inode(*ino, r);
                 MetaResponse::Attr(a)
             }
-            Mutation::Unlink { parent, name, keep } => {
+            // `keep` is ignored: the server keeps what any session has open (see `opens`).
+            Mutation::Unlink { parent, name, keep: _ } => {
                 check_name(name)?;
                 tx.dir(*parent)?;
                 let d = tx.dirent(*parent, name)?.ok_or_else(|| err(ErrorCode::NotFound, "no such entry"))?;
@@ -102,7 +103,7 @@ impl Namespace {
                     return Err(err(ErrorCode::IsDir, "is a directory"));
                 }
                 tx.remove_dirent(*parent, name, &d)?;
-                MetaResponse::Unlinked { orphan: tx.unlink_inode(d.ino, *keep)? }
+                MetaResponse::Unlinked { orphan: tx.unlink_inode(d.ino)? }
             }
             Mutation::Rmdir { parent, name } => {
                 check_name(name)?;
@@ -117,23 +118,20 @@ impl Namespace {
                 tx.drop_inode(d.ino, &r)?;
                 MetaResponse::Done
             }
-            Mutation::Rename { parent, name, new_parent, new_name, flags, keep } => {
-                MetaResponse::Unlinked { orphan: self.rename(&mut tx, (*parent, name), (*new_parent, new_name), *flags, *keep)? }
+            Mutation::Rename { parent, name, new_parent, new_name, flags, keep: _ } => {
+                MetaResponse::Unlinked { orphan: self.rename(&mut tx, (*parent, name), (*new_parent, new_name), *flags)? }
             }
             Mutation::DropOrphan { ino } => {
-                let key = pair_key(cmd.session, *ino);
-                if self.store.get(Cf::Orphans, &key)?.is_some() {
-                    match tx.inode(*ino) {
-                        Ok(r) if r.nlink == 0 => tx.drop_inode(*ino, &r)?,
-                        // Linked again cannot happen (Link refuses nlink 0); keep the inode.
-                        Ok(_) => {}
-                        Err(e) if e.code == ErrorCode::NotFound => {}
-                        Err(e) => return Err(e),
-                    }
-                    tx.batch.delete(Cf::Orphans, key);
-                }
+                self.release_orphan(&mut tx, cmd.session, *ino)?;
                 MetaResponse::Done
             }
+            Mutation::Open { ino } => self.open_file(&mut tx, *ino)?,
+            Mutation::Close { ino } => {
+                self.close_file(&mut tx, cmd.session, *ino, false)?;
+                MetaResponse::Done
+            }
+            Mutation::SetLock { ino, lock } => self.set_lock(&mut tx, *ino, *lock)?,
+            Mutation::ExpireSession { session } => self.expire(&mut tx, *session)?,
             Mutation::Link { ino, new_parent, new_name } => {
                 check_name(new_name)?;
                 let mut r = tx.inode(*ino)?;

@@ -12,8 +12,10 @@
 mod acl;
 mod audit;
 mod execute;
+mod locks;
 #[cfg(test)]
 mod model_test;
+mod opens;
 mod reads;
 mod records;
 mod rename;
@@ -34,6 +36,7 @@ use tessera_common::proto::meta::*;
 use tessera_common::{BlockId, ErrorCode, WireError, ROOT_INO};
 use records::*;
 pub use records::{FsParams, SessionOwner, Stats};
+pub use sessions::SessionInfo;
 use txn::Txn;
 
 /// Largest file size accepted (keeps every size and offset far from integer overflow).

@@ -25,7 +25,7 @@ impl Namespace {
     }
 
     /// Rename `from` to `to` in one step (see `Mutation::Rename`). Returns the orphan kept, if any.
-    pub(super) fn rename(&self, tx: &mut Txn, from: (u64, &[u8]), to: (u64, &[u8]), flags: u32, keep: bool) -> Result<Option<u64>, WireError> {
+    pub(super) fn rename(&self, tx: &mut Txn, from: (u64, &[u8]), to: (u64, &[u8]), flags: u32) -> Result<Option<u64>, WireError> {
         let ((parent, name), (np, nname)) = (from, to);
         check_name(name)?;
         check_name(nname)?;
@@ -72,7 +72,7 @@ impl Namespace {
                 let r = tx.inode(t.ino)?;
                 tx.drop_inode(t.ino, &r)?;
             } else {
-                orphan = tx.unlink_inode(t.ino, keep)?;
+                orphan = tx.unlink_inode(t.ino)?;
             }
         }
         tx.remove_dirent(parent, name, &s)?;

@@ -24,6 +24,9 @@ impl Namespace {
     /// Apply `op` once for `(session, seq)` and return its reply when it is durable. Only the
     /// certificate that opened the session may use it.
     pub fn mutate(&self, owner: &SessionOwner, session: u64, seq: u64, op: Mutation) -> MetaResponse {
+        if matches!(op, Mutation::ExpireSession { .. }) {
+            return MetaResponse::Error(err(ErrorCode::PermissionDenied, "sessions are expired by the metadata server (CloseSession ends one's own)"));
+        }
         match self.mutate_inner(owner, session, seq, op) {
             Ok(r) => r,
             Err(e) => MetaResponse::Error(e),
@@ -59,6 +62,14 @@ impl Namespace {
                 return dec(&v);
             }
             let is_create = matches!(op, Mutation::Create { .. });
+            // Open records are soft state that the next durable write covers: a crash that
+            // loses one loses nothing the client relies on, unless the close also released
+            // locks or an orphan (then it waits for the WAL sync like any change).
+            let lazy = match &op {
+                Mutation::Open { .. } => true,
+                Mutation::Close { ino } => !self.close_releases(session, *ino)?,
+                _ => false,
+            };
             let cmd = Command { session, seq, now: now_ns(), new_ino: c.next_ino, op };
             let (mut batch, reply) = match self.execute(&cmd) {
                 Ok(x) => x,
@@ -68,14 +79,79 @@ impl Namespace {
                 c.next_ino += 1;
                 batch.put(Cf::Cluster, KEY_NEXT_INO.to_vec(), enc(&c.next_ino));
             }
-            batch.put(Cf::Sessions, skey, enc(&reply));
+            // A refused lock changed nothing: not stored, so that the waiting `F_SETLKW` that
+            // sends it again is answered anew.
+            if !matches!(&reply, MetaResponse::Error(e) if e.code == ErrorCode::WouldBlock) {
+                batch.put(Cf::Sessions, skey, enc(&reply));
+            }
             if seq > RETRY_WINDOW {
                 batch.delete(Cf::Sessions, pair_key(session, seq - RETRY_WINDOW));
             }
             let t = self.store.apply(batch)?;
-            (reply, t)
+            (reply, (!lazy).then_some(t))
         };
-        self.store.wait_durable(ticket)?;
+        if let Some(t) = ticket {
+            self.store.wait_durable(t)?;
+        }
         Ok(reply)
     }
+
+    /// The session exists and belongs to `owner` (a heartbeat).
+    pub fn session_alive(&self, owner: &SessionOwner, session: u64) -> Result<(), WireError> {
+        self.check_session(owner, session)
+    }
+
+    /// Expire `session` with the `ExpireSession` command, at time `now` (decided by the caller:
+    /// apply reads no clock). Returns false if it did not exist.
+    pub fn expire_session(&self, session: u64, now: i64) -> Result<bool, WireError> {
+        self.store.check_ok()?;
+        let ticket = {
+            let c = self.lock.lock().unwrap();
+            if self.store.get(Cf::Sessions, &session_key(session))?.is_none() {
+                return Ok(false);
+            }
+            let cmd = Command { session, seq: 0, now, new_ino: c.next_ino, op: Mutation::ExpireSession { session } };
+            let (batch, _) = self.execute(&cmd)?;
+            self.store.apply(batch)?
+        };
+        self.store.wait_durable(ticket)?;
+        Ok(true)
+    }
+
+    /// Every session, in id order, with what it holds.
+    pub fn sessions(&self) -> Result<Vec<SessionInfo>, WireError> {
+        let mut out = Vec::new();
+        let mut start = session_key(0);
+        // One seek per session: the stored replies between records are skipped.
+        while let Some((k, v)) = self.store.scan(Cf::Sessions, b"", &start, 1)?.pop() {
+            let id = u64::from_be_bytes(k[..8].try_into().map_err(|_| err(ErrorCode::Internal, "corrupt session key"))?);
+            if k.len() == 8 {
+                let rec: SessionRec = dec(&v)?;
+                let open = self.open_by(id)?;
+                let mut locks = 0;
+                for ino in &open {
+                    locks += locks::locks_of(&self.store, *ino)?.iter().filter(|h| h.session == id).count() as u64;
+                }
+                let orphans = opens::scan_all(&self.store, Cf::Orphans, &ino_key(id))?.len() as u64;
+                out.push(SessionInfo { id, cert: rec.owner.name, client: rec.client, opened: rec.opened, open_files: open.len() as u64, orphans, locks });
+            }
+            match id.checked_add(1) {
+                Some(n) => start = session_key(n),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A session as `sessions` lists it.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub cert: String,
+    pub client: String,
+    pub opened: i64,
+    pub open_files: u64,
+    pub orphans: u64,
+    pub locks: u64,
 }

@@ -96,16 +96,17 @@ fn rename(from: (u64, &str), to: (u64, &str), flags: u32, keep: bool) -> Mutatio
 }
 
 #[test]
-fn replace_with_keep_leaves_an_orphan_until_it_is_dropped() {
+fn a_replaced_file_open_in_a_session_stays_an_orphan_until_its_close() {
     let (_d, ns) = ns();
     let mut c = C::new(&ns);
     let old = c.mk(ROOT_INO, "target", FileKind::File);
     let new = c.mk(ROOT_INO, "new", FileKind::File);
     c.m(Mutation::CommitBlocks { ino: old, blocks: vec![(0, bref(1, 4096)), (1, bref(2, 100))], size: 4196 });
     c.m(Mutation::CommitBlocks { ino: new, blocks: vec![(0, bref(3, 10))], size: 10 });
+    assert_eq!(c.m(Mutation::Open { ino: old }), MetaResponse::Done);
     let before = ns.stats().unwrap();
     // One atomic step: the name now points at `new`, the old inode is kept as an orphan.
-    assert_eq!(c.m(rename((ROOT_INO, "new"), (ROOT_INO, "target"), 0, true)), MetaResponse::Unlinked { orphan: Some(old) });
+    assert_eq!(c.m(rename((ROOT_INO, "new"), (ROOT_INO, "target"), 0, false)), MetaResponse::Unlinked { orphan: Some(old) });
     assert_eq!(ns.lookup(ROOT_INO, b"target").unwrap().ino, new);
     assert_eq!(names(&ns, ROOT_INO), vec!["target"]);
     let a = ns.getattr(old).unwrap();
@@ -113,28 +114,100 @@ fn replace_with_keep_leaves_an_orphan_until_it_is_dropped() {
     assert_eq!(ns.get_blocks(old, 0, 10).unwrap().1, vec![(0, bref(1, 4096)), (1, bref(2, 100))]);
     assert_eq!(refs(&ns).len(), 3, "the orphan keeps its blocks referenced");
     assert_eq!((ns.stats().unwrap().files, ns.stats().unwrap().logical_bytes), (before.files, before.logical_bytes), "an orphan still counts");
+    assert!(ns.audit_refs().unwrap().clean());
     // It cannot get a name back.
     assert_eq!(c.code(Mutation::Link { ino: old, new_parent: ROOT_INO, new_name: "back".into() }), Some(ErrorCode::NotFound));
-    // Another session cannot drop it; this one can, once.
+    // Another session's close or DropOrphan does not drop it; this session's close does.
     let other = ns.open_session(&owner("test"), "other").unwrap();
     assert_eq!(ns.mutate(&owner("test"), other, 1, Mutation::DropOrphan { ino: old }), MetaResponse::Done);
-    assert!(ns.getattr(old).is_ok(), "another session's DropOrphan dropped it");
-    assert_eq!(c.m(Mutation::DropOrphan { ino: old }), MetaResponse::Done);
+    assert_eq!(ns.mutate(&owner("test"), other, 2, Mutation::Close { ino: old }), MetaResponse::Done);
+    assert!(ns.getattr(old).is_ok(), "another session dropped it");
+    assert_eq!(c.m(Mutation::Close { ino: old }), MetaResponse::Done);
     assert!(ns.getattr(old).is_err());
     assert_eq!(refs(&ns).keys().copied().collect::<Vec<_>>(), vec![BlockId::of(&[3])]);
     assert_eq!(ns.stats().unwrap().files, before.files - 1);
     assert_eq!(ns.stats().unwrap().logical_bytes, 10);
     assert_eq!(ns.stats().unwrap().blocks, 1);
-    assert_eq!(c.m(Mutation::DropOrphan { ino: old }), MetaResponse::Done, "idempotent");
-    assert_eq!(c.m(Mutation::DropOrphan { ino: new }), MetaResponse::Done, "not an orphan: left alone");
-    assert!(ns.getattr(new).is_ok());
-    // Unlink with keep; without keep (or with another link left) nothing is kept.
-    assert_eq!(c.m(Mutation::Unlink { parent: ROOT_INO, name: "target".into(), keep: true }), MetaResponse::Unlinked { orphan: Some(new) });
+    assert_eq!(c.m(Mutation::Close { ino: old }), MetaResponse::Done, "idempotent");
+    // Not open anywhere (`keep` is ignored), or another link left: nothing is kept.
+    assert_eq!(c.m(Mutation::Unlink { parent: ROOT_INO, name: "target".into(), keep: true }), MetaResponse::Unlinked { orphan: None });
+    assert!(ns.getattr(new).is_err());
     let g = c.mk(ROOT_INO, "g", FileKind::File);
+    c.m(Mutation::Open { ino: g });
     c.m(Mutation::Link { ino: g, new_parent: ROOT_INO, new_name: "g2".into() });
-    assert_eq!(c.m(Mutation::Unlink { parent: ROOT_INO, name: "g".into(), keep: true }), MetaResponse::Unlinked { orphan: None });
-    assert_eq!(c.m(Mutation::Unlink { parent: ROOT_INO, name: "g2".into(), keep: false }), MetaResponse::Unlinked { orphan: None });
-    assert!(ns.getattr(g).is_err());
+    assert_eq!(c.m(Mutation::Unlink { parent: ROOT_INO, name: "g".into(), keep: false }), MetaResponse::Unlinked { orphan: None });
+    assert_eq!(c.m(Mutation::Unlink { parent: ROOT_INO, name: "g2".into(), keep: false }), MetaResponse::Unlinked { orphan: Some(g) });
+    assert!(ns.audit_refs().unwrap().clean());
+}
+
+#[test]
+fn an_orphan_open_in_two_sessions_goes_with_the_last_close_or_expiry() {
+    let (_d, ns) = ns();
+    let mut a = C::new(&ns);
+    let mut b = C::new(&ns);
+    let f = a.mk(ROOT_INO, "f", FileKind::File);
+    a.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
+    a.m(Mutation::Open { ino: f });
+    b.m(Mutation::Open { ino: f });
+    // Opened twice in A (two handles counted once each): one close keeps it open there.
+    a.m(Mutation::Open { ino: f });
+    // A third session, which does not have it open, unlinks it.
+    let mut u = C::new(&ns);
+    assert_eq!(u.m(Mutation::Unlink { parent: ROOT_INO, name: "f".into(), keep: false }), MetaResponse::Unlinked { orphan: Some(f) });
+    a.m(Mutation::Close { ino: f });
+    a.m(Mutation::Close { ino: f });
+    assert_eq!(ns.getattr(f).unwrap().nlink, 0, "B still has it open");
+    assert_eq!(ns.get_blocks(f, 0, 1).unwrap().1, vec![(0, bref(1, 4096))]);
+    // B's client dies: its expiry drops the orphan, its blocks' references and its session.
+    let bs = ns.sessions().unwrap().into_iter().find(|s| s.id == b.session).unwrap();
+    assert_eq!((bs.open_files, bs.orphans), (1, 1));
+    assert!(ns.expire_session(b.session, 42).unwrap());
+    assert!(ns.getattr(f).is_err());
+    assert!(refs(&ns).is_empty());
+    assert!(ns.audit_refs().unwrap().clean(), "{:?}", ns.audit_refs().unwrap());
+    assert!(!ns.sessions().unwrap().iter().any(|s| s.id == b.session));
+    assert_eq!(b.code(Mutation::Open { ino: ROOT_INO }), Some(ErrorCode::UnknownSession));
+    assert!(!ns.expire_session(b.session, 43).unwrap(), "already gone");
+    // Nothing of B is left in the store: no record, no stored reply, no open.
+    assert!(opens::scan_all(ns.store(), Cf::Sessions, &session_key(b.session)).unwrap().is_empty());
+    assert!(ns.open_by(b.session).unwrap().is_empty());
+}
+
+#[test]
+fn locks_need_an_open_file_conflict_across_sessions_and_go_with_close_and_expiry() {
+    let (_d, ns) = ns();
+    let mut a = C::new(&ns);
+    let mut b = C::new(&ns);
+    let f = a.mk(ROOT_INO, "f", FileKind::File);
+    let w = |owner, start, end| LockSpec { owner, kind: LockKind::Write, start, end, pid: 100 + owner as u32 };
+    assert_eq!(a.code(Mutation::SetLock { ino: f, lock: w(1, 0, 9) }), Some(ErrorCode::InvalidArgument), "not open");
+    a.m(Mutation::Open { ino: f });
+    b.m(Mutation::Open { ino: f });
+    assert_eq!(a.code(Mutation::SetLock { ino: f, lock: w(1, 10, 9) }), Some(ErrorCode::InvalidArgument), "end before start");
+    assert_eq!(a.m(Mutation::SetLock { ino: f, lock: w(1, 0, 9) }), MetaResponse::Done);
+    // The same owner number in another session is another owner.
+    assert_eq!(b.code(Mutation::SetLock { ino: f, lock: w(1, 5, 5) }), Some(ErrorCode::WouldBlock));
+    assert_eq!(ns.get_lock(f, b.session, &w(1, 5, 5)).unwrap(), Some(LockHolder { session: a.session, lock: w(1, 0, 9) }));
+    assert_eq!(ns.get_lock(f, a.session, &w(1, 5, 5)).unwrap(), None, "an owner does not conflict with itself");
+    assert_eq!(b.m(Mutation::SetLock { ino: f, lock: w(2, 10, 19) }), MetaResponse::Done);
+    // A refusal is not stored: the same (session, seq) sent again after the unlock is granted.
+    let seq = b.seq + 1;
+    assert!(matches!(ns.mutate(&owner("test"), b.session, seq, Mutation::SetLock { ino: f, lock: w(2, 0, 0) }), MetaResponse::Error(e) if e.code == ErrorCode::WouldBlock));
+    a.m(Mutation::SetLock { ino: f, lock: LockSpec { kind: LockKind::Unlock, ..w(1, 0, 0) } });
+    assert_eq!(ns.mutate(&owner("test"), b.session, seq, Mutation::SetLock { ino: f, lock: w(2, 0, 0) }), MetaResponse::Done);
+    b.seq = seq;
+    assert_eq!(ns.sessions().unwrap().iter().find(|s| s.id == b.session).unwrap().locks, 2, "0..0 and 10..19 are apart: two locks");
+    assert_eq!(a.code(Mutation::SetLock { ino: f, lock: w(1, 0, 19) }), Some(ErrorCode::WouldBlock));
+    // B's close releases its locks.
+    b.m(Mutation::Close { ino: f });
+    assert_eq!(a.m(Mutation::SetLock { ino: f, lock: w(1, 0, u64::MAX) }), MetaResponse::Done);
+    b.m(Mutation::Open { ino: f });
+    assert_eq!(b.code(Mutation::SetLock { ino: f, lock: w(2, 0, 0) }), Some(ErrorCode::WouldBlock));
+    // A expires: its lock is free.
+    assert!(ns.expire_session(a.session, 7).unwrap());
+    assert_eq!(b.m(Mutation::SetLock { ino: f, lock: w(2, 0, 0) }), MetaResponse::Done);
+    // The server alone expires sessions.
+    assert_eq!(b.code(Mutation::ExpireSession { session: b.session }), Some(ErrorCode::PermissionDenied));
 }
 
 #[test]
@@ -359,7 +432,8 @@ fn audit_finds_wrong_counts_dangling_entries_and_leaked_inodes() {
     let g = c.mk(ROOT_INO, "g", FileKind::File);
     c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096)), (1, bref(2, 4096)), (2, bref(1, 4096))], size: 3 * 4096 });
     c.m(Mutation::CommitBlocks { ino: g, blocks: vec![(0, bref(1, 4096))], size: 4096 });
-    c.m(Mutation::Unlink { parent: ROOT_INO, name: "g".into(), keep: true });
+    c.m(Mutation::Open { ino: g });
+    c.m(Mutation::Unlink { parent: ROOT_INO, name: "g".into(), keep: false });
     let clean = ns.audit_refs().unwrap();
     assert!(clean.clean(), "{clean:?}");
     assert_eq!((clean.entries, clean.blocks, clean.orphans), (4, 2, 1));

@@ -13,7 +13,7 @@ pub(super) struct Txn<'a> {
     pub(super) blocks: BTreeMap<(u64, u64), Option<BlockRef>>,
     pub(super) inline: HashMap<u64, Option<Vec<u8>>>,
     pub(super) refs: HashMap<BlockId, i64>,
-    /// The session of the command: orphans are kept for it.
+    /// The session of the command.
     pub(super) session: u64,
     pub(super) files: i64,
     pub(super) bytes: i64,
@@ -100,9 +100,9 @@ impl<'a> Txn<'a> {
     }
 
     /// Drop one link of a non-directory; the inode and its blocks go with the last one, unless
-    /// `keep` and it is a regular file: then it stays, with no link, as an orphan of this
-    /// session (returned), until `DropOrphan`.
-    pub(super) fn unlink_inode(&mut self, ino: u64, keep: bool) -> Result<Option<u64>, WireError> {
+    /// it is a regular file that sessions have open: then it stays, with no link, as an orphan
+    /// of each of them (returned), until the last of them closes it or expires.
+    pub(super) fn unlink_inode(&mut self, ino: u64) -> Result<Option<u64>, WireError> {
         let mut r = self.inode(ino)?;
         r.nlink = r.nlink.checked_sub(1).ok_or_else(|| err(ErrorCode::Internal, format!("inode {ino} has a name but no link count")))?;
         r.ctime = self.now;
@@ -110,9 +110,12 @@ impl<'a> Txn<'a> {
             self.put_inode(ino, r);
             return Ok(None);
         }
-        if keep && r.kind == FileKind::File {
+        let holders = if r.kind == FileKind::File { super::opens::holders(self.store, ino)? } else { Vec::new() };
+        if !holders.is_empty() {
             self.put_inode(ino, r);
-            self.batch.put(Cf::Orphans, pair_key(self.session, ino), enc(&self.now));
+            for s in holders {
+                self.batch.put(Cf::Orphans, pair_key(s, ino), enc(&self.now));
+            }
             return Ok(Some(ino));
         }
         self.drop_inode(ino, &r)?;
