@@ -132,10 +132,11 @@ fn attributes_go_with_their_inode_and_no_record_is_left() {
     c.m(Mutation::Rename { parent: ROOT_INO, name: b"o".to_vec(), new_parent: ROOT_INO, new_name: b"g".to_vec(), flags: 0, keep: false });
     assert_eq!(xattr_records(&ns), 2, "only the renamed file's attributes are left");
     assert_eq!(ns.get_xattr(o, b"trusted.b").unwrap(), b"2");
-    // Unlinked while open (an orphan): kept until the orphan is dropped.
-    assert!(matches!(c.m(Mutation::Unlink { parent: ROOT_INO, name: b"g".to_vec(), keep: true }), MetaResponse::Unlinked { orphan: Some(_) }));
+    // Unlinked while open (an orphan): kept until its last close.
+    c.m(Mutation::Open { ino: o });
+    assert!(matches!(c.m(Mutation::Unlink { parent: ROOT_INO, name: b"g".to_vec(), keep: false }), MetaResponse::Unlinked { orphan: Some(_) }));
     assert_eq!(xattr_records(&ns), 2);
-    c.m(Mutation::DropOrphan { ino: o });
+    c.m(Mutation::Close { ino: o });
     assert_eq!(xattr_records(&ns), 0);
     let rep = ns.audit_refs().unwrap();
     assert!(rep.clean(), "{rep:#?}");
