@@ -13,6 +13,8 @@ use tessera_common::BlockId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+mod space;
+
 /// Blocks uploading at once across the mount (bounds memory; a full queue slows writers).
 const UPLOAD_SLOTS: usize = 16;
 /// Partially written blocks kept per file before the oldest is sealed anyway.

@@ -108,6 +108,9 @@ pub enum Mutation {
     /// Drop an orphan of this session (its inode, blocks and inline data). Anything else
     /// (not an orphan, another session's, already dropped) is left alone. Reply: `Done`.
     DropOrphan { ino: u64 },
+    /// Punch a hole: drop the block-map entries with index in `[first, first + count)` (they
+    /// read as zeros); the size stays. Dropping block 0 drops inline data too. Reply: `Attr`.
+    PunchBlocks { ino: u64, first: u64, count: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
