@@ -183,3 +183,22 @@ fn seek_data_and_hole_on_a_sparse_file() {
     drop(f);
     assert_fsck_clean(&c);
 }
+
+#[test]
+fn statfs_free_space_is_raw_free_over_replicas() {
+    let c = DevCluster::start();
+    std::fs::write(c.path("x"), vec![5u8; 1 << 20]).unwrap();
+    let s = c.status_json();
+    let replicas = s["replicas"].as_u64().unwrap();
+    let nodes = s["nodes"].as_array().unwrap();
+    let raw_free: u64 = nodes.iter().filter(|n| n["state"] != "out").map(|n| n["capacity"].as_u64().unwrap() - n["used"].as_u64().unwrap()).sum();
+    let raw_total: u64 = nodes.iter().filter(|n| n["state"] != "out").map(|n| n["capacity"].as_u64().unwrap()).sum();
+    let st = nix::sys::statvfs::statvfs(&c.mnt).unwrap();
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let total = st.blocks() as u64 * st.fragment_size() as u64;
+    assert_eq!(total / 4096, raw_total / replicas / 4096, "total = capacity / replicas");
+    // Heartbeats lag: allow a few MiB of difference in what is used.
+    let want = raw_free / replicas;
+    assert!(free.abs_diff(want) <= 8 << 20, "free {free} vs raw free / replicas {want}");
+    assert_fsck_clean(&c);
+}
