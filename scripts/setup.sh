@@ -29,3 +29,7 @@ if [ "$(pjdfstest --version 2>/dev/null | awk '{print $2}')" != "0.2.2" ]; then
   cargo install --locked pjdfstest@0.2.2
 fi
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing (load the fuse module: modprobe fuse)" >&2; exit 1; }
+# fsx (data-integrity exerciser, the version ../shared/bench/conformance.sh uses): scripts/test.sh runs it.
+if ! "${CARGO_HOME:-$HOME/.cargo}/bin/fsx" --version 2>/dev/null | grep -q '0\.3\.2'; then
+  cargo install fsx@0.3.2
+fi

@@ -102,6 +102,13 @@ impl Blocks {
     /// skipped like down ones; when the write fails because no server can take the block (all
     /// full, or a server answered `NoSpace`), the error is `NoSpace` (ENOSPC), not EIO.
     pub async fn put(&self, id: BlockId, data: Arc<Vec<u8>>) -> FsResult<()> {
+        let t = std::time::Instant::now();
+        let r = self.put_replicas(id, data.clone()).await;
+        tracing::trace!(elapsed_us = t.elapsed().as_micros() as u64, block = %id.short(), len = data.len(), ok = r.is_ok(), "block put");
+        r
+    }
+
+    async fn put_replicas(&self, id: BlockId, data: Arc<Vec<u8>>) -> FsResult<()> {
         let ring = self.ring();
         let candidates: Vec<String> = ring.targets(&id, ring.nodes.len()).iter().map(|n| n.addr.clone()).collect();
         let some_full = ring.nodes.iter().any(|n| n.up && n.full);
@@ -196,6 +203,13 @@ impl Blocks {
     }
 
     async fn fetch(&self, id: BlockId) -> FsResult<Arc<Vec<u8>>> {
+        let t = std::time::Instant::now();
+        let r = self.fetch_verified(id).await;
+        tracing::trace!(elapsed_us = t.elapsed().as_micros() as u64, block = %id.short(), ok = r.is_ok(), "block fetch");
+        r
+    }
+
+    async fn fetch_verified(&self, id: BlockId) -> FsResult<Arc<Vec<u8>>> {
         let owners = self.read_order(&id);
         let mut last = FsError::Io(format!("block {} has no reachable replica", id.short()));
         for addr in owners {
@@ -227,6 +241,11 @@ impl Blocks {
             }
         }
         Err(last)
+    }
+
+    /// Keep a block this mount has just stored (its bytes hash to `id`) in the cache.
+    pub fn remember(&self, id: BlockId, data: Arc<Vec<u8>>) {
+        self.cache_insert(id, data);
     }
 
     fn cache_insert(&self, id: BlockId, data: Arc<Vec<u8>>) {

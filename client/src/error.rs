@@ -56,7 +56,7 @@ impl FsError {
 
     /// Whether this is worth an error line in the log (expected errors such as ENOENT are not).
     pub fn is_expected(&self) -> bool {
-        matches!(self.errno(), libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENOTDIR | libc::EISDIR | libc::ENAMETOOLONG | libc::EINVAL | libc::EPERM | libc::ENODATA | libc::ERANGE | libc::EOPNOTSUPP | libc::EAGAIN | libc::EINTR)
+        matches!(self.errno(), libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENOTDIR | libc::EISDIR | libc::ENAMETOOLONG | libc::EINVAL | libc::EPERM | libc::ENODATA | libc::ERANGE | libc::EOPNOTSUPP | libc::EAGAIN | libc::EINTR | libc::ENXIO)
     }
 }
 

@@ -271,6 +271,32 @@ impl FileState {
         self.committed_size = size;
     }
 
+    /// Punch a hole over the whole blocks `[first, end)`: whatever state they are in here is
+    /// dropped (the metadata server drops its entries; an upload in flight goes stale). Block 0
+    /// takes the inline content with it.
+    pub fn punch(&mut self, first: u64, end: u64) {
+        self.blocks.retain(|&i, _| i < first || i >= end);
+        if first == 0 && end > 0 {
+            self.inline = None;
+            self.server_inline = false;
+        }
+    }
+
+    /// Whether block `idx` holds data (in any state, or as inline content); an absent block is
+    /// a hole.
+    pub fn has_data(&self, idx: u64) -> bool {
+        self.blocks.contains_key(&idx) || (idx == 0 && self.inline.is_some())
+    }
+
+    /// The first block at or after `idx` that holds data.
+    pub fn next_data(&self, idx: u64) -> Option<u64> {
+        let stored = self.blocks.range(idx..).next().map(|(i, _)| *i);
+        if idx == 0 && self.inline.is_some() {
+            return Some(0);
+        }
+        stored
+    }
+
     /// Where the bytes `[lo, hi)` (block offsets) of block `idx` come from.
     pub fn source(&self, idx: u64, lo: u64, hi: u64) -> Src {
         match self.blocks.get(&idx) {

@@ -14,6 +14,8 @@ use tessera_common::BlockId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+mod space;
+
 /// Blocks uploading at once across the mount (bounds memory; a full queue slows writers).
 const UPLOAD_SLOTS: usize = 16;
 /// Partially written blocks kept per file before the oldest is sealed anyway.
@@ -187,11 +189,15 @@ impl Fs {
             let a = self.meta.mutate_attr(Mutation::SetAttr { ino, attr }).await?;
             return Ok(self.overlay(a));
         };
-        // Truncating, or setting the mtime of, a file open here: settle local writes first,
-        // so that their commit cannot change the size or the mtime afterwards (`tar -x` writes,
-        // then sets the mtime with futimens, then closes); then cut both views.
+        // Truncating a file open here cuts both views, the server's and ours, under the state
+        // lock; local writes below the new end stay dirty and are committed later, like any
+        // other (a truncate makes nothing durable, so it need not upload them first). Setting
+        // the mtime settles local writes first, so that their commit cannot change it afterwards
+        // (`tar -x` writes, then sets the mtime with futimens, then closes).
         let mut st = f.st.lock().await;
-        self.flush_state(&f, &mut st).await?;
+        if attr.mtime.is_some() {
+            self.flush_state(&f, &mut st).await?;
+        }
         let size = attr.size;
         let a = self.meta.mutate_attr(Mutation::SetAttr { ino, attr }).await?;
         if let Some(size) = size {
@@ -430,13 +436,19 @@ impl Fs {
     async fn seal(&self, st: &mut OpenState, idx: u64) {
         let Some((data, upload)) = st.seal(idx) else { return };
         let permit: OwnedSemaphorePermit = self.upload_slots.clone().acquire_owned().await.expect("semaphore never closed");
-        let blocks = self.blocks.clone();
+        let (blocks, bs) = (self.blocks.clone(), self.bs);
         st.uploads.push(tokio::spawn(async move {
             let _permit = permit;
             let d = data.clone();
             let r = async {
                 let id = tokio::task::spawn_blocking(move || BlockId::of(&d)).await.map_err(|e| FsError::Io(e.to_string()))?;
                 blocks.put(id, data.clone()).await?;
+                // A block that is not full is a file's tail: the next partial write or read of
+                // it would fetch it back, so keep it (a full one is left out, so that a big
+                // write does not push out what readers use).
+                if (data.len() as u64) < bs {
+                    blocks.remember(id, data.clone());
+                }
                 Ok(BlockRef { id, len: data.len() as u32 })
             }
             .await;

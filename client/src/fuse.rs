@@ -423,21 +423,50 @@ impl Filesystem for FuseFs {
     }
 
     /// Mode 0 (allocate, extending the size) is a size change: blocks are allocated when
-    /// written anyway. Punching holes and keeping the size are not supported.
-    fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        if mode != 0 {
+    /// written anyway. `KEEP_SIZE` alone has nothing to do: a content-addressed store cannot
+    /// reserve space for bytes it has not seen. `PUNCH_HOLE | KEEP_SIZE` zeroes the range
+    /// (whole blocks become holes). Other modes: EOPNOTSUPP.
+    fn fallocate(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        if mode != 0 && mode != KEEP && mode != PUNCH {
             return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
         }
         let fs = self.fs.clone();
         self.spawn(async move {
             let r = async {
-                let size = fs.getattr(ino.0).await?.size;
                 let end = offset.checked_add(length).ok_or(FsError::Errno(libc::EFBIG))?;
-                fs.setattr(ino.0, SetAttr { size: Some(size.max(end)), ..Default::default() }).await
+                match mode {
+                    0 => {
+                        let size = fs.getattr(ino.0).await?.size;
+                        fs.setattr(ino.0, SetAttr { size: Some(size.max(end)), ..Default::default() }).await.map(|_| ())
+                    }
+                    KEEP => Ok(()),
+                    _ => fs.punch_hole(fh.0, offset, length).await,
+                }
             }
             .await;
             match r {
-                Ok(_) => reply.ok(),
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    /// The kernel asks only for `SEEK_DATA` and `SEEK_HOLE`; the others it answers itself.
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return reply.error(Errno::from_i32(libc::EINVAL)),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::from_i32(libc::ENXIO));
+        };
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.seek_hole_or_data(fh.0, offset, data).await {
+                Ok(p) => reply.offset(p as i64),
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -133,6 +133,9 @@ pub enum Mutation {
     /// closed): its locks are released, its open files closed (orphans dropped) and its records
     /// and stored replies deleted. Reply: `Done`.
     ExpireSession { session: u64 },
+    /// Punch a hole: drop the block-map entries with index in `[first, first + count)` (they
+    /// read as zeros); the size stays. Dropping block 0 drops inline data too. Reply: `Attr`.
+    PunchBlocks { ino: u64, first: u64, count: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

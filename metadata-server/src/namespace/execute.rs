@@ -204,6 +204,21 @@ impl Namespace {
             }
             Mutation::SetXattr { ino, name, value, flags } => self.set_xattr(&mut tx, *ino, name, value, *flags)?,
             Mutation::RemoveXattr { ino, name } => self.remove_xattr(&mut tx, *ino, name)?,
+            Mutation::PunchBlocks { ino, first, count } => {
+                let mut r = tx.inode(*ino)?;
+                if r.kind != FileKind::File {
+                    return Err(err(ErrorCode::InvalidArgument, "not a regular file"));
+                }
+                tx.drop_blocks_in(*ino, *first, first.saturating_add(*count))?;
+                if *first == 0 && *count > 0 {
+                    tx.inline.insert(*ino, None);
+                }
+                r.mtime = now;
+                r.ctime = now;
+                let a = attr(*ino, &r);
+                tx.put_inode(*ino, r);
+                MetaResponse::Attr(a)
+            }
         };
         Ok((tx.finish()?, reply))
     }

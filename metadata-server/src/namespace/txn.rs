@@ -137,13 +137,24 @@ impl<'a> Txn<'a> {
     /// Drop block-map entries with index >= `first`: those in the store (paged forward by key)
     /// and those this command set.
     pub(super) fn drop_blocks_from(&mut self, ino: u64, first: u64) -> Result<(), WireError> {
+        self.drop_blocks_in(ino, first, u64::MAX)
+    }
+
+    /// Drop block-map entries with index in `[first, end)`.
+    pub(super) fn drop_blocks_in(&mut self, ino: u64, first: u64, end: u64) -> Result<(), WireError> {
+        if first >= end {
+            return Ok(());
+        }
         let prefix = ino_key(ino);
         let mut start = pair_key(ino, first);
-        loop {
+        'scan: loop {
             let entries = self.store.scan(Cf::BlockMap, &prefix, &start, 4096)?;
             let n = entries.len();
             for (k, _) in entries {
                 let idx = tail_u64(&k);
+                if idx >= end {
+                    break 'scan;
+                }
                 self.set_block(ino, idx, None)?;
                 start = pair_key(ino, idx.saturating_add(1));
             }
@@ -151,7 +162,7 @@ impl<'a> Txn<'a> {
                 break;
             }
         }
-        let set: Vec<u64> = self.blocks.range((ino, first)..=(ino, u64::MAX)).filter(|(_, b)| b.is_some()).map(|((_, i), _)| *i).collect();
+        let set: Vec<u64> = self.blocks.range((ino, first)..(ino, end)).filter(|(_, b)| b.is_some()).map(|((_, i), _)| *i).collect();
         for idx in set {
             self.set_block(ino, idx, None)?;
         }
