@@ -282,8 +282,10 @@ impl Service for MetaService {
             return (self.wait_lock(ino, session, lock, timeout_ms).await, vec![]);
         }
         if let MetaRequest::Mutate { session, seq, op } = &req {
-            // A retry that was answered gets its reply back, even if its blocks are gone by now.
-            if matches!(peer.role, Role::Client | Role::Admin) && !self.ns.is_answered(*session, *seq) {
+            // Only commits are checked; a retry that was answered gets its reply back, even if
+            // its blocks are gone by now.
+            let commit = matches!(op, Mutation::CommitBlocks { .. });
+            if commit && matches!(peer.role, Role::Client | Role::Admin) && !self.ns.is_answered(*session, *seq) {
                 if let Err(e) = self.claims.check(op).await {
                     return (MetaResponse::Error(e), vec![]);
                 }

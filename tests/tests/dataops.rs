@@ -28,15 +28,6 @@ fn seek(f: &std::fs::File, offset: u64, whence: i32) -> std::io::Result<u64> {
     }
 }
 
-fn assert_fsck_clean(c: &DevCluster) {
-    let out = c.admin(&["fsck"]);
-    assert!(
-        out.status.success(),
-        "fsck: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
 #[test]
 fn punch_hole_reads_zeros_keeps_size_and_shows_as_a_hole() {
     let c = DevCluster::start();
@@ -44,12 +35,7 @@ fn punch_hole_reads_zeros_keeps_size_and_shows_as_a_hole() {
     let size = 3 * BS + 12345;
     let mut want = random_bytes(&mut rng, size as usize);
     let p = c.path("f");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .open(&p)
-        .unwrap();
+    let mut f = open_rw(&p);
     f.write_all(&want).unwrap();
     f.sync_all().unwrap();
     // From inside block 0 to inside block 2: block 1 becomes a hole, the ends are zeroed.
@@ -78,7 +64,7 @@ fn punch_hole_reads_zeros_keeps_size_and_shows_as_a_hole() {
         .unwrap();
     assert!(got == want, "bytes after the punch differ");
     // Without KEEP_SIZE, and modes we do not implement: EOPNOTSUPP, nothing changed.
-    let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let f = open_rw(&p);
     for mode in [
         libc::FALLOC_FL_PUNCH_HOLE,
         libc::FALLOC_FL_COLLAPSE_RANGE,
@@ -90,7 +76,7 @@ fn punch_hole_reads_zeros_keeps_size_and_shows_as_a_hole() {
     assert_eq!(f.metadata().unwrap().len(), size);
     drop(f);
     // Punching to the end drops the tail block too: the file is all hole from BS on.
-    let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let f = open_rw(&p);
     fallocate(
         &f,
         libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
@@ -108,7 +94,7 @@ fn punch_hole_reads_zeros_keeps_size_and_shows_as_a_hole() {
     let got = std::fs::read(&p).unwrap();
     want[BS as usize..].fill(0);
     assert!(got == want, "bytes after punching to the end differ");
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 #[test]
@@ -116,7 +102,7 @@ fn keep_size_keeps_size_and_mode_0_extends() {
     let c = DevCluster::start();
     let p = c.path("g");
     std::fs::write(&p, b"0123456789").unwrap();
-    let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let f = open_rw(&p);
     fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, 0, 1 << 20).unwrap();
     assert_eq!(f.metadata().unwrap().len(), 10, "KEEP_SIZE keeps the size");
     fallocate(&f, 0, 100, 1 << 20).unwrap();
@@ -129,19 +115,14 @@ fn keep_size_keeps_size_and_mode_0_extends() {
     let got = std::fs::read(&p).unwrap();
     assert_eq!(&got[..10], b"0123456789");
     assert!(got[10..].iter().all(|&b| b == 0));
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 #[test]
 fn seek_data_and_hole_on_a_sparse_file() {
     let c = DevCluster::start();
     let p = c.path("sparse");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .open(&p)
-        .unwrap();
+    let mut f = open_rw(&p);
     f.write_all(&[7u8; 100]).unwrap();
     f.seek(SeekFrom::Start(2 * BS + 10)).unwrap();
     f.write_all(&[9u8; 100]).unwrap();
@@ -181,7 +162,7 @@ fn seek_data_and_hole_on_a_sparse_file() {
         f.sync_all().unwrap();
     }
     drop(f);
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 #[test]
@@ -200,5 +181,10 @@ fn statfs_free_space_is_raw_free_over_replicas() {
     // Heartbeats lag: allow a few MiB of difference in what is used.
     let want = raw_free / replicas;
     assert!(free.abs_diff(want) <= 8 << 20, "free {free} vs raw free / replicas {want}");
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
+}
+
+/// Open (creating) `p` for reading and writing.
+fn open_rw(p: &std::path::Path) -> std::fs::File {
+    OpenOptions::new().create(true).read(true).write(true).open(p).unwrap()
 }

@@ -98,11 +98,6 @@ fn try_lock(path: &Path, op: &str, start: u64, len: u64) -> String {
     line
 }
 
-fn assert_fsck_clean(c: &DevCluster) {
-    let out = c.admin(&["fsck"]);
-    assert!(out.status.success(), "fsck: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-}
-
 /// A cluster with a short session lease, a file `f` in it, and a second mount.
 fn two_mounts(extra: &[&str]) -> (DevCluster, Proc, PathBuf) {
     let mut args = vec!["--session-lease", "3"];
@@ -126,7 +121,7 @@ fn flock_through_one_mount_blocks_the_other_until_released() {
     // The release is sent when A's file closes; the next try through B gets it.
     let got = wait_for(Duration::from_secs(10), || (try_lock(&bmnt.join("f"), "flock_ex_nb", 0, 0) == "ok").then_some(()));
     assert!(got.is_some(), "B never got the flock after A released it");
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 #[test]
@@ -154,7 +149,7 @@ fn byte_ranges_conflict_only_where_they_overlap_and_getlk_names_the_holder() {
     assert_eq!(ofd.line(), "ok");
     assert_eq!(try_lock(&bf, "wr_nb", 505, 1), "EAGAIN", "an OFD lock through A did not block B");
     ofd.release();
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 #[test]
@@ -183,7 +178,7 @@ fn a_waiting_setlkw_is_woken_by_the_unlock_and_ended_by_a_signal() {
     // It holds the lock now.
     assert_eq!(try_lock(&c.path("f"), "wr_nb", 5, 1), "EAGAIN");
     w.release();
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 fn stored(c: &DevCluster) -> u64 {
@@ -227,7 +222,7 @@ fn a_killed_mount_loses_its_lock_and_unlinked_open_file_when_its_lease_runs_out(
     assert!(expired_after >= Duration::from_secs(1), "expired {expired_after:?} after the kill: before its lease could run out");
     assert_eq!(try_lock(&c.path("f"), "wr_nb", 0, 1), "ok", "the lock of the expired mount is still held");
     assert_eq!(c.status_json()["files"].as_u64().unwrap(), files_before - 1, "the unlinked file is still counted");
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
     assert_eq!(c.status_json()["blocks"]["total"].as_u64(), Some(0), "blocks still referenced");
     // Unreferenced, they are collected (the grace is 1 s; passes also run every second).
     let collected = wait_for(Duration::from_secs(20), || {
@@ -264,7 +259,7 @@ fn a_file_unlinked_through_b_stays_readable_and_writable_through_a() {
     let freed = wait_for(Duration::from_secs(10), || (c.status_json()["files"].as_u64().unwrap() == files_before - 1).then_some(()));
     assert!(freed.is_some(), "the file was not dropped after A closed it");
     assert_eq!(c.status_json()["blocks"]["total"].as_u64(), Some(0));
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
     let _ = std::io::stderr().flush();
 }
 

@@ -15,11 +15,6 @@ fn drop_caches() {
     let _ = fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
-fn assert_fsck_clean(c: &DevCluster) {
-    let out = c.admin(&["fsck"]);
-    assert!(out.status.success(), "fsck: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-}
-
 /// A log file that starts small (its content inline in the metadata) and keeps growing
 /// without an fsync for longer than the GC grace: its blocks must be referenced before the
 /// grace runs out, or the collector deletes them and the later fsync commits dangling ids.
@@ -49,7 +44,7 @@ fn a_growing_log_that_started_inline_keeps_its_blocks_through_gc() {
     let got = fs::read(&path).expect("reading the log back");
     assert_eq!(got.len(), want.len(), "log length");
     assert!(got == want, "the log's bytes differ from what was written");
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 /// Processes that open, write their own slot of one block and close, all at once: every slot
@@ -82,7 +77,7 @@ fn concurrent_open_write_close_of_one_file_loses_no_write() {
         let slot = &got[w * SLOT..(w + 1) * SLOT];
         assert!(slot.iter().all(|&b| b == want), "writer {w}'s slot holds {:?}…, not its last write {want}", &slot[..8]);
     }
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 fn renameat2(from: &std::path::Path, to: &std::path::Path, flags: u32) -> std::io::Result<()> {
@@ -127,7 +122,7 @@ fn a_refused_rename_leaves_an_open_target_in_place() {
     drop(held);
     assert_eq!(names(&c.mnt), vec!["dir", "target"]);
     assert_eq!(fs::read(&t).unwrap(), b"the target's bytes");
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 /// `RENAME_EXCHANGE` swaps two names atomically, open or not.
@@ -152,7 +147,7 @@ fn rename_exchange_swaps_two_names() {
     assert_eq!(fs::read(c.mnt.join("d")).unwrap(), b"file in e");
     assert_eq!(fs::read(c.mnt.join("e/f/inner")).unwrap(), b"inside");
     assert_eq!(names(&c.mnt), vec!["a", "b", "d", "e"]);
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 /// A replaced (or unlinked) file that is open stays readable through its descriptor, shows no
@@ -181,5 +176,5 @@ fn a_replaced_open_file_stays_readable_and_leaves_no_name() {
     drop(held);
     drop(held_u);
     assert_eq!(names(&c.mnt), vec!["t"]);
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
 }

@@ -64,11 +64,6 @@ fn remove(p: &Path, name: &str) -> Result<(), i32> {
     if r == 0 { Ok(()) } else { Err(errno()) }
 }
 
-fn assert_fsck_clean(c: &DevCluster) {
-    let out = c.admin(&["fsck"]);
-    assert!(out.status.success(), "fsck: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-}
-
 /// Run `cmd` in `dir` (as another user with `runuser -u USER --` in front); stdout, or the
 /// failure's stderr.
 fn sh(dir: &Path, cmd: &str) -> Result<String, String> {
@@ -136,7 +131,7 @@ fn xattrs_round_trip_with_linux_errnos_and_survive_a_restart() {
     fs::remove_file(&l).unwrap();
     fs::write(&f, b"new").unwrap();
     assert!(list(&f).is_empty());
-    assert_fsck_clean(&cl);
+    cl.assert_fsck_clean();
 }
 
 #[test]
@@ -184,7 +179,7 @@ fn acls_are_enforced_for_another_user_and_default_acls_are_inherited() {
     // Removing the default ACL stops the inheritance.
     sh_ok(&root, "setfacl -k shared && umask 022 && touch shared/after");
     assert!(!sh_ok(&root, "getfacl -c shared/after").contains("nobody"));
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 #[test]
@@ -205,7 +200,7 @@ fn cp_a_preserves_user_xattrs_and_acls() {
     assert!(want_acls.contains("user:nobody:rw-") && want_acls.contains("default:user:nobody:r-x"), "{want_acls}");
     assert_eq!(attrs("copy/src"), want_attrs, "cp -a kept the user.* attributes");
     assert_eq!(acls("copy/src"), want_acls, "cp -a kept the ACLs");
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
 }
 
 /// The client remembers that a file has no `security.capability` (the kernel asks before
@@ -227,5 +222,5 @@ fn a_file_capability_is_seen_at_once_and_dropped_by_a_write() {
     file.write_all(b"a write by a non-privileged-aware path").unwrap();
     drop(file);
     assert_eq!(get(&f, "security.capability"), Err(libc::ENODATA), "a write drops the file capability");
-    assert_fsck_clean(&c);
+    c.assert_fsck_clean();
 }
