@@ -66,8 +66,15 @@ impl Repairer {
     async fn send_copy(&self, ring: &Ring, id: BlockId, node: u64) -> Option<(u64, BlockId)> {
         let info = ring.node(node)?;
         let store = self.store.clone();
-        // The copy keeps our copy's last-use time: copying is not a use (see proto::chunk).
-        let data = match tokio::task::spawn_blocking(move || store.get(&id).map(|d| (d, store.idle_secs(&id).unwrap_or(0)))).await {
+        // The copy keeps our copy's last-use time: copying is not a use (see proto::chunk). The
+        // age is read first: a copy collected meanwhile is then not sent at all, where reading
+        // it after the data sent it as brand new, and it outlived its grace (seen in CI).
+        let data = match tokio::task::spawn_blocking(move || {
+            let age = store.idle_secs(&id).ok_or_else(|| format!("block {} is gone (collected)", id.short()))?;
+            store.get(&id).map(|d| (d, age)).map_err(|e| e.to_string())
+        })
+        .await
+        {
             Ok(Ok(d)) => d,
             other => {
                 warn!(block = %id.short(), "repair: local copy unusable: {other:?}");
