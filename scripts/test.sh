@@ -10,10 +10,8 @@ cargo build --release --workspace --bins
 
 # fsx on a real mount, two fixed seeds, every operation (~4 min per 100,000 operations here);
 # skipped when the caller picks tests (arguments for nextest).
-# Seed 2 fails at operation ~5,796 (found 2026-12-02, open in issue 12): CI runs seed 1 until
-# it is fixed; `FSX_SEEDS="1 2" scripts/fsx.sh` reproduces it.
 if [ $# -eq 0 ]; then
-    FSX_SEEDS="${FSX_SEEDS:-1}" scripts/fsx.sh
+    scripts/fsx.sh
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

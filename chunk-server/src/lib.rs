@@ -14,7 +14,7 @@ use store::{BlockStore, ChunkError};
 use tessera_common::metalink::MetaLink;
 use tessera_common::net::{self, Service};
 use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
-use tessera_common::proto::meta::{MetaRequest, MetaResponse};
+use tessera_common::proto::meta::{ChunkLoad, MetaRequest, MetaResponse};
 use tessera_common::tls::{Identity, NodeCerts, Role};
 use tessera_common::ring::Ring;
 use tessera_common::{ErrorCode, WireError};
@@ -312,11 +312,14 @@ impl Heartbeat {
             let req = if registered {
                 MetaRequest::Heartbeat {
                     node_id: self.node_id,
-                    capacity: self.capacity,
-                    used: self.store.used(),
-                    blocks: self.store.count(),
-                    repair_pending: self.pending.load(std::sync::atomic::Ordering::Relaxed),
-                    full,
+                    load: ChunkLoad {
+                        capacity: self.capacity,
+                        used: self.store.used(),
+                        blocks: self.store.count(),
+                        repair_pending: self.pending.load(std::sync::atomic::Ordering::Relaxed),
+                        free: self.space.headroom(self.store.used()).saturating_sub(self.space.reserve),
+                        full,
+                    },
                 }
             } else {
                 MetaRequest::RegisterChunk { node_id: self.node_id, addr: self.addr.clone(), zone: self.zone.clone(), capacity: self.capacity }

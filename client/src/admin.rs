@@ -37,6 +37,8 @@ struct NodeJson {
     last_heartbeat_ms: u64,
     draining: bool,
     repair_pending: u64,
+    /// Bytes it may still take, above its reserve.
+    free: u64,
     full: bool,
 }
 
@@ -230,6 +232,7 @@ impl Admin {
                     last_heartbeat_ms: n.last_heartbeat_ms,
                     draining: n.draining,
                     repair_pending: n.repair_pending,
+                    free: n.free,
                     full: n.full,
                 })
                 .collect(),
@@ -260,10 +263,10 @@ impl Admin {
             println!("{}", serde_json::to_string_pretty(&out)?);
             return Ok(());
         }
-        println!("{:<16}  {:<10} {:<22} {:<8} {:>10} {:>10} {:>8} {:>8}", "ID", "ZONE", "ADDRESS", "STATE", "CAPACITY", "USED", "BLOCKS", "LAST HB");
+        println!("{:<16}  {:<10} {:<22} {:<8} {:>10} {:>10} {:>10} {:>8} {:>8}", "ID", "ZONE", "ADDRESS", "STATE", "CAPACITY", "USED", "FREE", "BLOCKS", "LAST HB");
         for n in &out.nodes {
             println!(
-                "{:<16}  {:<10} {:<22} {:<8} {:>10} {:>10} {:>8} {:>7.1}s",
+                "{:<16}  {:<10} {:<22} {:<8} {:>10} {:>10} {:>10} {:>8} {:>7.1}s",
                 n.id,
                 n.zone,
                 n.addr,
@@ -274,6 +277,7 @@ impl Admin {
                 },
                 human(n.capacity),
                 human(n.used),
+                human(n.free),
                 n.blocks,
                 n.last_heartbeat_ms as f64 / 1000.0
             );

@@ -3,14 +3,17 @@
 
 use crate::error::{FsError, FsResult};
 use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tessera_common::net::{ClientPool, RpcClient};
 use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
 use tessera_common::ring::Ring;
 use tessera_common::{BlockId, ErrorCode};
-use tracing::warn;
+use tracing::{debug, warn};
 
 type Fetch = Shared<BoxFuture<'static, Result<Arc<Vec<u8>>, FsError>>>;
 
@@ -25,10 +28,23 @@ pub struct Blocks {
     cache_bytes: Mutex<usize>,
     cache_limit: usize,
     inflight: Mutex<HashMap<BlockId, Fetch>>,
+    get_latency: Latency,
+    put_latency: Latency,
+    suspects: Suspects,
 }
 
 /// Blocks at least this large are offered with a "has" before they are sent.
 const DEDUP_CHECK_MIN: usize = 64 * 1024;
+
+/// Bounds of the hedge delay of reads: a second server is asked after this long at most, so a
+/// frozen server stalls a read by about this much.
+const HEDGE_MIN: Duration = Duration::from_millis(50);
+const HEDGE_MAX: Duration = Duration::from_millis(500);
+/// Bounds of the time the other targets of a put get once the write quorum has acknowledged.
+const SETTLE_MIN: Duration = Duration::from_millis(200);
+const SETTLE_MAX: Duration = Duration::from_millis(1000);
+/// How long a server that failed or stalled is tried last.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
 /// Older ring versions kept for readers.
 const RING_HISTORY: usize = 3;
@@ -47,6 +63,9 @@ impl Blocks {
             cache_bytes: Mutex::new(0),
             cache_limit,
             inflight: Mutex::new(HashMap::new()),
+            get_latency: Latency::default(),
+            put_latency: Latency::default(),
+            suspects: Suspects::default(),
         })
     }
 
@@ -96,48 +115,113 @@ impl Blocks {
 
     /// Store `data` (whose id is `id`) on the first N servers of the ring that are up, in
     /// parallel. A server that fails is replaced by the next one clockwise, so N copies exist
-    /// while enough servers answer; the write fails only if fewer than the write quorum took it.
-    /// A server that already holds the block is not sent it again (dedup); its "has" also
-    /// protects the block from garbage collection until we commit. Servers that are full are
-    /// skipped like down ones; when the write fails because no server can take the block (all
-    /// full, or a server answered `NoSpace`), the error is `NoSpace` (ENOSPC), not EIO.
-    pub async fn put(&self, id: BlockId, data: Arc<Vec<u8>>) -> FsResult<()> {
-        let t = std::time::Instant::now();
+    /// while enough servers answer. Once the write quorum has acknowledged, the others get a
+    /// short settle time (a few times the usual put latency); a server still silent then is
+    /// left behind, marked suspect, and its copy is repair's business, so one frozen or dead
+    /// server costs one settle time, not a stall per block. Suspect servers are tried last and
+    /// only when needed for the quorum. A server that already holds the block is not sent it
+    /// again (dedup); its "has" also protects the block from garbage collection until we
+    /// commit. Servers that are full are skipped like down ones; when the write fails because
+    /// no server can take the block (all full, or a server answered `NoSpace`), the error is
+    /// `NoSpace` (ENOSPC), not EIO.
+    pub async fn put(self: &Arc<Self>, id: BlockId, data: Arc<Vec<u8>>) -> FsResult<()> {
+        let t = Instant::now();
         let r = self.put_replicas(id, data.clone()).await;
         tracing::trace!(elapsed_us = t.elapsed().as_micros() as u64, block = %id.short(), len = data.len(), ok = r.is_ok(), "block put");
         r
     }
 
-    async fn put_replicas(&self, id: BlockId, data: Arc<Vec<u8>>) -> FsResult<()> {
+    async fn put_replicas(self: &Arc<Self>, id: BlockId, data: Arc<Vec<u8>>) -> FsResult<()> {
         let ring = self.ring();
-        let candidates: Vec<String> = ring.targets(&id, ring.nodes.len()).iter().map(|n| n.addr.clone()).collect();
+        let targets: Vec<String> = ring.targets(&id, ring.nodes.len()).iter().map(|n| n.addr.clone()).collect();
         let some_full = ring.nodes.iter().any(|n| n.up && n.full);
-        if candidates.is_empty() {
+        if targets.is_empty() {
             return Err(if some_full { FsError::no_space("every chunk server that is up is full") } else { FsError::Io("no chunk server is up".into()) });
         }
-        let want = self.replicas.min(candidates.len());
-        let mut next = 0;
-        let mut acked = 0;
-        let mut last = None;
-        let mut refused_for_space = false;
-        while acked < want && next < candidates.len() {
-            let batch = &candidates[next..(next + want - acked).min(candidates.len())];
-            next += batch.len();
-            for r in futures::future::join_all(batch.iter().map(|addr| self.put_one(addr, id, data.clone()))).await {
-                match r {
-                    Ok(()) => acked += 1,
-                    Err(e) => {
-                        warn!(block = %id.short(), "put failed: {e}");
-                        refused_for_space |= e.errno() == libc::ENOSPC;
-                        last = Some(e);
+        let (order, healthy) = self.suspects.healthy_first(targets);
+        let want = self.replicas.min(order.len());
+        // A cluster smaller than the quorum can hold at most one copy per server.
+        let quorum = self.write_quorum.min(ring.nodes.len()).max(1);
+        let mut inflight = FuturesUnordered::new();
+        // Servers asked and not answered yet.
+        let mut pending: Vec<String> = Vec::new();
+        let launch = |addr: &String, inflight: &mut FuturesUnordered<_>, pending: &mut Vec<String>| {
+            pending.push(addr.clone());
+            let (me, addr, data) = (self.clone(), addr.clone(), data.clone());
+            inflight.push(async move {
+                let t = Instant::now();
+                let r = me.put_one(&addr, id, data).await;
+                (addr, r, t.elapsed())
+            });
+        };
+        let mut next = want.min(healthy.max(quorum));
+        for addr in &order[..next] {
+            launch(addr, &mut inflight, &mut pending);
+        }
+        let (mut acked, mut last, mut refused_for_space) = (0, None, false);
+        let mut settle: Option<Instant> = None;
+        while acked < want {
+            if inflight.is_empty() {
+                // Only suspects are left: with the quorum in hand, their copies wait for repair.
+                if next < order.len() && !(acked >= quorum && next >= healthy) {
+                    launch(&order[next], &mut inflight, &mut pending);
+                    next += 1;
+                    continue;
+                }
+                break;
+            }
+            let ev = match settle {
+                Some(at) => tokio::select! {
+                    r = inflight.next() => r,
+                    _ = tokio::time::sleep_until(at.into()) => None,
+                },
+                None => inflight.next().await,
+            };
+            let Some((addr, r, took)) = ev else {
+                warn!(block = %id.short(), acked, quorum, "put: servers silent after the quorum acknowledged; leaving their copies to repair");
+                break;
+            };
+            pending.retain(|a| *a != addr);
+            match r {
+                Ok(()) => {
+                    acked += 1;
+                    self.put_latency.observe(took);
+                    self.suspects.clear(&addr);
+                    if acked >= quorum && settle.is_none() {
+                        settle = Some(Instant::now() + self.put_latency.times(4, SETTLE_MIN, SETTLE_MAX));
+                    }
+                }
+                Err(e) => {
+                    warn!(block = %id.short(), server = %addr, "put failed: {e}");
+                    self.suspects.mark(&addr);
+                    refused_for_space |= e.errno() == libc::ENOSPC;
+                    last = Some(e);
+                    if next < order.len() && acked + inflight.len() < want {
+                        launch(&order[next], &mut inflight, &mut pending);
+                        next += 1;
                     }
                 }
             }
         }
-        // A cluster smaller than the quorum can hold at most one copy per server.
-        let quorum = self.write_quorum.min(ring.nodes.len());
-        if acked < quorum || acked == 0 {
-            if refused_for_space || (some_full && candidates.len() < quorum) {
+        if !inflight.is_empty() {
+            // Let the slow ones finish (or fail) on their own; mark them so the next puts and
+            // reads do not wait for them.
+            for addr in &pending {
+                self.suspects.mark(addr);
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                while let Some((addr, r, _)) = inflight.next().await {
+                    match r {
+                        Ok(()) => me.suspects.clear(&addr),
+                        Err(e) => warn!(block = %id.short(), server = %addr, after_ms = t.elapsed().as_millis() as u64, "late put failed: {e}"),
+                    }
+                }
+            });
+        }
+        if acked < quorum {
+            if refused_for_space || (some_full && order.len() < quorum) {
                 return Err(FsError::no_space(&format!("block {}: {acked} of {quorum} copies stored, the other servers are full", id.short())));
             }
             return Err(last.unwrap_or_else(|| FsError::Io("write quorum not reached".into())));
@@ -202,45 +286,84 @@ impl Blocks {
         });
     }
 
-    async fn fetch(&self, id: BlockId) -> FsResult<Arc<Vec<u8>>> {
+    async fn fetch(self: &Arc<Self>, id: BlockId) -> FsResult<Arc<Vec<u8>>> {
         let t = std::time::Instant::now();
         let r = self.fetch_verified(id).await;
         tracing::trace!(elapsed_us = t.elapsed().as_micros() as u64, block = %id.short(), ok = r.is_ok(), "block fetch");
         r
     }
 
-    async fn fetch_verified(&self, id: BlockId) -> FsResult<Arc<Vec<u8>>> {
-        let owners = self.read_order(&id);
+    /// Ask the best server first; if it has not answered after the hedge delay (a few times
+    /// the usual get latency), ask the next one too, and so on: the first verified copy wins.
+    /// A frozen or dead server so costs one hedge delay, not the call timeout. A failed or
+    /// wrong answer moves on at once.
+    async fn fetch_verified(self: &Arc<Self>, id: BlockId) -> FsResult<Arc<Vec<u8>>> {
+        let (order, _) = self.suspects.healthy_first(self.read_order(&id));
         let mut last = FsError::Io(format!("block {} has no reachable replica", id.short()));
-        for addr in owners {
-            let c = self.client(&addr);
-            match c.call::<_, ChunkResponse>(&ChunkRequest::Get { id }, &[]).await {
-                Ok((ChunkResponse::Block, data)) => {
-                    let ok = {
-                        let data = data.clone();
-                        tokio::task::spawn_blocking(move || id.verify(&data)).await.unwrap_or(false)
-                    };
-                    if ok {
-                        return Ok(Arc::new(data));
-                    }
-                    warn!(block = %id.short(), server = %addr, "replica returned bytes that do not match the block id; reported, trying the next");
-                    last = FsError::Io(format!("block {}: bad replica on {addr}", id.short()));
-                    tokio::spawn(async move {
-                        let _ = c.call::<_, ChunkResponse>(&ChunkRequest::Report { id }, &[]).await;
-                    });
+        let mut inflight = FuturesUnordered::new();
+        let mut next = 0;
+        loop {
+            if inflight.is_empty() {
+                if next == order.len() {
+                    return Err(last);
                 }
-                Ok((ChunkResponse::Error(e), _)) => {
-                    warn!(block = %id.short(), server = %addr, "get failed: {e}");
-                    last = FsError::Io(format!("{addr}: {e}"));
+                inflight.push(self.get_one(order[next].clone(), id));
+                next += 1;
+            }
+            let hedge = self.get_latency.times(4, HEDGE_MIN, HEDGE_MAX);
+            let ev = tokio::select! {
+                r = inflight.next() => r,
+                _ = tokio::time::sleep(hedge), if next < order.len() => None,
+            };
+            match ev {
+                Some((_, Ok(data), took)) => {
+                    self.get_latency.observe(took);
+                    return Ok(Arc::new(data));
                 }
-                Ok((r, _)) => last = FsError::Io(format!("{addr}: unexpected reply {r:?}")),
-                Err(e) => {
-                    warn!(block = %id.short(), server = %addr, "get failed: {e}");
-                    last = e.into();
+                Some((addr, Err(e), _)) => {
+                    self.suspects.mark(&addr);
+                    last = e;
+                }
+                None => {
+                    debug!(block = %id.short(), server = %order[next - 1], after_ms = hedge.as_millis() as u64, "get: no answer yet, asking the next server too");
+                    inflight.push(self.get_one(order[next].clone(), id));
+                    next += 1;
                 }
             }
         }
-        Err(last)
+    }
+
+    /// One verified get from `addr`. A copy whose bytes do not match its id is reported to
+    /// its server (which quarantines it) and counts as a failure.
+    fn get_one(self: &Arc<Self>, addr: String, id: BlockId) -> impl Future<Output = (String, FsResult<Vec<u8>>, Duration)> + 'static {
+        let c = self.client(&addr);
+        async move {
+            let t = Instant::now();
+            let r = match c.call::<_, ChunkResponse>(&ChunkRequest::Get { id }, &[]).await {
+                Ok((ChunkResponse::Block, data)) => {
+                    let (ok, data) = tokio::task::spawn_blocking(move || (id.verify(&data), data)).await.unwrap_or((false, Vec::new()));
+                    if ok {
+                        Ok(data)
+                    } else {
+                        warn!(block = %id.short(), server = %addr, "replica returned bytes that do not match the block id; reported, trying the next");
+                        tokio::spawn(async move {
+                            let _ = c.call::<_, ChunkResponse>(&ChunkRequest::Report { id }, &[]).await;
+                        });
+                        Err(FsError::Io(format!("block {}: bad replica on {addr}", id.short())))
+                    }
+                }
+                Ok((ChunkResponse::Error(e), _)) => {
+                    warn!(block = %id.short(), server = %addr, "get failed: {e}");
+                    Err(FsError::Io(format!("{addr}: {e}")))
+                }
+                Ok((r, _)) => Err(FsError::Io(format!("{addr}: unexpected reply {r:?}"))),
+                Err(e) => {
+                    warn!(block = %id.short(), server = %addr, "get failed: {e}");
+                    Err(e.into())
+                }
+            };
+            (addr, r, t.elapsed())
+        }
     }
 
     /// Keep a block this mount has just stored (its bytes hash to `id`) in the cache.
@@ -261,5 +384,84 @@ impl Blocks {
                 None => break,
             }
         }
+    }
+}
+
+/// A smoothed latency of successful calls (an exponentially weighted mean, weight 1/8).
+#[derive(Default)]
+struct Latency {
+    mean_us: AtomicU64,
+}
+
+impl Latency {
+    fn observe(&self, d: Duration) {
+        let x = d.as_micros().min(u64::MAX as u128) as u64;
+        let _ = self.mean_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| Some(if m == 0 { x } else { m - m / 8 + x / 8 }));
+    }
+
+    /// `k` times the mean, within `[lo, hi]`; `hi` until something was observed.
+    fn times(&self, k: u32, lo: Duration, hi: Duration) -> Duration {
+        match self.mean_us.load(Ordering::Relaxed) {
+            0 => hi,
+            m => (Duration::from_micros(m) * k).clamp(lo, hi),
+        }
+    }
+}
+
+/// Servers that recently failed a call or stalled past a hedge or settle time: tried last until
+/// they answer again or `SUSPECT_FOR` passes (the ring marks a dead server down only after
+/// several missed heartbeats).
+#[derive(Default)]
+struct Suspects {
+    until: Mutex<HashMap<String, Instant>>,
+}
+
+impl Suspects {
+    fn mark(&self, addr: &str) {
+        self.until.lock().unwrap().insert(addr.to_string(), Instant::now() + SUSPECT_FOR);
+    }
+
+    fn clear(&self, addr: &str) {
+        self.until.lock().unwrap().remove(addr);
+    }
+
+    /// `addrs` with the suspects moved to the end (order kept otherwise), and how many are not
+    /// suspect.
+    fn healthy_first(&self, addrs: Vec<String>) -> (Vec<String>, usize) {
+        let now = Instant::now();
+        let mut until = self.until.lock().unwrap();
+        until.retain(|_, t| *t > now);
+        let (healthy, suspect): (Vec<String>, Vec<String>) = addrs.into_iter().partition(|a| !until.contains_key(a));
+        let n = healthy.len();
+        (healthy.into_iter().chain(suspect).collect(), n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suspects_go_last_until_cleared() {
+        let s = Suspects::default();
+        let addrs = || vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        s.mark("a");
+        assert_eq!(s.healthy_first(addrs()), (vec!["b".into(), "c".into(), "a".into()], 2));
+        s.clear("a");
+        assert_eq!(s.healthy_first(addrs()), (addrs(), 3));
+    }
+
+    #[test]
+    fn latency_bounds_hold() {
+        let l = Latency::default();
+        let (lo, hi) = (Duration::from_millis(50), Duration::from_millis(500));
+        assert_eq!(l.times(4, lo, hi), hi, "nothing observed yet: the upper bound");
+        l.observe(Duration::from_millis(1));
+        assert_eq!(l.times(4, lo, hi), lo);
+        for _ in 0..100 {
+            l.observe(Duration::from_millis(60));
+        }
+        let t = l.times(4, lo, hi);
+        assert!(t > Duration::from_millis(200) && t <= hi, "{t:?}");
     }
 }

@@ -75,9 +75,14 @@ impl Claims {
             for (addr, ids) in ask {
                 probes.spawn(probe(self.pool.clone(), addr, ids));
             }
+            // Done as soon as every block is found: a frozen server in the round must not hold
+            // the commit for the probe timeout (the dropped set aborts its probe).
             while let Some(found) = probes.join_next().await {
                 for id in found.unwrap_or_default() {
                     missing.remove(&id);
+                }
+                if missing.is_empty() {
+                    break;
                 }
             }
             round += 1;

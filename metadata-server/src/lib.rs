@@ -162,8 +162,8 @@ impl MetaService {
                 Role::Chunk => r(self.members.register(node_id, addr, zone, capacity).map(MetaResponse::Ring)),
                 role => denied(role, "register a chunk server"),
             },
-            MetaRequest::Heartbeat { node_id, capacity, used, blocks, repair_pending, full } => match peer.role {
-                Role::Chunk => r(self.members.heartbeat(node_id, capacity, used, blocks, repair_pending, full).map(|ring_version| MetaResponse::HeartbeatAck { ring_version })),
+            MetaRequest::Heartbeat { node_id, load } => match peer.role {
+                Role::Chunk => r(self.members.heartbeat(node_id, load).map(|ring_version| MetaResponse::HeartbeatAck { ring_version })),
                 role => denied(role, "send heartbeats"),
             },
             MetaRequest::NodeAdmin { node_id, action } => match peer.role {
@@ -188,14 +188,19 @@ impl MetaService {
         }
     }
 
+    /// Sizes as `df` shows them, in bytes of file data (N copies each): the capacity of the
+    /// servers in the ring, and what the servers that are up may still take above their
+    /// reserves; nothing when fewer servers than the write quorum can take a block (writes
+    /// would get ENOSPC).
     fn statfs(&self) -> Result<MetaResponse, WireError> {
         let nodes = self.members.status();
-        let live = nodes.iter().filter(|n| n.state != "out");
-        let (cap, used) = live.fold((0u64, 0u64), |(c, u), n| (c + n.capacity, u + n.used));
+        let cap: u64 = nodes.iter().filter(|n| n.state != "out").map(|n| n.capacity).sum();
+        let takers: Vec<u64> = nodes.iter().filter(|n| n.state == "up" && !n.full).map(|n| n.free).collect();
         let r = self.replicas.max(1) as u64;
+        let free = if (takers.len() as u32) < self.write_quorum.min(nodes.len() as u32).max(1) { 0 } else { takers.iter().sum::<u64>() / r };
         Ok(MetaResponse::StatFs(StatFs {
             total_bytes: cap / r,
-            free_bytes: cap.saturating_sub(used) / r,
+            free_bytes: free.min(cap / r),
             files: self.ns.stats()?.files,
             block_size: self.ns.params.block_size,
         }))
@@ -330,7 +335,7 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
         ns: ns.clone(),
         members: members.clone(),
         replicas: cfg.replicas,
-        write_quorum: cfg.write_quorum.unwrap_or(cfg.replicas),
+        write_quorum: cfg.write_quorum.unwrap_or(cfg.replicas / 2 + 1),
         gc: gc.clone(),
         claims,
         leases: leases.clone(),

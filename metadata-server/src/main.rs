@@ -16,8 +16,8 @@ struct Args {
     /// Copies of every block.
     #[arg(long, default_value_t = 3)]
     replicas: u32,
-    /// Acknowledged copies needed before a write commits (default: --replicas). Below N, repair
-    /// fills in the rest later.
+    /// Acknowledged copies needed before a write commits (default: a majority of --replicas,
+    /// 2 of 3). Below N, repair fills in the rest later; --write-quorum N is the strict mode.
     #[arg(long)]
     write_quorum: Option<u32>,
     /// Block size in bytes, fixed when the file system is created.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tessera_common::proto::meta::NodeStatus;
+use tessera_common::proto::meta::{ChunkLoad, NodeStatus};
 use tessera_common::ring::{Ring, RingNode};
 use tessera_common::{ErrorCode, WireError};
 
@@ -35,10 +35,8 @@ struct NodeRecord {
 
 struct Node {
     rec: NodeRecord,
-    used: u64,
-    blocks: u64,
-    repair_pending: u64,
-    full: bool,
+    /// As of the last heartbeat (zero until the first).
+    load: ChunkLoad,
     last_heartbeat: Instant,
 }
 
@@ -94,7 +92,7 @@ impl Membership {
             .cluster_scan::<NodeRecord>(NODE_PREFIX)?
             .into_iter()
             // Until a first heartbeat after a restart, give every server the benefit of the doubt.
-            .map(|rec| (rec.id, Node { rec, used: 0, blocks: 0, repair_pending: 0, full: false, last_heartbeat: now }))
+            .map(|rec| (rec.id, Node { rec, load: ChunkLoad::default(), last_heartbeat: now }))
             .collect();
         let stored = match ns.cluster_get::<RingRecord>(KEY_RING)? {
             Some(r) => Some(r),
@@ -143,7 +141,7 @@ impl Membership {
                 zone: n.rec.zone.clone(),
                 capacity: n.rec.capacity,
                 up: self.state(n, now) == NodeState::Up,
-                full: n.full,
+                full: n.load.full,
             })
             .collect()
     }
@@ -174,7 +172,7 @@ impl Membership {
         let admin = self.nodes.lock().unwrap().get(&id).map(|n| n.rec.admin).unwrap_or(Admin::Active);
         let rec = NodeRecord { id, addr, zone, capacity, admin };
         self.ns.cluster_put(&node_key(id), &rec)?;
-        self.nodes.lock().unwrap().insert(id, Node { rec, used: 0, blocks: 0, repair_pending: 0, full: false, last_heartbeat: Instant::now() });
+        self.nodes.lock().unwrap().insert(id, Node { rec, load: ChunkLoad::default(), last_heartbeat: Instant::now() });
         self.refresh()
     }
 
@@ -194,19 +192,16 @@ impl Membership {
         self.refresh().map(|_| ())
     }
 
-    pub fn heartbeat(&self, id: u64, capacity: u64, used: u64, blocks: u64, repair_pending: u64, full: bool) -> Result<u64, WireError> {
+    pub fn heartbeat(&self, id: u64, load: ChunkLoad) -> Result<u64, WireError> {
         let changed = {
             let mut nodes = self.nodes.lock().unwrap();
             let n = nodes.get_mut(&id).ok_or_else(|| WireError::new(ErrorCode::NotFound, "unknown chunk server; register first"))?;
             let was_out = self.state(n, Instant::now()) == NodeState::Out;
-            n.used = used;
-            n.blocks = blocks;
-            n.repair_pending = repair_pending;
             n.last_heartbeat = Instant::now();
-            let cap_changed = n.rec.capacity != capacity;
-            n.rec.capacity = capacity;
-            let full_changed = n.full != full;
-            n.full = full;
+            let cap_changed = n.rec.capacity != load.capacity;
+            n.rec.capacity = load.capacity;
+            let full_changed = n.load.full != load.full;
+            n.load = load;
             let was_down = self.ring.lock().unwrap().node(id).is_some_and(|r| !r.up);
             was_out || was_down || cap_changed || full_changed
         };
@@ -226,12 +221,13 @@ impl Membership {
                 addr: n.rec.addr.clone(),
                 state: self.state(n, now).as_str().into(),
                 capacity: n.rec.capacity,
-                used: n.used,
-                blocks: n.blocks,
+                used: n.load.used,
+                blocks: n.load.blocks,
                 last_heartbeat_ms: now.saturating_duration_since(n.last_heartbeat).as_millis() as u64,
                 draining: n.rec.admin == Admin::Draining,
-                repair_pending: n.repair_pending,
-                full: n.full,
+                repair_pending: n.load.repair_pending,
+                free: n.load.free,
+                full: n.load.full,
             })
             .collect()
     }
@@ -267,7 +263,7 @@ mod tests {
             saw(&mut seen, &m.register(2, "127.0.0.1:2".into(), "z2".into(), 1 << 30).unwrap());
             // Server 2 stops sending heartbeats: it is down in the next ring.
             std::thread::sleep(Duration::from_millis(300));
-            m.heartbeat(1, 1 << 30, 0, 0, 0, false).unwrap();
+            m.heartbeat(1, ChunkLoad { capacity: 1 << 30, ..Default::default() }).unwrap();
             let r = m.refresh().unwrap();
             assert!(r.node(1).unwrap().up && !r.node(2).unwrap().up, "{:?}", r.nodes);
             saw(&mut seen, &r);

@@ -291,6 +291,24 @@ impl Cluster {
         drop(p);
     }
 
+    /// Freeze chunk server `i` (SIGSTOP: its connections stay open and silent) or thaw it
+    /// (SIGCONT).
+    pub fn freeze(&self, i: usize, frozen: bool) {
+        let p = self.chunks[i].proc.as_ref().unwrap_or_else(|| panic!("chunk{i} is not running"));
+        let pid = p.pid().expect("pid");
+        kill(Pid::from_raw(pid as i32), if frozen { Signal::SIGSTOP } else { Signal::SIGCONT }).expect("kill -STOP/-CONT");
+        eprintln!("{} {} chunk{i} ({})", self.t(), if frozen { "froze" } else { "thawed" }, self.chunks[i].addr());
+    }
+
+    /// `tessera fsck` exits 0: every referenced block has its copies, reference counts match.
+    pub fn assert_fsck_clean(&self) {
+        let out = run_timeout(
+            Command::new(bin("tessera")).args(["fsck", "--meta", &self.meta_addr, "--certs"]).arg(&self.admin).env_remove("TESSERA_META").env_remove("TESSERA_CERTS"),
+            Duration::from_secs(120),
+        );
+        assert!(out.status.success(), "fsck: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Start chunk server `i` again on its old data directory and port, and wait until it is up.
     pub fn restart_chunk(&mut self, i: usize) {
         self.spawn_chunk(i);

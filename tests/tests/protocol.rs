@@ -181,7 +181,7 @@ async fn roles_are_enforced() {
         .await
         .unwrap();
     denied(&r, "a client registering a chunk server");
-    let (r, _) = client.call::<_, MetaResponse>(&MetaRequest::Heartbeat { node_id: 99, capacity: 1, used: 0, blocks: 0, repair_pending: 0, full: false }, &[]).await.unwrap();
+    let (r, _) = client.call::<_, MetaResponse>(&MetaRequest::Heartbeat { node_id: 99, load: Default::default() }, &[]).await.unwrap();
     denied(&r, "a client sending heartbeats");
     let (r, _) = client.call::<_, MetaResponse>(&MetaRequest::Status, &[]).await.unwrap();
     denied(&r, "a client reading the cluster status");
@@ -201,6 +201,24 @@ async fn roles_are_enforced() {
         MetaResponse::Error(e) => assert_eq!(e.code, ErrorCode::NotFound, "{e}"),
         other => panic!("a refused create left a file: {other:?}"),
     }
+    s.stop().await;
+}
+
+/// A peer of an older protocol version (another ALPN) fails the handshake instead of sending
+/// frames this build would misread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_protocol_version_is_refused() {
+    let s = Server::start().await;
+    let mut crypto = s.certs("client").client_config().unwrap();
+    crypto.alpn_protocols = vec![b"tessera/1".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let r = timeout(Duration::from_secs(10), ep.connect(s.addr, "127.0.0.1").unwrap()).await.expect("the handshake hung");
+    assert!(r.is_err(), "a tessera/1 peer was let in");
+    // The same certificate with the current version is accepted.
+    let (_ep, conn) = s.connect("client").await;
+    assert!(raw_getattr_root(&conn).await.is_ok());
     s.stop().await;
 }
 

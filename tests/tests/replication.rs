@@ -67,7 +67,8 @@ fn wait_fully_replicated(c: &Cluster, ids: &[String], servers: &[usize], n: usiz
 #[test]
 fn survives_a_server_loss() {
     // A longer `out` timeout, so that reading 256 MiB surely happens while the server is down.
-    let mut c = Cluster::start_with(ClusterOpts { out_after: 30, ..Default::default() });
+    // The strict quorum: every fsynced block has its three copies at once.
+    let mut c = Cluster::start_with(ClusterOpts { out_after: 30, write_quorum: Some(3), ..Default::default() });
     let mut rng = seeded_rng();
     let data = write_random(&c, "big.bin", 256, &mut rng);
     let ids = block_ids_of(&data);
@@ -135,7 +136,7 @@ fn survives_a_server_loss() {
 #[test]
 fn two_of_three_owners_down() {
     // A long `out` timeout: the killed servers stay `down`, nothing is re-replicated meanwhile.
-    let mut c = Cluster::start_with(ClusterOpts { out_after: 120, ..Default::default() });
+    let mut c = Cluster::start_with(ClusterOpts { out_after: 120, write_quorum: Some(3), ..Default::default() });
     let mut rng = seeded_rng();
     let data = write_random(&c, "f.bin", 64, &mut rng);
     let ids = block_ids_of(&data);
@@ -156,6 +157,72 @@ fn two_of_three_owners_down() {
     assert_reads_back(&c, &c.root().join("mnt2/f.bin"), &data, "read with two owners down (new mount)");
     drop(m2);
     c.assert_running();
+}
+
+/// Read `path` in 1 MiB `read()` calls; the bytes and the longest single call.
+fn read_timed(path: &Path) -> (Vec<u8>, Duration) {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {}", path.display(), errno(&e)));
+    let (mut out, mut buf, mut longest) = (Vec::new(), vec![0u8; MIB], Duration::ZERO);
+    loop {
+        let t = Instant::now();
+        let n = f.read(&mut buf).unwrap_or_else(|e| panic!("read {}: {}", path.display(), errno(&e)));
+        longest = longest.max(t.elapsed());
+        if n == 0 {
+            return (out, longest);
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Write `data` to `path` in 1 MiB `write()` calls and fsync; the longest single call.
+fn write_timed(path: &Path, data: &[u8]) -> Duration {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {}", path.display(), errno(&e)));
+    let mut longest = Duration::ZERO;
+    for piece in data.chunks(MIB) {
+        let t = Instant::now();
+        f.write_all(piece).unwrap_or_else(|e| panic!("write {}: {}", path.display(), errno(&e)));
+        longest = longest.max(t.elapsed());
+    }
+    let t = Instant::now();
+    f.sync_all().unwrap_or_else(|e| panic!("fsync {}: {}", path.display(), errno(&e)));
+    longest.max(t.elapsed())
+}
+
+/// Three servers, three replicas, one frozen (SIGSTOP: its connections stay open and silent,
+/// and the metadata server still lists it up). Reads ask the next copy after a hedge delay, so
+/// no single `read()` stalls long; writes reach the default quorum (2 of 3) and go on; once the
+/// server is thawed, repair brings every block back to three copies. The bounds asserted are
+/// twice the design's (1 s for a read, 2 s for a write) for a loaded machine; the times are
+/// printed.
+#[test]
+fn a_frozen_server_stalls_neither_reads_nor_writes() {
+    // A long `down` timeout: the ring keeps the frozen server up, so only the client's own
+    // hedging and settling keep calls moving.
+    let mut c = Cluster::start_with(ClusterOpts { chunks: 3, down_after: 120, out_after: 600, ..Default::default() });
+    let mut rng = seeded_rng();
+    let data = write_random(&c, "r.bin", 64, &mut rng);
+    c.remount();
+    drop_page_cache();
+    c.freeze(0, true);
+    let t = Instant::now();
+    let (got, longest_read) = read_timed(&c.path("r.bin"));
+    eprintln!("{} read 64 MiB with chunk0 frozen in {:?}; longest read() {longest_read:?}", c.t(), t.elapsed());
+    assert!(got == data, "the bytes read with a server frozen differ from the bytes written");
+    let w = random_bytes(&mut rng, 64 * MIB);
+    let t = Instant::now();
+    let longest_write = write_timed(&c.path("w.bin"), &w);
+    eprintln!("{} wrote and fsynced 64 MiB with chunk0 frozen in {:?}; longest write()/fsync {longest_write:?}", c.t(), t.elapsed());
+    c.freeze(0, false);
+    assert!(longest_read < Duration::from_secs(2), "a read() stalled {longest_read:?} with one of three servers frozen");
+    assert!(longest_write < Duration::from_secs(4), "a write() or fsync stalled {longest_write:?} with one of three servers frozen");
+    let ids = block_ids_of(&w);
+    wait_fully_replicated(&c, &ids, &[0, 1, 2], 3, Duration::from_secs(90), "after the frozen server was thawed");
+    c.remount();
+    assert_reads_back(&c, &c.path("w.bin"), &w, "file written while a server was frozen");
+    c.assert_running();
+    c.assert_fsck_clean();
 }
 
 /// A server killed and restarted on its old data: writes made while it was away and its old
@@ -272,20 +339,21 @@ fn write_during_kill_with(opts: ClusterOpts) -> WriteOutcome {
     outcome
 }
 
-/// Write quorum N (the default): a write during a kill either succeeds with N copies (after
-/// repair) or returns an error; it never hangs and never reports success for data not stored.
+/// The strict quorum (`--write-quorum 3`): a write during a kill either succeeds with N copies
+/// (after repair) or returns an error; it never hangs and never reports success for data not
+/// stored.
 #[test]
-fn write_during_kill() {
-    let outcome = write_during_kill_with(ClusterOpts::default());
+fn write_during_kill_strict_quorum() {
+    let outcome = write_during_kill_with(ClusterOpts { write_quorum: Some(3), ..Default::default() });
     eprintln!("write during a kill with write quorum 3: {outcome:?}");
 }
 
-/// Write quorum 2 of 3: losing one server of five must not fail the write (two of the three
-/// targets acknowledge), and repair brings every block to three copies.
+/// The default quorum, a majority (2 of 3): losing one server of five must not fail the write
+/// (two of the three targets acknowledge), and repair brings every block to three copies.
 #[test]
-fn write_during_kill_quorum_2() {
-    let outcome = write_during_kill_with(ClusterOpts { write_quorum: Some(2), ..Default::default() });
-    assert_eq!(outcome, WriteOutcome::Succeeded, "with --write-quorum 2 a write that loses one of its three targets should succeed");
+fn write_during_kill_default_quorum() {
+    let outcome = write_during_kill_with(ClusterOpts::default());
+    assert_eq!(outcome, WriteOutcome::Succeeded, "with the default write quorum (2 of 3) a write that loses one of its three targets should succeed");
 }
 
 /// `tessera node drain` empties a server without ever leaving a block under-replicated;

@@ -104,8 +104,17 @@ impl Drop for SmallDisks {
     }
 }
 
-/// Chunk servers on 64 MiB disks: write 4 MiB files until the cluster is full. The writer gets
-/// ENOSPC (not EIO), `status` shows the full servers, everything fsynced before reads back
+/// Bytes `df` shows available on the mount (`statvfs`: f_bavail × f_frsize).
+fn df_free(path: &std::path::Path) -> u64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "statvfs {}: {}", path.display(), std::io::Error::last_os_error());
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+/// Chunk servers on 64 MiB disks: write 4 MiB files until the cluster is full. `df` shows only
+/// what the servers may take above their reserves, and nothing once they are full; the writer
+/// gets ENOSPC (not EIO), `status` shows the full servers, everything fsynced before reads back
 /// exactly, fsck is clean, and once files are deleted and collected, writes work again.
 #[test]
 fn a_full_cluster_answers_enospc_and_keeps_what_it_stored() {
@@ -118,6 +127,15 @@ fn a_full_cluster_answers_enospc_and_keeps_what_it_stored() {
         meta_args: vec!["--gc-grace".into(), "1".into(), "--gc-interval".into(), "3600".into()],
         ..Default::default()
     });
+    // 4 servers x (64 MiB - the 16 MiB reserve) in 2 copies: 96 MiB, once every server has sent
+    // its first heartbeat (ignoring the reserve, it would be 128 MiB).
+    let mut free = 0;
+    let known = c.wait_until(Duration::from_secs(20), |c| {
+        free = df_free(&c.mnt);
+        free > 80 * MIB as u64
+    });
+    assert!(known, "df shows {free} bytes free on an empty cluster of 4 x 64 MiB in 2 copies");
+    assert!(free <= 96 * MIB as u64, "df shows {} MiB free: more than the 96 MiB the servers take above their reserves", free / MIB as u64);
     let mut rng = seeded_rng();
     let mut written: Vec<(String, blake3::Hash)> = Vec::new();
     let mut failure = None;
@@ -150,6 +168,12 @@ fn a_full_cluster_answers_enospc_and_keeps_what_it_stored() {
         std::thread::sleep(Duration::from_secs(1));
     }
     eprintln!("servers shown full after ENOSPC: {full}");
+    // df agrees within a few heartbeats: (almost) nothing left to write.
+    let empty = c.wait_until(Duration::from_secs(10), |c| {
+        free = df_free(&c.mnt);
+        free < 8 * MIB as u64
+    });
+    assert!(empty, "df still shows {} MiB free after ENOSPC", free / MIB as u64);
     let _ = std::fs::remove_file(c.path(&failed));
 
     // What was fsynced reads back exactly, through a fresh client.

@@ -216,7 +216,7 @@ pub enum MetaRequest {
     /// Chunk servers only. `repair_pending`: copies the server found missing elsewhere in its
     /// last scan and has not sent yet. `full`: its free space is below its reserve; the ring
     /// marks it so and writers skip it. Reply: `HeartbeatAck`.
-    Heartbeat { node_id: u64, capacity: u64, used: u64, blocks: u64, repair_pending: u64, full: bool },
+    Heartbeat { node_id: u64, load: ChunkLoad },
     /// Admin only: take a chunk server out of the ring. Reply: `Done`.
     NodeAdmin { node_id: u64, action: NodeAction },
     /// Admin only. Reply: `Status`.
@@ -305,6 +305,19 @@ pub struct StatFs {
     pub block_size: u32,
 }
 
+/// What a chunk server reports with each heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLoad {
+    pub capacity: u64,
+    pub used: u64,
+    pub blocks: u64,
+    pub repair_pending: u64,
+    /// Bytes it may still take: free space above its reserve (0 when full).
+    pub free: u64,
+    /// Free space below the reserve: it takes no new blocks.
+    pub full: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub id: u64,
@@ -319,6 +332,8 @@ pub struct NodeStatus {
     pub last_heartbeat_ms: u64,
     pub draining: bool,
     pub repair_pending: u64,
+    /// Bytes it may still take (free space above its reserve).
+    pub free: u64,
     /// Free space below the server's reserve: it takes no new blocks.
     pub full: bool,
 }
