@@ -68,6 +68,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    tessera_common::notify::ready();
     tessera_common::wait_for_signal().await;
     let _ = tx.send(true);
     let _ = server.task.await;

@@ -43,6 +43,9 @@ const HEDGE_MAX: Duration = Duration::from_millis(500);
 /// Bounds of the time the other targets of a put get once the write quorum has acknowledged.
 const SETTLE_MIN: Duration = Duration::from_millis(200);
 const SETTLE_MAX: Duration = Duration::from_millis(1000);
+/// Bounds of the silence after which a put short of its quorum asks a spare server.
+const SPARE_MIN: Duration = Duration::from_millis(500);
+const SPARE_MAX: Duration = Duration::from_millis(2000);
 /// How long a server that failed or stalled is tried last.
 const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
@@ -138,6 +141,14 @@ impl Blocks {
         if targets.is_empty() {
             return Err(if some_full { FsError::no_space("every chunk server that is up is full") } else { FsError::Io("no chunk server is up".into()) });
         }
+        // Space is not a failure the quorum covers: while servers are full, a block that cannot
+        // get its N copies (one per server that is up, at most N) is refused with ENOSPC rather
+        // than stored short and left under-replicated until space frees (as Ceph stops writes
+        // when an OSD is full).
+        let up = ring.nodes.iter().filter(|n| n.up).count();
+        if some_full && targets.len() < self.replicas.min(up) {
+            return Err(FsError::no_space(&format!("block {}: {} of {} servers can take it, the others are full", id.short(), targets.len(), self.replicas.min(up))));
+        }
         let (order, healthy) = self.suspects.healthy_first(targets);
         let want = self.replicas.min(order.len());
         // A cluster smaller than the quorum can hold at most one copy per server.
@@ -170,7 +181,12 @@ impl Blocks {
                 }
                 break;
             }
-            let ev = match settle {
+            // Short of a majority quorum, a long silence brings in a spare: the next server
+            // clockwise (two dead owners of three must not hold a write until their
+            // connections time out); late copies are repair's to sort out. The strict mode
+            // (quorum N) waits for the owners, replacing only those that fail.
+            let spare = (settle.is_none() && quorum < want && next < order.len()).then(|| Instant::now() + self.put_latency.times(8, SPARE_MIN, SPARE_MAX));
+            let ev = match settle.or(spare) {
                 Some(at) => tokio::select! {
                     r = inflight.next() => r,
                     _ = tokio::time::sleep_until(at.into()) => None,
@@ -178,6 +194,15 @@ impl Blocks {
                 None => inflight.next().await,
             };
             let Some((addr, r, took)) = ev else {
+                for addr in &pending {
+                    self.suspects.mark(addr);
+                }
+                if settle.is_none() {
+                    warn!(block = %id.short(), acked, quorum, silent = ?pending, spare = %order[next], "put: servers silent short of the quorum; asking a spare");
+                    launch(&order[next], &mut inflight, &mut pending);
+                    next += 1;
+                    continue;
+                }
                 warn!(block = %id.short(), acked, quorum, "put: servers silent after the quorum acknowledged; leaving their copies to repair");
                 break;
             };
@@ -204,11 +229,8 @@ impl Blocks {
             }
         }
         if !inflight.is_empty() {
-            // Let the slow ones finish (or fail) on their own; mark them so the next puts and
-            // reads do not wait for them.
-            for addr in &pending {
-                self.suspects.mark(addr);
-            }
+            // Let the slow ones finish (or fail) on their own (marked above, so the next puts
+            // and reads do not wait for them).
             let me = self.clone();
             tokio::spawn(async move {
                 let t = Instant::now();
@@ -220,10 +242,10 @@ impl Blocks {
                 }
             });
         }
+        if refused_for_space && acked < want {
+            return Err(FsError::no_space(&format!("block {}: {acked} of {want} copies stored, the other servers are full", id.short())));
+        }
         if acked < quorum {
-            if refused_for_space || (some_full && order.len() < quorum) {
-                return Err(FsError::no_space(&format!("block {}: {acked} of {quorum} copies stored, the other servers are full", id.short())));
-            }
             return Err(last.unwrap_or_else(|| FsError::Io("write quorum not reached".into())));
         }
         Ok(())

@@ -7,6 +7,7 @@ pub mod error;
 pub mod metalink;
 pub mod names;
 pub mod net;
+pub mod notify;
 pub mod proto;
 pub mod ring;
 pub mod tls;

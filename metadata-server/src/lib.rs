@@ -190,14 +190,15 @@ impl MetaService {
 
     /// Sizes as `df` shows them, in bytes of file data (N copies each): the capacity of the
     /// servers in the ring, and what the servers that are up may still take above their
-    /// reserves; nothing when fewer servers than the write quorum can take a block (writes
-    /// would get ENOSPC).
+    /// reserves; nothing when fewer than N servers (or all that are up) can take a block:
+    /// writes then get ENOSPC, as the write quorum does not cover space.
     fn statfs(&self) -> Result<MetaResponse, WireError> {
         let nodes = self.members.status();
         let cap: u64 = nodes.iter().filter(|n| n.state != "out").map(|n| n.capacity).sum();
         let takers: Vec<u64> = nodes.iter().filter(|n| n.state == "up" && !n.full).map(|n| n.free).collect();
         let r = self.replicas.max(1) as u64;
-        let free = if (takers.len() as u32) < self.write_quorum.min(nodes.len() as u32).max(1) { 0 } else { takers.iter().sum::<u64>() / r };
+        let up = nodes.iter().filter(|n| n.state == "up").count() as u32;
+        let free = if (takers.len() as u32) < self.replicas.min(up).max(1) { 0 } else { takers.iter().sum::<u64>() / r };
         Ok(MetaResponse::StatFs(StatFs {
             total_bytes: cap / r,
             free_bytes: free.min(cap / r),

@@ -225,6 +225,32 @@ fn a_frozen_server_stalls_neither_reads_nor_writes() {
     c.assert_fsck_clean();
 }
 
+/// Five servers, three replicas, two frozen: a block owned by both has one owner left, short of
+/// the quorum, so its put asks a spare server (the next clockwise) after a spare delay instead of
+/// waiting for the frozen ones' connections to time out. Once thawed, every block ends with
+/// exactly three copies (repair drops the spares' copies).
+#[test]
+fn two_frozen_owners_cost_a_write_a_spare_delay() {
+    let mut c = Cluster::start_with(ClusterOpts { down_after: 120, out_after: 600, ..Default::default() });
+    let mut rng = seeded_rng();
+    let w = random_bytes(&mut rng, 64 * MIB);
+    c.freeze(0, true);
+    c.freeze(1, true);
+    let t = Instant::now();
+    let longest = write_timed(&c.path("w.bin"), &w);
+    eprintln!("{} wrote and fsynced 64 MiB with chunk0 and chunk1 frozen in {:?}; longest write()/fsync {longest:?}", c.t(), t.elapsed());
+    c.freeze(0, false);
+    c.freeze(1, false);
+    // Without spares: 4.8 s here (the frozen servers' connections time out after 5 s idle).
+    assert!(longest < Duration::from_secs(3), "a write() or fsync stalled {longest:?} with two of five servers frozen");
+    let ids = block_ids_of(&w);
+    wait_fully_replicated(&c, &ids, &[0, 1, 2, 3, 4], 3, Duration::from_secs(120), "after two frozen servers were thawed");
+    c.remount();
+    assert_reads_back(&c, &c.path("w.bin"), &w, "file written while two servers were frozen");
+    c.assert_running();
+    c.assert_fsck_clean();
+}
+
 /// A server killed and restarted on its old data: writes made while it was away and its old
 /// copies end up as exactly N copies, nothing lost. Once restarted while only `down`, once after
 /// it went `out` and its blocks were re-replicated.
