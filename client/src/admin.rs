@@ -113,8 +113,13 @@ impl Admin {
     }
 
     async fn call(&self, req: MetaRequest) -> anyhow::Result<MetaResponse> {
-        match self.link.call(&req).await.context("metadata server")? {
-            MetaResponse::Error(e) => bail!("metadata server: {}", e.message),
+        Ok(self.call_payload(req).await?.0)
+    }
+
+    /// A call whose reply carries a payload; an error reply is an `Err`.
+    pub async fn call_payload(&self, req: MetaRequest) -> anyhow::Result<(MetaResponse, Vec<u8>)> {
+        match self.link.call_payload(&req).await.context("metadata server")? {
+            (MetaResponse::Error(e), _) => bail!("metadata server: {}", e.message),
             r => Ok(r),
         }
     }

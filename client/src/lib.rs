@@ -2,6 +2,7 @@
 //! command line.
 
 pub mod admin;
+pub mod backup;
 pub mod blocks;
 pub mod dev;
 pub mod error;

@@ -1,6 +1,7 @@
 //! Shared parts of Tessera: the wire protocol, block ids, the placement ring, QUIC/TLS setup
 //! and certificates. Every message type lives here once (`proto`).
 
+pub mod backup;
 pub mod block;
 pub mod durable;
 pub mod error;

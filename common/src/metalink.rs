@@ -45,6 +45,11 @@ impl MetaLink {
 
     /// Call the leader. Retries over the address list once per address.
     pub async fn call(&self, req: &MetaRequest) -> Result<MetaResponse, NetError> {
+        Ok(self.call_payload(req).await?.0)
+    }
+
+    /// [`call`](Self::call), keeping the reply's payload.
+    pub async fn call_payload(&self, req: &MetaRequest) -> Result<(MetaResponse, Vec<u8>), NetError> {
         let start = self.current.load(Ordering::Relaxed);
         let (_, n) = self.client(start);
         let mut last = None;
@@ -68,9 +73,9 @@ impl MetaLink {
                     }
                     last = Some(NetError::Lost { addr: c.addr().to_string(), reason: "not the leader".into() });
                 }
-                Ok((resp, _)) => {
+                Ok((resp, payload)) => {
                     self.current.store(i % n.max(1), Ordering::Relaxed);
-                    return Ok(resp);
+                    return Ok((resp, payload));
                 }
                 Err(e) => {
                     if n == 1 {

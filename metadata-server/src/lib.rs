@@ -1,6 +1,7 @@
 //! Tessera metadata server: the namespace in RocksDB, client sessions, chunk-server membership
 //! and the ring, served over QUIC.
 
+pub mod backup;
 pub mod claims;
 pub mod gc;
 pub mod leases;
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_common::net::{self, Service};
-use tessera_common::proto::meta::{ClusterStatus, LockSpec, MetaRequest, MetaResponse, MountStatus, Mutation, StatFs};
+use tessera_common::proto::meta::{BackupInfo, ClusterStatus, LockSpec, MetaRequest, MetaResponse, MountStatus, Mutation, StatFs};
 use tessera_common::tls::{Identity, NodeCerts, Role};
 use tessera_common::{ErrorCode, WireError};
 use tokio::sync::watch;
@@ -39,6 +40,8 @@ pub struct MetaConfig {
     pub gc_interval: Duration,
     /// A client session not heard from for this long expires (its locks and open files go).
     pub session_lease: Duration,
+    /// Start from this backup (`tessera meta backup`); the data directory must hold no database.
+    pub restore: Option<PathBuf>,
 }
 
 impl Default for MetaConfig {
@@ -56,6 +59,7 @@ impl Default for MetaConfig {
             gc_grace: Duration::from_secs(3600),
             gc_interval: Duration::from_secs(600),
             session_lease: Duration::from_secs(30),
+            restore: None,
         }
     }
 }
@@ -88,6 +92,7 @@ struct MetaService {
     leases: Arc<leases::Leases>,
     /// Bumped after every change that may free a lock: wakes `WaitLock`s.
     lock_changes: watch::Sender<u64>,
+    backups: backup::Backups,
 }
 
 fn ns_state(ns: &Namespace) -> String {
@@ -184,7 +189,7 @@ impl MetaService {
             },
             MetaRequest::GetXattr { ino, name } => r(ns.get_xattr(ino, &name).map(MetaResponse::Xattr)),
             MetaRequest::ListXattr { ino } => r(ns.list_xattr(ino).map(MetaResponse::XattrNames)),
-            MetaRequest::Gc { .. } | MetaRequest::WaitLock { .. } => unreachable!("answered in handle"),
+            MetaRequest::Gc { .. } | MetaRequest::WaitLock { .. } | MetaRequest::BackupStart | MetaRequest::BackupRead { .. } | MetaRequest::BackupEnd { .. } => unreachable!("answered in handle"),
         }
     }
 
@@ -244,6 +249,23 @@ impl MetaService {
             .collect())
     }
 
+    /// `BackupStart`, `BackupRead`, `BackupEnd` (admin checked by the caller).
+    fn backup(&self, req: MetaRequest) -> (MetaResponse, Vec<u8>) {
+        let r = match req {
+            MetaRequest::BackupStart => self.backups.start(self.ns.store()).map(|(id, files)| {
+                let info = BackupInfo { id, files, block_size: self.ns.params.block_size, replicas: self.replicas, ring_version: self.members.ring().version };
+                (MetaResponse::BackupStarted(info), vec![])
+            }),
+            MetaRequest::BackupRead { id, name, offset, len } => self.backups.read(id, &name, offset, len).map(|data| (MetaResponse::BackupData, data)),
+            MetaRequest::BackupEnd { id } => {
+                self.backups.end(id);
+                Ok((MetaResponse::Done, vec![]))
+            }
+            _ => unreachable!("only backup requests"),
+        };
+        r.unwrap_or_else(|e| (MetaResponse::Error(e), vec![]))
+    }
+
     /// `WaitLock`: subscribe first, then look, so a release between the two is not missed.
     async fn wait_lock(self: Arc<Self>, ino: u64, session: u64, lock: LockSpec, timeout_ms: u32) -> MetaResponse {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms.min(10_000) as u64);
@@ -287,6 +309,15 @@ impl Service for MetaService {
             }
             return (self.wait_lock(ino, session, lock, timeout_ms).await, vec![]);
         }
+        if matches!(req, MetaRequest::BackupStart | MetaRequest::BackupRead { .. } | MetaRequest::BackupEnd { .. }) {
+            if peer.role != Role::Admin {
+                return (denied(peer.role, "back up the metadata"), vec![]);
+            }
+            // Checkpoints and file reads block: off the async threads.
+            return tokio::task::spawn_blocking(move || self.backup(req))
+                .await
+                .unwrap_or_else(|e| (MetaResponse::Error(WireError::new(ErrorCode::Internal, e.to_string())), vec![]));
+        }
         if let MetaRequest::Mutate { session, seq, op } = &req {
             // Only commits are checked; a retry that was answered gets its reply back, even if
             // its blocks are gone by now.
@@ -318,6 +349,9 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
         bail!("certificate in {} has role {}, a metadata server needs role meta", cfg.certs.display(), certs.identity.role);
     }
     let db_dir = cfg.data_dir.join("db");
+    if let Some(from) = &cfg.restore {
+        backup::restore(from, &db_dir, cfg.replicas).with_context(|| format!("restoring from {}", from.display()))?;
+    }
     // Durable names: a power cut right after the first start must not lose the database.
     tessera_common::durable::create_dir_all(&db_dir).with_context(|| format!("creating {}", db_dir.display()))?;
     let store = store::Store::open(&db_dir).with_context(|| format!("opening {}", db_dir.display()))?;
@@ -332,6 +366,7 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     let claims = claims::Claims { ns: ns.clone(), members: members.clone(), pool: chunks };
     let leases = Arc::new(leases::Leases::new(cfg.session_lease));
     let (lock_changes, _) = watch::channel(0u64);
+    let backups = backup::Backups::new(&cfg.data_dir)?;
     let svc = Arc::new(MetaService {
         ns: ns.clone(),
         members: members.clone(),
@@ -341,6 +376,7 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
         claims,
         leases: leases.clone(),
         lock_changes: lock_changes.clone(),
+        backups,
     });
     // Leader duty: expire sessions whose lease ran out, a few times per lease.
     let (tick, mut lease_stop) = ((cfg.session_lease / 4).min(Duration::from_secs(1)), shutdown.clone());

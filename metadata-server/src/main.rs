@@ -39,6 +39,10 @@ struct Args {
     /// its locks and open files are released.
     #[arg(long, default_value_t = 30)]
     session_lease: u64,
+    /// Start from a backup made by `tessera meta backup` (verified first); --data-dir must not
+    /// hold a database yet.
+    #[arg(long, value_name = "BACKUP_DIR")]
+    restore: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -57,6 +61,7 @@ async fn main() {
         gc_grace: Duration::from_secs(a.gc_grace),
         gc_interval: Duration::from_secs(a.gc_interval.max(1)),
         session_lease: Duration::from_secs(a.session_lease),
+        restore: a.restore,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = match tessera_meta::start(cfg, rx).await {

@@ -79,6 +79,18 @@ struct RingRecord {
 }
 const NODE_PREFIX: &[u8] = b"node/";
 
+/// Store the last ring again under version `floor` if its version is lower: a restored
+/// database must not publish a version the cluster may have seen since the backup with other
+/// members (see `backup::restore_floor`).
+pub fn raise_ring_version(ns: &Namespace, floor: u64) -> Result<(), WireError> {
+    let nodes = match ns.cluster_get::<RingRecord>(KEY_RING)? {
+        Some(r) if r.version >= floor => return Ok(()),
+        Some(r) => r.nodes,
+        None => vec![],
+    };
+    ns.cluster_put(KEY_RING, &RingRecord { version: floor, nodes })
+}
+
 fn node_key(id: u64) -> Vec<u8> {
     let mut k = NODE_PREFIX.to_vec();
     k.extend_from_slice(&id.to_be_bytes());

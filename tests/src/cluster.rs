@@ -184,29 +184,7 @@ impl Cluster {
             root,
         };
         // From here on a panic drops `c`, which stops whatever was started.
-        let mut cmd = Command::new(bin("tessera-meta"));
-        cmd.arg("--data-dir")
-            .arg(r.join("meta"))
-            .arg("--listen")
-            .arg(&c.meta_addr)
-            .arg("--certs")
-            .arg(r.join("certs/meta"))
-            .arg("--replicas")
-            .arg(opts.replicas.to_string())
-            .arg("--down-after")
-            .arg(opts.down_after.to_string())
-            .arg("--out-after")
-            .arg(opts.out_after.to_string())
-            .args(&opts.meta_args);
-        if let Some(q) = opts.write_quorum {
-            cmd.arg("--write-quorum").arg(q.to_string());
-        }
-        c.meta = Some(Proc::spawn("tessera-meta", &mut cmd, &c.meta_log));
-        let up = wait_for(Duration::from_secs(30), || {
-            c.meta.as_mut().unwrap().assert_running();
-            udp_port_in_use(meta_port).then_some(())
-        });
-        assert!(up.is_some(), "tessera-meta is not listening on {} after 30 s", c.meta_addr);
+        c.spawn_meta(&r.join("meta"), &[]);
         for _ in 0..opts.chunks {
             c.spawn_new_chunk();
         }
@@ -220,6 +198,66 @@ impl Cluster {
 
     pub fn root(&self) -> &Path {
         self.root.path()
+    }
+
+    /// Start `tessera-meta` on `data_dir` (with the cluster's options and `extra` arguments) at
+    /// the cluster's metadata address, and wait until it listens.
+    pub fn spawn_meta(&mut self, data_dir: &Path, extra: &[String]) {
+        assert!(self.meta.is_none(), "tessera-meta is already running");
+        let opts = &self.opts;
+        let mut cmd = Command::new(bin("tessera-meta"));
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(&self.meta_addr)
+            .arg("--certs")
+            .arg(self.root().join("certs/meta"))
+            .arg("--replicas")
+            .arg(opts.replicas.to_string())
+            .arg("--down-after")
+            .arg(opts.down_after.to_string())
+            .arg("--out-after")
+            .arg(opts.out_after.to_string())
+            .args(&opts.meta_args)
+            .args(extra);
+        if let Some(q) = opts.write_quorum {
+            cmd.arg("--write-quorum").arg(q.to_string());
+        }
+        self.meta = Some(Proc::spawn("tessera-meta", &mut cmd, &self.meta_log));
+        let port: u16 = self.meta_addr.rsplit_once(':').unwrap().1.parse().unwrap();
+        let up = wait_for(Duration::from_secs(30), || {
+            self.meta.as_mut().unwrap().assert_running();
+            udp_port_in_use(port).then_some(())
+        });
+        assert!(up.is_some(), "tessera-meta is not listening on {} after 30 s", self.meta_addr);
+    }
+
+    /// Stop the metadata server (SIGTERM) and wait for it to exit.
+    pub fn stop_meta(&mut self) {
+        let mut m = self.meta.take().expect("tessera-meta is not running");
+        let s = m.stop();
+        eprintln!("{} stopped tessera-meta ({s})", self.t());
+    }
+
+    /// Stop the main mount (SIGTERM; asserts a clean exit) and unmount it.
+    pub fn stop_mount(&mut self) {
+        if let Some(mut m) = self.mount.take() {
+            let s = m.stop();
+            assert!(s.success(), "tessera mount exited with {s} on SIGTERM\n{}", tail(&self.mount_log, 40));
+        }
+        force_unmount(&self.mnt);
+    }
+
+    /// Mount the main mount point again (after [`stop_mount`](Self::stop_mount)).
+    pub fn start_mount(&mut self) {
+        assert!(self.mount.is_none(), "already mounted");
+        self.mount = Some(start_mount(&self.meta_addr, &self.client, &self.mnt, &self.mount_log));
+    }
+
+    /// Stop chunk server `i` (SIGTERM) and wait for it to exit.
+    pub fn stop_chunk(&mut self, i: usize) {
+        let mut p = self.chunks[i].proc.take().unwrap_or_else(|| panic!("chunk{i} is not running"));
+        p.stop();
     }
 
     /// `MOUNTPOINT/rel`.
@@ -456,12 +494,8 @@ impl Cluster {
     /// Stop the main mount (SIGTERM; asserts a clean exit and unmount) and mount again: the new
     /// client has an empty block cache and a fresh view of the ring.
     pub fn remount(&mut self) {
-        if let Some(mut m) = self.mount.take() {
-            let s = m.stop();
-            assert!(s.success(), "tessera mount exited with {s} on SIGTERM\n{}", tail(&self.mount_log, 40));
-        }
-        force_unmount(&self.mnt);
-        self.mount = Some(start_mount(&self.meta_addr, &self.client, &self.mnt, &self.mount_log));
+        self.stop_mount();
+        self.start_mount();
     }
 
     /// Print the tails of every log (meta, chunk servers, mounts).

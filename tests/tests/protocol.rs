@@ -204,6 +204,40 @@ async fn roles_are_enforced() {
     s.stop().await;
 }
 
+/// Backups are for admins only, and read nothing but the files of their own checkpoint, which
+/// `BackupEnd` deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_are_for_admins_and_read_only_their_checkpoint() {
+    let s = Server::start().await;
+    for who in ["client", "chunk"] {
+        let (r, _) = s.rpc(who).call::<_, MetaResponse>(&MetaRequest::BackupStart, &[]).await.unwrap();
+        assert!(matches!(&r, MetaResponse::Error(e) if e.code == ErrorCode::PermissionDenied), "{who} started a backup: {r:?}");
+    }
+    let admin = s.rpc("admin");
+    let info = match admin.call::<_, MetaResponse>(&MetaRequest::BackupStart, &[]).await.unwrap().0 {
+        MetaResponse::BackupStarted(i) => i,
+        other => panic!("BackupStart answered {other:?}"),
+    };
+    let current = info.files.iter().find(|f| f.name == "CURRENT").expect("a checkpoint has CURRENT");
+    let (r, data) = admin.call::<_, MetaResponse>(&MetaRequest::BackupRead { id: info.id, name: "CURRENT".into(), offset: 0, len: 1 << 20 }, &[]).await.unwrap();
+    assert_eq!(r, MetaResponse::BackupData);
+    assert_eq!(data.len() as u64, current.size);
+    assert!(data.starts_with(b"MANIFEST-"), "CURRENT holds {:?}", String::from_utf8_lossy(&data));
+    let (r, _) = s.rpc("client").call::<_, MetaResponse>(&MetaRequest::BackupRead { id: info.id, name: "CURRENT".into(), offset: 0, len: 10 }, &[]).await.unwrap();
+    assert!(matches!(&r, MetaResponse::Error(e) if e.code == ErrorCode::PermissionDenied), "a client read a backup: {r:?}");
+    for name in ["../db/CURRENT", "../../meta/node.key", "LOCK.missing"] {
+        let (r, data) = admin.call::<_, MetaResponse>(&MetaRequest::BackupRead { id: info.id, name: name.into(), offset: 0, len: 10 }, &[]).await.unwrap();
+        assert!(matches!(&r, MetaResponse::Error(e) if e.code == ErrorCode::NotFound) && data.is_empty(), "{name}: {r:?}");
+    }
+    let checkpoints = s.dir.path().join("data/backups");
+    assert_eq!(std::fs::read_dir(&checkpoints).unwrap().count(), 1);
+    assert_eq!(admin.call::<_, MetaResponse>(&MetaRequest::BackupEnd { id: info.id }, &[]).await.unwrap().0, MetaResponse::Done);
+    assert_eq!(std::fs::read_dir(&checkpoints).unwrap().count(), 0, "BackupEnd left the checkpoint");
+    let (r, _) = admin.call::<_, MetaResponse>(&MetaRequest::BackupRead { id: info.id, name: "CURRENT".into(), offset: 0, len: 10 }, &[]).await.unwrap();
+    assert!(matches!(&r, MetaResponse::Error(e) if e.code == ErrorCode::NotFound), "read after BackupEnd: {r:?}");
+    s.stop().await;
+}
+
 /// A peer of an older protocol version (another ALPN) fails the handshake instead of sending
 /// frames this build would misread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

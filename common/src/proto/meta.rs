@@ -246,6 +246,38 @@ pub enum MetaRequest {
     WaitLock { ino: u64, session: u64, lock: LockSpec, timeout_ms: u32 },
     /// End `session` now (a clean unmount), as if its lease ran out. Reply: `Done`.
     CloseSession { session: u64 },
+    /// Admin only: take a consistent RocksDB checkpoint of the metadata (on the metadata
+    /// server's disk, hard links where possible) and list its files. Reply: `BackupStarted`.
+    /// The checkpoint is kept until `BackupEnd`, a restart, or 10 minutes without a read.
+    BackupStart,
+    /// Admin only: up to `len` bytes (at most [`BACKUP_CHUNK`]) of checkpoint file `name` (as
+    /// listed by `BackupStart`) from `offset`. Reply: `BackupData` with the bytes as payload;
+    /// fewer than asked only at the end of the file.
+    BackupRead { id: u64, name: String, offset: u64, len: u32 },
+    /// Admin only: delete checkpoint `id` (unknown ids are fine). Reply: `Done`.
+    BackupEnd { id: u64 },
+}
+
+/// Most bytes one `BackupRead` returns.
+pub const BACKUP_CHUNK: u32 = 4 * 1024 * 1024;
+
+/// One file of a metadata checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupFile {
+    /// A plain file name (no `/`), relative to the checkpoint directory.
+    pub name: String,
+    pub size: u64,
+}
+
+/// Reply of `BackupStart`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    pub id: u64,
+    pub files: Vec<BackupFile>,
+    pub block_size: u32,
+    pub replicas: u32,
+    /// The ring version when the checkpoint was taken.
+    pub ring_version: u64,
 }
 
 /// What `AuditRefs` found. Clean when every count except `entries`, `blocks` and `orphans` is 0.
@@ -380,4 +412,7 @@ pub enum MetaResponse {
     Lease { lease_ms: u64 },
     /// Reply of `GetLock`.
     Lock(Option<LockHolder>),
+    BackupStarted(BackupInfo),
+    /// Reply of `BackupRead`; the bytes are the payload.
+    BackupData,
 }

@@ -121,4 +121,19 @@ impl Namespace {
     pub fn store(&self) -> &Store {
         &self.store
     }
+
+    /// Make the next inode number and session id at least `floor` (a restore: see
+    /// `backup::restore_floor`), durably.
+    pub fn raise_counters(&self, floor: u64) -> Result<(), WireError> {
+        let t = {
+            let mut c = self.lock.lock().unwrap();
+            c.next_ino = c.next_ino.max(floor);
+            c.next_session = c.next_session.max(floor);
+            let mut b = Batch::default();
+            b.put(Cf::Cluster, KEY_NEXT_INO.to_vec(), enc(&c.next_ino));
+            b.put(Cf::Cluster, KEY_NEXT_SESSION.to_vec(), enc(&c.next_session));
+            self.store.apply(b)?
+        };
+        Ok(self.store.wait_durable(t)?)
+    }
 }
