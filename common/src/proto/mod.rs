@@ -32,7 +32,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Versioned ALPN: a peer speaking another version fails the handshake. Bump it with every
 /// change to a wire enum or struct (bincode has no field names to tolerate a mismatch).
-/// 2: xattrs, locks, sessions, open tracking, punch hole, `Create.umask`.
+/// 2: xattrs, locks, sessions, open tracking, punch hole, `Create.umask`; workers in
+/// `ChunkLoad`, `NodeStatus` and `ClusterStatus` (same release, so no bump).
 pub const ALPN: &[u8] = b"tessera/2";
 /// Bound on an encoded header (directory listings are paged to stay below it).
 pub const MAX_HEADER: u32 = 4 * 1024 * 1024;
