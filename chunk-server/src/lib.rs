@@ -8,6 +8,7 @@ pub mod store;
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use store::{BlockStore, ChunkError};
@@ -17,6 +18,7 @@ use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
 use tessera_common::proto::meta::{ChunkLoad, MetaRequest, MetaResponse};
 use tessera_common::tls::{Identity, NodeCerts, Role};
 use tessera_common::ring::Ring;
+use tessera_common::worker::{self, Schedule, Worker, Workers};
 use tessera_common::{ErrorCode, WireError};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -239,6 +241,8 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
     let (ring_tx, ring_rx) = watch::channel(Arc::new(Ring::default()));
     let pending = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let peers = net::ClientPool::new(ep.clone(), 1, Duration::from_secs(30), Role::Chunk);
+    let workers = Workers::new();
+    let beat_worker = workers.add("heartbeat");
     let scrubber = Arc::new(scrub::Scrubber {
         store: store.clone(),
         meta: meta.clone(),
@@ -247,31 +251,48 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
         peers: peers.clone(),
         rate: repair::RateLimiter::new(cfg.scrub_rate),
         running: Default::default(),
+        worker: workers.add("scrub"),
     });
     let svc = Arc::new(ChunkService { store: store.clone(), node_id, scrubber: scrubber.clone(), space: space.clone() });
-    let scrub_every = cfg.scrub_interval;
-    let mut scrub_stop = shutdown.clone();
-    let scrub_task = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(scrub_every) => { scrubber.pass().await; }
-                _ = scrub_stop.changed() => return,
-            }
-        }
+    let scrub_task = worker::spawn(scrubber.worker.clone(), Schedule::every(cfg.scrub_interval), shutdown.clone(), move || {
+        let s = scrubber.clone();
+        async move { s.scrub().await }
     });
-    let repairer = repair::Repairer {
+    let repairer = Arc::new(repair::Repairer {
         store: store.clone(),
         me: node_id,
-        ring: ring_rx,
+        ring: ring_rx.clone(),
         peers,
         rate: repair::RateLimiter::new(cfg.repair_rate),
-        interval: cfg.scan_interval,
         pending: pending.clone(),
         sent: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-    };
-    let rep = tokio::spawn(repairer.run(shutdown.clone()));
-    let beat = Heartbeat { meta, store, space, node_id, addr: advertise, zone: cfg.zone.clone(), capacity, every: cfg.heartbeat, ring: ring_tx, pending };
-    let hb = tokio::spawn(beat.run(shutdown.clone()));
+        worker: workers.add("repair"),
+    });
+    // A scan every interval, and at once when the ring changes (a server joined, left, filled).
+    let rep = worker::spawn_woken(repairer.worker.clone(), Schedule::every(cfg.scan_interval), ring_rx, shutdown.clone(), move || {
+        let r = repairer.clone();
+        async move { r.pass().await }
+    });
+    let beat = Arc::new(Heartbeat {
+        meta,
+        store,
+        space,
+        node_id,
+        addr: advertise,
+        zone: cfg.zone.clone(),
+        capacity,
+        ring: ring_tx,
+        pending,
+        registered: AtomicBool::new(false),
+        was_full: AtomicBool::new(false),
+        workers,
+        worker: beat_worker.clone(),
+    });
+    // Registers at once, then beats every interval.
+    let hb = worker::spawn(beat_worker, Schedule::every(cfg.heartbeat).at_start(), shutdown.clone(), move || {
+        let b = beat.clone();
+        async move { b.beat().await }
+    });
     let task = tokio::spawn(async move {
         net::serve(ep, svc, shutdown).await;
         hb.abort();
@@ -289,65 +310,84 @@ struct Heartbeat {
     addr: String,
     zone: String,
     capacity: u64,
-    every: Duration,
     ring: watch::Sender<Arc<Ring>>,
     pending: Arc<std::sync::atomic::AtomicU64>,
+    registered: AtomicBool,
+    was_full: AtomicBool,
+    /// This server's workers, reported with each beat.
+    workers: Arc<Workers>,
+    worker: Arc<Worker>,
 }
 
 impl Heartbeat {
-    /// Register, then beat; follow the ring version the replies carry.
-    async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut registered = false;
-        let mut was_full = false;
-        loop {
-            let full = self.space.full(self.store.used());
-            if full != was_full {
-                if full {
-                    warn!(free = self.space.headroom(self.store.used()), reserve = self.space.reserve, "free space is below the reserve: taking no new blocks");
-                } else {
-                    info!("free space is above the reserve again: taking new blocks");
-                }
-                was_full = full;
-            }
-            let req = if registered {
-                MetaRequest::Heartbeat {
-                    node_id: self.node_id,
-                    load: ChunkLoad {
-                        capacity: self.capacity,
-                        used: self.store.used(),
-                        blocks: self.store.count(),
-                        repair_pending: self.pending.load(std::sync::atomic::Ordering::Relaxed),
-                        free: self.space.headroom(self.store.used()).saturating_sub(self.space.reserve),
-                        full,
-                    },
-                }
+    /// The workers' status for this beat; the heartbeat's own shows as between beats (`idle`,
+    /// this beat not yet counted), as it is whenever the status is read, not `running` always.
+    fn workers_between_beats(&self) -> Vec<tessera_common::proto::meta::WorkerStatus> {
+        let mut list = self.workers.status();
+        for w in list.iter_mut().filter(|w| w.name == self.worker.name()) {
+            w.state = "idle".into();
+        }
+        list
+    }
+
+    /// One beat: register if not registered, else report the load; follow the ring version
+    /// the replies carry.
+    async fn beat(&self) -> Result<(), String> {
+        let full = self.space.full(self.store.used());
+        if full != self.was_full.swap(full, Ordering::Relaxed) {
+            if full {
+                warn!(free = self.space.headroom(self.store.used()), reserve = self.space.reserve, "free space is below the reserve: taking no new blocks");
             } else {
-                MetaRequest::RegisterChunk { node_id: self.node_id, addr: self.addr.clone(), zone: self.zone.clone(), capacity: self.capacity }
-            };
-            match self.meta.call(&req).await {
-                Ok(MetaResponse::Ring(r)) => {
-                    info!(ring_version = r.version, "registered with the metadata server");
-                    registered = true;
-                    self.ring.send_replace(Arc::new(r));
-                }
-                Ok(MetaResponse::HeartbeatAck { ring_version }) => {
-                    if ring_version != self.ring.borrow().version {
-                        if let Ok(MetaResponse::Ring(r)) = self.meta.call(&MetaRequest::GetRing).await {
-                            self.ring.send_replace(Arc::new(r));
-                        }
-                    }
-                }
-                Ok(MetaResponse::Error(e)) if e.code == ErrorCode::NotFound => registered = false,
-                Ok(other) => warn!("unexpected heartbeat reply: {other:?}"),
-                Err(e) => {
-                    warn!("heartbeat: {e}");
-                    registered = false;
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.every) => {}
-                _ = shutdown.changed() => return,
+                info!("free space is above the reserve again: taking new blocks");
             }
         }
+        let req = if self.registered.load(Ordering::Relaxed) {
+            MetaRequest::Heartbeat {
+                node_id: self.node_id,
+                load: ChunkLoad {
+                    capacity: self.capacity,
+                    used: self.store.used(),
+                    blocks: self.store.count(),
+                    repair_pending: self.pending.load(Ordering::Relaxed),
+                    free: self.space.headroom(self.store.used()).saturating_sub(self.space.reserve),
+                    full,
+                    workers: self.workers_between_beats(),
+                },
+            }
+        } else {
+            MetaRequest::RegisterChunk { node_id: self.node_id, addr: self.addr.clone(), zone: self.zone.clone(), capacity: self.capacity }
+        };
+        let r = match self.meta.call(&req).await {
+            Ok(MetaResponse::Ring(r)) => {
+                info!(ring_version = r.version, "registered with the metadata server");
+                self.registered.store(true, Ordering::Relaxed);
+                self.ring.send_replace(Arc::new(r));
+                Ok(())
+            }
+            Ok(MetaResponse::HeartbeatAck { ring_version }) => {
+                if ring_version != self.ring.borrow().version {
+                    if let Ok(MetaResponse::Ring(r)) = self.meta.call(&MetaRequest::GetRing).await {
+                        self.ring.send_replace(Arc::new(r));
+                    }
+                }
+                Ok(())
+            }
+            Ok(MetaResponse::Error(e)) if e.code == ErrorCode::NotFound => {
+                self.registered.store(false, Ordering::Relaxed);
+                Err(format!("the metadata server does not know this server: {}", e.message))
+            }
+            Ok(other) => {
+                warn!("unexpected heartbeat reply: {other:?}");
+                Err(format!("unexpected reply {other:?}"))
+            }
+            Err(e) => {
+                warn!("heartbeat: {e}");
+                self.registered.store(false, Ordering::Relaxed);
+                Err(e.to_string())
+            }
+        };
+        let state = if self.registered.load(Ordering::Relaxed) { "registered" } else { "registering" };
+        self.worker.set_progress(format!("{state}, ring version {}", self.ring.borrow().version));
+        r
     }
 }

@@ -51,11 +51,11 @@ pub struct Repairer {
     pub ring: watch::Receiver<Arc<Ring>>,
     pub peers: tessera_common::net::ClientPool,
     pub rate: RateLimiter,
-    pub interval: Duration,
     /// Copies found missing in the last scan and not yet sent.
     pub pending: Arc<AtomicU64>,
     /// Bytes sent to other servers since start.
     pub sent: Arc<AtomicU64>,
+    pub worker: Arc<tessera_common::worker::Worker>,
 }
 
 /// Copies a repair scan sends at once.
@@ -100,21 +100,14 @@ impl Repairer {
         r
     }
 
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(self.interval) => {}
-                _ = self.ring.changed() => {}
-                _ = shutdown.changed() => return,
-            }
-            let ring = self.ring.borrow().clone();
-            if ring.nodes.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.scan(&ring).await {
-                warn!("repair scan: {e}");
-            }
+    /// One scan against the current ring (the `repair` worker's pass, see `lib.rs`).
+    pub async fn pass(&self) -> anyhow::Result<()> {
+        let ring = self.ring.borrow().clone();
+        if ring.nodes.is_empty() {
+            self.worker.set_progress("waiting for the ring");
+            return Ok(());
         }
+        self.scan(&ring).await
     }
 
     async fn scan(&self, ring: &Ring) -> anyhow::Result<()> {
@@ -168,6 +161,7 @@ impl Repairer {
             .filter(|(id, _)| sender(id))
             .collect();
         self.pending.store(missing.len() as u64, Ordering::Relaxed);
+        self.worker.set_progress(format!("ring version {}: {} blocks, sending {} missing copies", ring.version, ids.len(), missing.len()));
         if !missing.is_empty() {
             info!(copies = missing.len(), "repair: sending missing copies");
         }
@@ -198,6 +192,14 @@ impl Repairer {
         if dropped > 0 {
             info!(dropped, "repair: dropped copies now held by their owners");
         }
+        self.worker.set_progress(format!(
+            "last scan (ring version {}): {} blocks, {} copies not sent, {} dropped; {} MB sent since start",
+            ring.version,
+            ids.len(),
+            self.pending.load(Ordering::Relaxed),
+            dropped,
+            self.sent.load(Ordering::Relaxed) / 1_000_000
+        ));
         Ok(())
     }
 }

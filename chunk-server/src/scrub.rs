@@ -20,10 +20,18 @@ pub struct Scrubber {
     pub rate: RateLimiter,
     /// One pass at a time.
     pub running: tokio::sync::Mutex<()>,
+    /// The `scrub` worker: periodic passes and those asked for are counted there.
+    pub worker: Arc<tessera_common::worker::Worker>,
 }
 
 impl Scrubber {
+    /// A pass asked for (`tessera scrub`), counted as one of the worker's.
     pub async fn pass(&self) -> ScrubReport {
+        self.worker.run(self.scrub()).await
+    }
+
+    /// One pass; the periodic worker runs this (see `lib.rs`), others call [`Scrubber::pass`].
+    pub async fn scrub(&self) -> ScrubReport {
         let _one = self.running.lock().await;
         let mut report = ScrubReport::default();
         let store = self.store.clone();
@@ -31,7 +39,11 @@ impl Scrubber {
             Ok(Ok(v)) => v,
             _ => return report,
         };
-        for (id, _) in ids {
+        let total = ids.len();
+        for (i, (id, _)) in ids.into_iter().enumerate() {
+            if i % 64 == 0 {
+                self.worker.set_progress(format!("checking: {i} of {total} blocks, {} corrupt", report.corrupt));
+            }
             let store = self.store.clone();
             match tokio::task::spawn_blocking(move || store.get(&id)).await {
                 Ok(Ok(data)) => {
@@ -52,6 +64,7 @@ impl Scrubber {
                 Err(e) => warn!("scrub: {e}"),
             }
         }
+        self.worker.set_progress(format!("last pass: {} blocks checked, {} corrupt, {} repaired", report.checked, report.corrupt, report.repaired));
         info!(checked = report.checked, corrupt = report.corrupt, repaired = report.repaired, "scrub pass done");
         report
     }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera_common::metalink::MetaLink;
 use tessera_common::net::{self, RpcClient};
+use tessera_common::paging::{next_after, Pager};
 use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
-use tessera_common::proto::meta::{ClusterStatus, MetaRequest, MetaResponse};
+use tessera_common::proto::meta::{ClusterStatus, MetaRequest, MetaResponse, WorkerStatus};
 use tessera_common::tls::NodeCerts;
 use tessera_common::BlockId;
 
@@ -63,6 +64,16 @@ struct StatusJson {
     repair_pending: u64,
     /// Client sessions (mounts).
     mounts: Vec<MountJson>,
+    /// Background workers: the metadata server's (`node` "meta"), then each chunk server's.
+    workers: Vec<WorkerJson>,
+}
+
+#[derive(Serialize, Debug)]
+struct WorkerJson {
+    /// `meta`, or the chunk server's id.
+    node: String,
+    #[serde(flatten)]
+    status: WorkerStatus,
 }
 
 #[derive(Serialize, Debug)]
@@ -95,21 +106,18 @@ impl Admin {
 
     /// Reference counts of every referenced block.
     pub async fn referenced_counts(&self) -> anyhow::Result<Vec<(BlockId, u64)>> {
-        let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            match self.call(MetaRequest::ListBlocks { after, limit: 65536 }).await? {
+        const LIMIT: u32 = 65536;
+        Pager::new(None, |after| async move {
+            match self.call(MetaRequest::ListBlocks { after, limit: LIMIT }).await? {
                 MetaResponse::BlockList(l) => {
-                    let n = l.len();
-                    after = l.last().map(|x| x.0);
-                    out.extend(l);
-                    if n < 65536 {
-                        return Ok(out);
-                    }
+                    let next = next_after(&l, LIMIT, |x| Some(x.0));
+                    Ok((l, next))
                 }
                 r => bail!("unexpected reply {r:?}"),
             }
-        }
+        })
+        .collect()
+        .await
     }
 
     async fn call(&self, req: MetaRequest) -> anyhow::Result<MetaResponse> {
@@ -263,6 +271,13 @@ impl Admin {
                     locks: m.locks,
                 })
                 .collect(),
+            workers: s
+                .workers
+                .iter()
+                .map(|w| ("meta".to_string(), w))
+                .chain(s.nodes.iter().flat_map(|n| n.workers.iter().map(move |w| (format!("{:016x}", n.id), w))))
+                .map(|(node, w)| WorkerJson { node, status: w.clone() })
+                .collect(),
         };
         if json {
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -318,7 +333,33 @@ impl Admin {
                 m.locks
             );
         }
+        println!();
+        print_workers(&out.workers);
         Ok(())
+    }
+}
+
+/// The workers table of `tessera status`: when each last ran, how long, and what it says.
+fn print_workers(workers: &[WorkerJson]) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    println!("{:<16}  {:<12} {:<8} {:>7} {:>7} {:>9} {:>8}  {}", "NODE", "WORKER", "STATE", "PASSES", "ERRORS", "LAST RUN", "TOOK", "PROGRESS");
+    for w in workers {
+        let s = &w.status;
+        let last = if s.last_start_ms == 0 { "-".to_string() } else { format!("{:.1}s ago", now.saturating_sub(s.last_start_ms) as f64 / 1000.0) };
+        println!(
+            "{:<16}  {:<12} {:<8} {:>7} {:>7} {:>9} {:>7.1}s  {}",
+            w.node,
+            s.name,
+            s.state,
+            s.passes,
+            s.errors,
+            last,
+            s.last_duration_ms as f64 / 1000.0,
+            if s.progress.is_empty() { "-" } else { &s.progress }
+        );
+        if let (Some(e), true) = (&s.last_error, s.consecutive_errors > 0) {
+            println!("{:<16}  {:<12} last error ({} in a row): {e}", "", "", s.consecutive_errors);
+        }
     }
 }
 

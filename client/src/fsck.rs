@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::time::Duration;
 use tessera_common::net::RpcClient;
+use tessera_common::paging::{next_after, Pager};
 use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
-use tessera_common::proto::meta::{AuditReport, FileKind, MetaRequest, MetaResponse};
+use tessera_common::proto::meta::{AuditReport, BlockRef, FileKind, MetaRequest, MetaResponse};
 use tessera_common::{BlockId, ROOT_INO};
 
 #[derive(Serialize, Default, Debug)]
@@ -62,6 +63,22 @@ impl Admin {
         self.call_meta(req).await
     }
 
+    /// The block map of file `ino`, by block index.
+    async fn file_blocks(&self, ino: u64) -> anyhow::Result<Vec<(u64, BlockRef)>> {
+        const COUNT: u64 = 16384;
+        Pager::new(0, |first| async move {
+            match self.meta(MetaRequest::GetBlocks { ino, first, count: COUNT }).await? {
+                MetaResponse::Blocks { blocks, .. } => {
+                    let next = next_after(&blocks, COUNT, |(idx, _)| idx + 1);
+                    Ok((blocks, next))
+                }
+                r => bail!("unexpected reply {r:?}"),
+            }
+        })
+        .collect()
+        .await
+    }
+
     /// Every file's blocks: block id → paths using it, with the number of references.
     async fn walk(&self, report: &mut FsckReport) -> anyhow::Result<HashMap<BlockId, (u64, Vec<String>)>> {
         let mut refs: HashMap<BlockId, (u64, Vec<String>)> = HashMap::new();
@@ -70,46 +87,34 @@ impl Admin {
         let pb = bar(0, "namespace");
         while let Some((dir, path)) = dirs.pop() {
             report.directories += 1;
-            let mut after = 0;
-            loop {
-                let (entries, done) = match self.meta(MetaRequest::ReadDir { ino: dir, after, limit: 1024 }).await? {
-                    MetaResponse::Dir { entries, done } => (entries, done),
+            let mut pages = Pager::new(0, |after| async move {
+                match self.meta(MetaRequest::ReadDir { ino: dir, after, limit: 1024 }).await? {
+                    MetaResponse::Dir { entries, done } => {
+                        let next = entries.last().filter(|_| !done).map(|e| e.cookie);
+                        Ok((entries, next))
+                    }
                     r => bail!("unexpected reply {r:?}"),
-                };
-                for e in &entries {
-                    after = e.cookie;
+                }
+            });
+            while let Some(entries) = pages.next().await {
+                for e in entries? {
                     let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
                     match e.kind {
                         FileKind::Dir => dirs.push((e.ino, p)),
                         FileKind::File if seen_files.insert(e.ino) => {
                             report.files += 1;
                             pb.inc_length(1);
-                            let mut first = 0;
-                            loop {
-                                let blocks = match self.meta(MetaRequest::GetBlocks { ino: e.ino, first, count: 16384 }).await? {
-                                    MetaResponse::Blocks { blocks, .. } => blocks,
-                                    r => bail!("unexpected reply {r:?}"),
-                                };
-                                let n = blocks.len();
-                                for (idx, b) in blocks {
-                                    first = idx + 1;
-                                    let r = refs.entry(b.id).or_default();
-                                    r.0 += 1;
-                                    if r.1.len() < 3 {
-                                        r.1.push(p.clone());
-                                    }
-                                }
-                                if n < 16384 {
-                                    break;
+                            for (_, b) in self.file_blocks(e.ino).await? {
+                                let r = refs.entry(b.id).or_default();
+                                r.0 += 1;
+                                if r.1.len() < 3 {
+                                    r.1.push(p.clone());
                                 }
                             }
                             pb.inc(1);
                         }
                         _ => {}
                     }
-                }
-                if done || entries.is_empty() {
-                    break;
                 }
             }
         }
@@ -140,21 +145,21 @@ impl Admin {
         let mut stored: HashSet<BlockId> = HashSet::new();
         let clients: BTreeMap<u64, RpcClient> = up.iter().map(|n| (n.id, RpcClient::new(self.ep().clone(), &n.addr, 1, Duration::from_secs(60), tessera_common::tls::Role::Chunk))).collect();
         let pb = bar(up.len() as u64, "servers");
+        const LIST_LIMIT: u32 = 65536;
         for (node, c) in &clients {
-            let mut after = None;
-            loop {
-                let list = match c.call::<_, ChunkResponse>(&ChunkRequest::List { after, limit: 65536 }, &[]).await {
-                    Ok((ChunkResponse::List(l), _)) => l,
+            let mut pages = Pager::new(None, |after| async move {
+                match c.call::<_, ChunkResponse>(&ChunkRequest::List { after, limit: LIST_LIMIT }, &[]).await {
+                    Ok((ChunkResponse::List(l), _)) => {
+                        let next = next_after(&l, LIST_LIMIT, |x| Some(x.0));
+                        Ok((l, next))
+                    }
                     other => bail!("{}: cannot list blocks: {other:?}", c.addr()),
-                };
-                let n = list.len();
-                after = list.last().map(|x| x.0);
-                for (id, _) in list {
+                }
+            });
+            while let Some(list) = pages.next().await {
+                for (id, _) in list? {
                     stored.insert(id);
                     holders.entry(id).or_default().push(*node);
-                }
-                if n < 65536 {
-                    break;
                 }
             }
             pb.inc(1);

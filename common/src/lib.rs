@@ -9,9 +9,11 @@ pub mod metalink;
 pub mod names;
 pub mod net;
 pub mod notify;
+pub mod paging;
 pub mod proto;
 pub mod ring;
 pub mod tls;
+pub mod worker;
 pub mod xattr;
 
 pub use block::BlockId;

@@ -11,10 +11,15 @@ use crate::namespace::Namespace;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_common::net::ClientPool;
+use tessera_common::paging::{next_after, Pager};
 use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
 use tessera_common::proto::meta::GcReport;
+use tessera_common::worker::Worker;
 use tessera_common::BlockId;
 use tracing::{info, warn};
+
+/// Blocks per `List` page.
+const LIST_LIMIT: u32 = 65536;
 
 pub struct Gc {
     pub ns: Arc<Namespace>,
@@ -22,32 +27,47 @@ pub struct Gc {
     pub grace: Duration,
     clients: ClientPool,
     running: tokio::sync::Mutex<()>,
+    /// The `gc` worker: periodic passes and those asked for are counted there.
+    pub worker: Arc<Worker>,
 }
 
 impl Gc {
-    pub fn new(ns: Arc<Namespace>, members: Arc<Membership>, clients: ClientPool, grace: Duration) -> Self {
-        Gc { ns, members, grace, clients, running: Default::default() }
+    pub fn new(ns: Arc<Namespace>, members: Arc<Membership>, clients: ClientPool, grace: Duration, worker: Arc<Worker>) -> Self {
+        Gc { ns, members, grace, clients, running: Default::default(), worker }
     }
 
+    /// A pass asked for (`tessera gc`), counted as one of the worker's.
     pub async fn pass(&self) -> GcReport {
+        self.worker.run(self.collect()).await
+    }
+
+    /// One pass; the periodic worker runs this (see `lib.rs`), others call [`Gc::pass`].
+    pub async fn collect(&self) -> GcReport {
         let _one = self.running.lock().await;
         let mut report = GcReport::default();
         let grace = self.grace.as_secs();
         for node in self.members.status().into_iter().filter(|n| n.state == "up") {
-            let c = self.clients.get(&node.addr);
-            let mut after: Option<BlockId> = None;
-            loop {
-                let list = match c.call::<_, ChunkResponse>(&ChunkRequest::List { after, limit: 65536 }, &[]).await {
-                    Ok((ChunkResponse::List(l), _)) => l,
-                    other => {
+            let c = &self.clients.get(&node.addr);
+            let mut pages = Pager::new(None, |after| async move {
+                match c.call::<_, ChunkResponse>(&ChunkRequest::List { after, limit: LIST_LIMIT }, &[]).await {
+                    Ok((ChunkResponse::List(l), _)) => {
+                        let next = next_after(&l, LIST_LIMIT, |(id, _)| Some(*id));
+                        Ok((l, next))
+                    }
+                    other => Err(other),
+                }
+            });
+            while let Some(page) = pages.next().await {
+                let list = match page {
+                    Ok(l) => l,
+                    Err(other) => {
                         warn!(server = %node.addr, "gc: cannot list blocks: {other:?}");
                         report.unreachable += 1;
                         break;
                     }
                 };
                 report.scanned += list.len() as u64;
-                let n = list.len();
-                after = list.last().map(|(id, _)| *id);
+                self.worker.set_progress(format!("listing {}: {} copies scanned, {} deleted", node.addr, report.scanned, report.deleted));
                 let ns = self.ns.clone();
                 let idle: Vec<BlockId> = list.into_iter().filter(|(_, idle)| *idle >= grace).map(|(id, _)| id).collect();
                 let garbage: Vec<BlockId> = match tokio::task::spawn_blocking(move || idle.into_iter().filter(|id| !ns.is_referenced(id).unwrap_or(true)).collect()).await {
@@ -60,11 +80,9 @@ impl Gc {
                         other => warn!(server = %node.addr, "gc: delete failed: {other:?}"),
                     }
                 }
-                if n < 65536 {
-                    break;
-                }
             }
         }
+        self.worker.set_progress(format!("last pass: {} copies scanned, {} deleted, {} servers unreachable", report.scanned, report.deleted, report.unreachable));
         if report.deleted > 0 {
             info!(deleted = report.deleted, scanned = report.scanned, "gc pass done");
         }

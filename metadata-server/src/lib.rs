@@ -19,6 +19,7 @@ use std::time::Duration;
 use tessera_common::net::{self, Service};
 use tessera_common::proto::meta::{BackupInfo, ClusterStatus, LockSpec, MetaRequest, MetaResponse, MountStatus, Mutation, StatFs};
 use tessera_common::tls::{Identity, NodeCerts, Role};
+use tessera_common::worker::{self, Schedule, Workers};
 use tessera_common::{ErrorCode, WireError};
 use tokio::sync::watch;
 use tracing::info;
@@ -93,6 +94,8 @@ struct MetaService {
     /// Bumped after every change that may free a lock: wakes `WaitLock`s.
     lock_changes: watch::Sender<u64>,
     backups: backup::Backups,
+    /// Background workers, for `Status`.
+    workers: Arc<Workers>,
 }
 
 fn ns_state(ns: &Namespace) -> String {
@@ -224,6 +227,7 @@ impl MetaService {
             blocks: stats.blocks,
             meta_state: ns_state(&self.ns),
             mounts: self.mounts()?,
+            workers: self.workers.status(),
         }))
     }
 
@@ -362,7 +366,10 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     info!(%addr, block_size = ns.params.block_size, replicas = cfg.replicas, "metadata server listening");
     // One pool of connections to the chunk servers, for GC and for the commit check.
     let chunks = net::ClientPool::new(ep.clone(), 1, Duration::from_secs(60), tessera_common::tls::Role::Chunk);
-    let gc = Arc::new(gc::Gc::new(ns.clone(), members.clone(), chunks.clone(), cfg.gc_grace));
+    let workers = Workers::new();
+    let lease_worker = workers.add("lease-expiry");
+    let gc = Arc::new(gc::Gc::new(ns.clone(), members.clone(), chunks.clone(), cfg.gc_grace, workers.add("gc")));
+    let members_worker = workers.add("membership");
     let claims = claims::Claims { ns: ns.clone(), members: members.clone(), pool: chunks };
     let leases = Arc::new(leases::Leases::new(cfg.session_lease));
     let (lock_changes, _) = watch::channel(0u64);
@@ -377,41 +384,33 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
         leases: leases.clone(),
         lock_changes: lock_changes.clone(),
         backups,
+        workers,
     });
     // Leader duty: expire sessions whose lease ran out, a few times per lease.
-    let (tick, mut lease_stop) = ((cfg.session_lease / 4).min(Duration::from_secs(1)), shutdown.clone());
-    let lease_task = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
-                _ = lease_stop.changed() => return,
+    let tick = (cfg.session_lease / 4).min(Duration::from_secs(1));
+    let expired = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let lease_task = worker::spawn(lease_worker.clone(), Schedule::every(tick), shutdown.clone(), move || {
+        let (l, ns, changes, expired, w) = (leases.clone(), ns.clone(), lock_changes.clone(), expired.clone(), lease_worker.clone());
+        async move {
+            let n = tokio::task::spawn_blocking(move || l.expire_overdue(&ns)).await?;
+            if n > 0 {
+                changes.send_modify(|v| *v += 1);
             }
-            let (l, ns) = (leases.clone(), ns.clone());
-            if let Ok(n) = tokio::task::spawn_blocking(move || l.expire_overdue(&ns)).await {
-                if n > 0 {
-                    lock_changes.send_modify(|v| *v += 1);
-                }
-            }
+            let total = expired.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed) + n as u64;
+            w.set_progress(format!("{total} sessions expired since start"));
+            Ok::<_, tokio::task::JoinError>(())
         }
     });
-    let (gc_every, mut gc_stop) = (cfg.gc_interval, shutdown.clone());
-    let gc_task = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(gc_every) => { gc.pass().await; }
-                _ = gc_stop.changed() => return,
-            }
-        }
+    let gc_task = worker::spawn(gc.worker.clone(), Schedule::every(cfg.gc_interval), shutdown.clone(), move || {
+        let gc = gc.clone();
+        async move { gc.collect().await }
     });
-    let mut sd = shutdown.clone();
-    let ticker = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = sd.changed() => return,
-            }
-            let m = members.clone();
-            let _ = tokio::task::spawn_blocking(move || m.refresh()).await;
+    let ticker = worker::spawn(members_worker.clone(), Schedule::every(Duration::from_secs(1)), shutdown.clone(), move || {
+        let (m, w) = (members.clone(), members_worker.clone());
+        async move {
+            let ring = tokio::task::spawn_blocking(move || m.refresh()).await.map_err(|e| e.to_string())?.map_err(|e| e.message)?;
+            w.set_progress(format!("ring version {}: {} of {} servers up", ring.version, ring.nodes.iter().filter(|n| n.up).count(), ring.nodes.len()));
+            Ok::<_, String>(())
         }
     });
     let task = tokio::spawn(async move {

@@ -240,6 +240,7 @@ impl Membership {
                 repair_pending: n.load.repair_pending,
                 free: n.load.free,
                 full: n.load.full,
+                workers: n.load.workers.clone(),
             })
             .collect()
     }

@@ -290,3 +290,68 @@ fn fsck_finds_and_repairs_missing_copies() {
     assert!(tessera(&c, &["fsck", "--deep"]).status.success());
     assert_eq!(read_via_second_mount(&c, "x"), blake3::hash(&data));
 }
+
+/// The workers of one server in `tessera status --json`: name → entry.
+fn workers_of(status: &serde_json::Value, node: &str) -> std::collections::HashMap<String, serde_json::Value> {
+    status["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("status --json has no workers list: {status:#}"))
+        .iter()
+        .filter(|w| w["node"] == node)
+        .map(|w| (w["name"].as_str().unwrap().to_string(), w.clone()))
+        .collect()
+}
+
+/// `tessera status` lists every background worker of every server with its state, and the
+/// passes of `gc --wait` and `scrub --wait` are counted there.
+#[test]
+fn status_lists_every_worker_and_counts_passes() {
+    let c = DevCluster::start();
+    write_file(&c.path("f"), &vec![7u8; 3 * MIB]);
+    // The membership refresh runs every second; the chunk servers report with each heartbeat.
+    let s = wait_for(Duration::from_secs(10), || {
+        let s = c.status_json();
+        let ready = workers_of(&s, "meta").get("membership").is_some_and(|w| w["passes"].as_u64().unwrap() >= 1)
+            && s["nodes"].as_array().unwrap().iter().all(|n| workers_of(&s, n["id"].as_str().unwrap()).contains_key("scrub"));
+        ready.then_some(s)
+    })
+    .unwrap_or_else(|| panic!("workers not listed within 10 s: {:#}", c.status_json()["workers"]));
+    let meta = workers_of(&s, "meta");
+    for name in ["lease-expiry", "gc", "membership"] {
+        let w = meta.get(name).unwrap_or_else(|| panic!("no metadata worker {name}: {:#}", s["workers"]));
+        assert!(["idle", "running"].contains(&w["state"].as_str().unwrap()), "{name}: {w}");
+    }
+    assert_eq!(meta["membership"]["consecutive_errors"], 0, "{}", meta["membership"]);
+    let nodes: Vec<String> = s["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(nodes.len(), 3);
+    let gc_before = meta["gc"]["passes"].as_u64().unwrap();
+    let scrubs_before: Vec<u64> = nodes.iter().map(|n| workers_of(&s, n).get("scrub").map_or(0, |w| w["passes"].as_u64().unwrap())).collect();
+
+    assert!(tessera(&c, &["gc", "--wait"]).status.success());
+    assert!(tessera(&c, &["scrub", "--wait"]).status.success());
+    // Chunk servers report their workers with each heartbeat (every second).
+    let s = wait_for(Duration::from_secs(10), || {
+        let s = c.status_json();
+        let counted = nodes.iter().zip(&scrubs_before).all(|(n, before)| workers_of(&s, n).get("scrub").is_some_and(|w| w["passes"].as_u64().unwrap() > *before));
+        counted.then_some(s)
+    })
+    .unwrap_or_else(|| panic!("scrub passes not counted within 10 s: {:#}", c.status_json()["workers"]));
+    let gc = &workers_of(&s, "meta")["gc"];
+    assert!(gc["passes"].as_u64().unwrap() > gc_before, "gc --wait not counted: {gc}");
+    assert!(gc["last_start_ms"].as_u64().unwrap() > 0 && gc["progress"].as_str().unwrap().contains("scanned"), "{gc}");
+    for n in &nodes {
+        let w = workers_of(&s, n);
+        for name in ["heartbeat", "repair", "scrub"] {
+            assert!(w.contains_key(name), "server {n} has no worker {name}: {:#}", s["workers"]);
+        }
+        assert!(w["heartbeat"]["passes"].as_u64().unwrap() >= 1 && w["heartbeat"]["consecutive_errors"] == 0, "{}", w["heartbeat"]);
+        assert!(w["scrub"]["progress"].as_str().unwrap().contains("checked"), "{}", w["scrub"]);
+        // The write changed nothing in the ring, but the first registration woke a repair scan.
+        assert!(w["repair"]["passes"].as_u64().unwrap() >= 1, "{}", w["repair"]);
+    }
+    // The table lists them too.
+    let out = tessera(&c, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("WORKER") && text.contains("lease-expiry") && text.contains("scrub"), "{text}");
+    c.assert_fsck_clean();
+}

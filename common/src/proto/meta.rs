@@ -348,6 +348,28 @@ pub struct ChunkLoad {
     pub free: u64,
     /// Free space below the reserve: it takes no new blocks.
     pub full: bool,
+    /// Its background workers (heartbeat, repair, scrub), as of this heartbeat.
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One background worker of a server (`common::worker`), as `tessera status` lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub name: String,
+    /// `idle` (waiting for its next pass), `running` or `stopped`.
+    pub state: String,
+    /// Passes finished since the server started, periodic or asked for.
+    pub passes: u64,
+    /// Passes that failed, in all and in a row up to the last one (0: the last pass went well).
+    pub errors: u64,
+    pub consecutive_errors: u64,
+    /// When the last pass started, Unix milliseconds (0: none yet).
+    pub last_start_ms: u64,
+    pub last_duration_ms: u64,
+    /// The error of the last pass that failed, kept after later good passes.
+    pub last_error: Option<String>,
+    /// One line the worker sets: what it is at, or what its last pass did.
+    pub progress: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -368,6 +390,8 @@ pub struct NodeStatus {
     pub free: u64,
     /// Free space below the server's reserve: it takes no new blocks.
     pub full: bool,
+    /// Its background workers, as its last heartbeat reported them.
+    pub workers: Vec<WorkerStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,6 +408,8 @@ pub struct ClusterStatus {
     pub meta_state: String,
     /// Client sessions (mounts), by session id.
     pub mounts: Vec<MountStatus>,
+    /// The metadata server's background workers (the chunk servers' are in `nodes`).
+    pub workers: Vec<WorkerStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

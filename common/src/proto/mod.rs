@@ -32,7 +32,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Versioned ALPN: a peer speaking another version fails the handshake. Bump it with every
 /// change to a wire enum or struct (bincode has no field names to tolerate a mismatch).
-/// 2: xattrs, locks, sessions, open tracking, punch hole, `Create.umask`.
+/// 2: xattrs, locks, sessions, open tracking, punch hole, `Create.umask`; workers in
+/// `ChunkLoad`, `NodeStatus` and `ClusterStatus`.
 /// 3: metadata backup (`BackupStart`, `BackupRead`, `BackupEnd`).
 pub const ALPN: &[u8] = b"tessera/3";
 /// Bound on an encoded header (directory listings are paged to stay below it).
