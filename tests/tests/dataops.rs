@@ -4,6 +4,7 @@
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 use tessera_tests::*;
 
 const BS: u64 = 4 << 20;
@@ -165,22 +166,27 @@ fn seek_data_and_hole_on_a_sparse_file() {
     c.assert_fsck_clean();
 }
 
+/// `df`: the total is the servers' capacity over N; available is what the servers that are up
+/// may still take above their reserves (`free` in status), over N.
 #[test]
-fn statfs_free_space_is_raw_free_over_replicas() {
+fn statfs_free_space_is_what_servers_take_over_replicas() {
     let c = DevCluster::start();
     std::fs::write(c.path("x"), vec![5u8; 1 << 20]).unwrap();
-    let s = c.status_json();
-    let replicas = s["replicas"].as_u64().unwrap();
-    let nodes = s["nodes"].as_array().unwrap();
-    let raw_free: u64 = nodes.iter().filter(|n| n["state"] != "out").map(|n| n["capacity"].as_u64().unwrap() - n["used"].as_u64().unwrap()).sum();
-    let raw_total: u64 = nodes.iter().filter(|n| n["state"] != "out").map(|n| n["capacity"].as_u64().unwrap()).sum();
-    let st = nix::sys::statvfs::statvfs(&c.mnt).unwrap();
-    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
-    let total = st.blocks() as u64 * st.fragment_size() as u64;
-    assert_eq!(total / 4096, raw_total / replicas / 4096, "total = capacity / replicas");
-    // Heartbeats lag: allow a few MiB of difference in what is used.
-    let want = raw_free / replicas;
-    assert!(free.abs_diff(want) <= 8 << 20, "free {free} vs raw free / replicas {want}");
+    // Heartbeats lag: compare once both views agree within a few MiB (at most 10 s).
+    let mut last = None;
+    let agreed = wait_for(Duration::from_secs(10), || {
+        let s = c.status_json();
+        let replicas = s["replicas"].as_u64().unwrap();
+        let nodes = s["nodes"].as_array().unwrap();
+        let takers: u64 = nodes.iter().filter(|n| n["state"] == "up" && n["full"] == false).map(|n| n["free"].as_u64().unwrap()).sum();
+        let raw_total: u64 = nodes.iter().filter(|n| n["state"] != "out").map(|n| n["capacity"].as_u64().unwrap()).sum();
+        let st = nix::sys::statvfs::statvfs(&c.mnt).unwrap();
+        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        let total = st.blocks() as u64 * st.fragment_size() as u64;
+        last = Some((total, raw_total / replicas, free, takers / replicas));
+        (total / 4096 == raw_total / replicas / 4096 && free.abs_diff(takers / replicas) <= 8 << 20 && free > 0).then_some(())
+    });
+    assert!(agreed.is_some(), "df (total, free) and status (capacity / N, free above reserves / N) disagree: {last:?}");
     c.assert_fsck_clean();
 }
 
