@@ -9,7 +9,7 @@ need=()
 # scripts use (scripts/fault, scripts/chaos).
 for pkg in fuse3 libclang-dev clang g++ pkg-config make \
            gcc rsync sqlite3 python3 libacl1-dev acl attr \
-           nftables conntrack iproute2 e2fsprogs; do
+           nftables conntrack iproute2 e2fsprogs faketime; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 command -v git >/dev/null || need+=(git)

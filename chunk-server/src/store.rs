@@ -12,9 +12,10 @@
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tessera_common::BlockId;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +55,16 @@ pub struct BlockStore {
     /// Copies whose read failed and that could not be moved to quarantine: absent for every
     /// purpose until a put replaces them (forgotten on restart, when they are read again).
     bad: Mutex<HashSet<BlockId>>,
+    /// When this process last used each block, on the monotonic clock (see `idle_secs`).
+    last_use: Mutex<HashMap<BlockId, Instant>>,
+    started: Instant,
     #[cfg(test)]
     faults: test_hooks::Faults,
 }
+
+/// Uses older than this are forgotten (the map stays bounded); the block's idle time is then
+/// capped by the process's uptime instead.
+const LAST_USE_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 #[cfg(test)]
 mod test_hooks {
@@ -98,6 +106,8 @@ impl BlockStore {
             tmp_seq: AtomicU64::new(0),
             fanout: (0..256).map(|_| AtomicBool::new(false)).collect(),
             bad: Default::default(),
+            last_use: Default::default(),
+            started: Instant::now(),
             #[cfg(test)]
             faults: Default::default(),
         };
@@ -149,7 +159,7 @@ impl BlockStore {
             return p.is_file();
         }
         let _g = self.gc_lock.lock().unwrap();
-        self.touch(&p)
+        self.touch(id, &p)
     }
 
     fn is_bad(&self, id: &BlockId) -> bool {
@@ -183,15 +193,36 @@ impl BlockStore {
         self.sync_dir(self.path(id).parent().unwrap())
     }
 
-    /// Refresh the last-use time (the file's mtime). False if the file is missing.
-    fn touch(&self, p: &Path) -> bool {
-        File::options().write(true).open(p).and_then(|f| f.set_modified(std::time::SystemTime::now())).is_ok()
+    /// Refresh the last-use time (the file's mtime, and this process's monotonic record).
+    /// False if the file is missing.
+    fn touch(&self, id: &BlockId, p: &Path) -> bool {
+        let ok = File::options().write(true).open(p).and_then(|f| f.set_modified(std::time::SystemTime::now())).is_ok();
+        if ok {
+            self.used_at(id, Instant::now());
+        }
+        ok
     }
 
-    /// Seconds since the block was last put or found.
+    fn used_at(&self, id: &BlockId, at: Instant) {
+        let mut m = self.last_use.lock().unwrap();
+        m.insert(*id, at);
+        // Amortised pruning: at most one sweep per doubling of the map.
+        if m.len() >= 1 << 16 && m.len().is_power_of_two() {
+            m.retain(|_, t| t.elapsed() < LAST_USE_KEEP);
+        }
+    }
+
+    /// Seconds since the block was last put or found. The file's mtime keeps that across
+    /// restarts, but it is wall-clock time: a clock set forward would make fresh blocks look
+    /// old and let garbage collection take copies not yet committed. So the answer is at most
+    /// the time since this process last used the block, or since it started, on the monotonic
+    /// clock (a restart therefore postpones collection by up to one grace period; a clock set
+    /// back only postpones it too).
     pub fn idle_secs(&self, id: &BlockId) -> Option<u64> {
         let m = fs::metadata(self.path(id)).ok()?.modified().ok()?;
-        Some(m.elapsed().map(|d| d.as_secs()).unwrap_or(0))
+        let wall = m.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+        let mono = self.last_use.lock().unwrap().get(id).map_or(self.started.elapsed(), |t| t.elapsed());
+        Some(wall.min(mono.as_secs()))
     }
 
     /// Delete the block if it has not been used for `min_idle` seconds.
@@ -239,7 +270,7 @@ impl BlockStore {
             let stored = {
                 let _g = self.gc_lock.lock().unwrap();
                 if age.is_none() {
-                    self.touch(&dest)
+                    self.touch(id, &dest)
                 } else {
                     dest.is_file()
                 }
@@ -275,6 +306,10 @@ impl BlockStore {
         }
         drop(guard);
         self.sync_dir(dir)?;
+        // A repair copy keeps the age it had on its sender (itself bounded there the same way).
+        if let Some(at) = Instant::now().checked_sub(Duration::from_secs(age.unwrap_or(0))) {
+            self.used_at(id, at);
+        }
         if replace && !self.bad.lock().unwrap().remove(id) {
             // Another put replaced it first and counted it.
             return Ok(false);
@@ -361,6 +396,7 @@ impl BlockStore {
 
     pub fn delete(&self, id: &BlockId) -> Result<bool, ChunkError> {
         let p = self.path(id);
+        self.last_use.lock().unwrap().remove(id);
         if self.bad.lock().unwrap().remove(id) {
             // Already uncounted when it was set aside.
             let _ = fs::remove_file(&p);
@@ -397,6 +433,26 @@ impl BlockStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clock set two hours forward looks, to the store, like a block file whose mtime is two
+    /// hours old. A block put a moment ago must not be idle for GC whatever the wall clock says.
+    #[test]
+    fn a_clock_set_forward_does_not_make_fresh_blocks_idle() {
+        let d = tempfile::tempdir().unwrap();
+        let s = BlockStore::open(d.path()).unwrap();
+        let data = vec![3u8; 4096];
+        let id = BlockId::of(&data);
+        s.put(&id, &data, None).unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+        File::options().write(true).open(s.path(&id)).unwrap().set_modified(two_hours_ago).unwrap();
+        assert!(s.idle_secs(&id).unwrap() < 60, "idle {:?} s right after the put", s.idle_secs(&id));
+        assert!(!s.delete_if_idle(&id, 3600).unwrap(), "a block put a moment ago was collected after a clock jump");
+        assert!(s.has(&id, false));
+        // A store opened later (a restart) caps the idle time by its uptime too.
+        let reopened = BlockStore::open(d.path()).unwrap();
+        File::options().write(true).open(s.path(&id)).unwrap().set_modified(two_hours_ago).unwrap();
+        assert!(!reopened.delete_if_idle(&id, 3600).unwrap(), "collected right after a restart with the clock ahead");
+    }
 
     #[test]
     fn put_get_verify_quarantine_delete() {

@@ -11,6 +11,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PATH="$TESSERA_BIN:$PATH"
 CLUSTER_DIR="${TESSERA_CLUSTER_DIR:-/var/tmp/tessera-cluster}"
 NS_PREFIX="${TESSERA_CLUSTER_NS:-ts}"
+FAKETIME_LIB="${FAKETIME_LIB:-/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1}"
 SUBNET="${TESSERA_CLUSTER_SUBNET:-10.77.0}"
 PORT_BASE="${TESSERA_CLUSTER_PORT:-17100}"
 META_PORT=7100
@@ -85,6 +86,8 @@ start_node() {
   echo "--- start $(date -u +%FT%TZ)" >> "$d/log"
   local -a pre=()
   [[ "$MODE" == local ]] || pre=(nsenter --net="/run/netns/$(ns_of "$node")" --)
+  # `fault clock`: the wall clock moved by the offset in `clock`, the monotonic one left alone.
+  [[ -s "$d/clock" ]] && pre+=(env LD_PRELOAD="$FAKETIME_LIB" FAKETIME="$(cat "$d/clock")" FAKETIME_DONT_FAKE_MONOTONIC=1)
   setsid "${pre[@]}" "${cmd[@]}" >> "$d/log" 2>&1 < /dev/null &
   echo $! > "$d/pid"
 }
