@@ -90,8 +90,10 @@ impl Space {
         disk_stat(&self.dir).1.min(self.capacity.saturating_sub(used))
     }
 
-    pub fn full(&self, used: u64) -> bool {
-        self.headroom(used) < self.reserve
+    /// The headroom, and whether it is below the reserve (`full`), from one disk query.
+    pub fn state(&self, used: u64) -> (u64, bool) {
+        let h = self.headroom(used);
+        (h, h < self.reserve)
     }
 
     /// Whether a new block of `len` bytes may be stored.
@@ -333,10 +335,12 @@ impl Heartbeat {
     /// One beat: register if not registered, else report the load; follow the ring version
     /// the replies carry.
     async fn beat(&self) -> Result<(), String> {
-        let full = self.space.full(self.store.used());
+        // One disk query per beat for the log line, the flag and the free space reported.
+        let used = self.store.used();
+        let (headroom, full) = self.space.state(used);
         if full != self.was_full.swap(full, Ordering::Relaxed) {
             if full {
-                warn!(free = self.space.headroom(self.store.used()), reserve = self.space.reserve, "free space is below the reserve: taking no new blocks");
+                warn!(free = headroom, reserve = self.space.reserve, "free space is below the reserve: taking no new blocks");
             } else {
                 info!("free space is above the reserve again: taking new blocks");
             }
@@ -346,10 +350,10 @@ impl Heartbeat {
                 node_id: self.node_id,
                 load: ChunkLoad {
                     capacity: self.capacity,
-                    used: self.store.used(),
+                    used,
                     blocks: self.store.count(),
                     repair_pending: self.pending.load(Ordering::Relaxed),
-                    free: self.space.headroom(self.store.used()).saturating_sub(self.space.reserve),
+                    free: headroom.saturating_sub(self.space.reserve),
                     full,
                     workers: self.workers_between_beats(),
                 },

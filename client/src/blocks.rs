@@ -218,7 +218,6 @@ impl Blocks {
                 }
                 Err(e) => {
                     warn!(block = %id.short(), server = %addr, "put failed: {e}");
-                    self.suspects.mark(&addr);
                     refused_for_space |= e.errno() == libc::ENOSPC;
                     last = Some(e);
                     if next < order.len() && acked + inflight.len() < want {
@@ -266,7 +265,10 @@ impl Blocks {
             Ok((ChunkResponse::Error(e), _)) if e.code == ErrorCode::NoSpace => Err(FsError::no_space(&format!("{}: {}", c.addr(), e.message))),
             Ok((ChunkResponse::Error(e), _)) => Err(FsError::Io(format!("{}: {e}", c.addr()))),
             Ok((r, _)) => Err(FsError::Io(format!("{}: unexpected reply {r:?}", c.addr()))),
-            Err(e) => Err(FsError::from(e)),
+            Err(e) => {
+                self.suspects.mark(addr);
+                Err(FsError::from(e))
+            }
         }
     }
 
@@ -342,10 +344,7 @@ impl Blocks {
                     self.get_latency.observe(took);
                     return Ok(Arc::new(data));
                 }
-                Some((addr, Err(e), _)) => {
-                    self.suspects.mark(&addr);
-                    last = e;
-                }
+                Some((_, Err(e), _)) => last = e,
                 None => {
                     debug!(block = %id.short(), server = %order[next - 1], after_ms = hedge.as_millis() as u64, "get: no answer yet, asking the next server too");
                     inflight.push(self.get_one(order[next].clone(), id));
@@ -356,9 +355,10 @@ impl Blocks {
     }
 
     /// One verified get from `addr`. A copy whose bytes do not match its id is reported to
-    /// its server (which quarantines it) and counts as a failure.
+    /// its server (which quarantines it) and counts as a failure; a server that does not
+    /// answer becomes a suspect (one that answers, even with an error, is healthy).
     fn get_one(self: &Arc<Self>, addr: String, id: BlockId) -> impl Future<Output = (String, FsResult<Vec<u8>>, Duration)> + 'static {
-        let c = self.client(&addr);
+        let (me, c) = (self.clone(), self.client(&addr));
         async move {
             let t = Instant::now();
             let r = match c.call::<_, ChunkResponse>(&ChunkRequest::Get { id }, &[]).await {
@@ -381,6 +381,7 @@ impl Blocks {
                 Ok((r, _)) => Err(FsError::Io(format!("{addr}: unexpected reply {r:?}"))),
                 Err(e) => {
                     warn!(block = %id.short(), server = %addr, "get failed: {e}");
+                    me.suspects.mark(&addr);
                     Err(e.into())
                 }
             };
@@ -430,7 +431,8 @@ impl Latency {
     }
 }
 
-/// Servers that recently failed a call or stalled past a hedge or settle time: tried last until
+/// Servers that recently did not answer a call (a transport failure, or silence past a settle or
+/// spare time; an error reply is an answer): tried last until
 /// they answer again or `SUSPECT_FOR` passes (the ring marks a dead server down only after
 /// several missed heartbeats).
 #[derive(Default)]
