@@ -5,9 +5,10 @@ use crate::blocks::Blocks;
 use crate::error::{FsError, FsResult};
 use crate::file_state::{FileState, Src};
 use crate::meta::MetaClient;
+use crate::open_table::{Entry, OpenTable};
 use crate::page_cache::{self, PageMarks};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tessera_common::proto::meta::*;
 use tessera_common::BlockId;
@@ -29,18 +30,17 @@ const PREFETCH_BLOCKS: u64 = 8;
 
 type Upload = JoinHandle<(u64, u64, FsResult<BlockRef>)>;
 
-pub struct OpenFile {
-    ino: u64,
+/// What the mount keeps of a file open here: its one write buffer (see [`OpenTable`]).
+pub struct Open {
     st: tokio::sync::Mutex<OpenState>,
-    /// Handles open on this file; changed only under the `files` table lock, so that an
-    /// entry is never removed while an open is taking it.
-    opens: AtomicUsize,
     /// The size as this mount sees it, readable without the state lock.
     size_hint: AtomicU64,
     /// Our session expired and the file could not be registered again under the new one (it
     /// was removed meanwhile): its handles fail with EIO.
     lost: AtomicBool,
 }
+
+type OpenFile = Entry<Open>;
 
 /// A file's block states and the uploads in flight for them.
 #[derive(Default)]
@@ -70,9 +70,9 @@ impl OpenState {
     }
 }
 
-impl OpenFile {
-    fn new(ino: u64, file: FileState, pages_from: Option<blake3::Hash>) -> Arc<Self> {
-        Arc::new(OpenFile { ino, st: tokio::sync::Mutex::new(OpenState { file, uploads: Vec::new(), pages_from }), opens: AtomicUsize::new(0), size_hint: AtomicU64::new(0), lost: AtomicBool::new(false) })
+impl Open {
+    fn new(file: FileState, pages_from: Option<blake3::Hash>) -> Self {
+        Open { st: tokio::sync::Mutex::new(OpenState { file, uploads: Vec::new(), pages_from }), size_hint: AtomicU64::new(0), lost: AtomicBool::new(false) }
     }
 }
 
@@ -80,7 +80,7 @@ pub struct Fs {
     pub meta: Arc<MetaClient>,
     pub blocks: Arc<Blocks>,
     bs: u64,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    files: OpenTable<Open>,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
     upload_slots: Arc<Semaphore>,
@@ -96,7 +96,7 @@ impl Fs {
             meta,
             blocks,
             bs,
-            files: Mutex::new(HashMap::new()),
+            files: OpenTable::default(),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             upload_slots: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
@@ -124,7 +124,7 @@ impl Fs {
 
     /// A file open here shows the size of its local, not yet committed writes.
     fn overlay(&self, mut a: Attr) -> Attr {
-        if let Some(f) = self.files.lock().unwrap().get(&a.ino) {
+        if let Some(f) = self.files.get(a.ino) {
             a.size = f.size_hint.load(Ordering::Relaxed);
         }
         a
@@ -184,7 +184,7 @@ impl Fs {
     }
 
     pub async fn setattr(&self, ino: u64, attr: SetAttr) -> FsResult<Attr> {
-        let open = self.files.lock().unwrap().get(&ino).cloned();
+        let open = self.files.get(ino);
         let Some(f) = open.filter(|_| attr.size.is_some() || attr.mtime.is_some()) else {
             let a = self.meta.mutate_attr(Mutation::SetAttr { ino, attr }).await?;
             return Ok(self.overlay(a));
@@ -224,18 +224,7 @@ impl Fs {
     /// The inode's entry in the open-file table, with one more open; `true` if it is new, and
     /// so not yet reported to the metadata server.
     fn take_entry(&self, ino: u64, state: impl FnOnce() -> FileState, pages_from: impl FnOnce() -> Option<blake3::Hash>) -> (Arc<OpenFile>, bool) {
-        let mut files = self.files.lock().unwrap();
-        let mut fresh = false;
-        // An inode has one entry, whoever opened it first: never two write buffers.
-        let f = files
-            .entry(ino)
-            .or_insert_with(|| {
-                fresh = true;
-                OpenFile::new(ino, state(), pages_from())
-            })
-            .clone();
-        f.opens.fetch_add(1, Ordering::AcqRel);
-        (f, fresh)
+        self.files.take(ino, || Open::new(state(), pages_from()))
     }
 
     /// The first open of an inode on this mount is reported to the metadata server (`Open`,
@@ -282,7 +271,7 @@ impl Fs {
     /// Locks are not re-taken (another mount may hold them by now): they are gone.
     pub async fn reopen_all(&self) {
         self.locks.forget(None);
-        let open: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
+        let open = self.files.entries();
         for f in open {
             if let Err(e) = self.meta.mutate_done(Mutation::Open { ino: f.ino }).await {
                 tracing::warn!(ino = f.ino, "an open file could not be registered under the new session; its handles fail from now on: {e}");
@@ -316,8 +305,7 @@ impl Fs {
     async fn drop_open(&self, f: &Arc<OpenFile>) {
         let removed = {
             let st = f.st.lock().await;
-            let mut files = self.files.lock().unwrap();
-            f.opens.fetch_sub(1, Ordering::AcqRel) == 1 && st.clean() && self.retire(&mut files, f, &st)
+            self.files.put_back(f, || self.may_retire(f, &st))
         };
         if removed {
             self.report_close(f.ino).await;
@@ -380,18 +368,15 @@ impl Fs {
     /// unreferenced blocks only for a grace period), and retry files whose last close failed.
     /// The size committed covers the blocks known so far, not bytes still in the buffer.
     pub async fn commit_idle(&self) {
-        let open: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
+        let open = self.files.entries();
         for f in open {
             let Ok(mut st) = f.st.try_lock() else { continue };
-            if f.opens.load(Ordering::Acquire) == 0 {
+            if self.files.opens(&f) == 0 {
                 // Closed with unsaved bytes: try again, and let it go once saved.
                 if let Err(e) = self.flush_state(&f, &mut st).await {
                     tracing::warn!(ino = f.ino, "saving a closed file failed again: {e}");
                 }
-                let removed = {
-                    let mut files = self.files.lock().unwrap();
-                    f.opens.load(Ordering::Acquire) == 0 && st.clean() && self.retire(&mut files, &f, &st)
-                };
+                let removed = self.files.leave_if_unused(&f, || self.may_retire(&f, &st));
                 drop(st);
                 if removed {
                     self.report_close(f.ino).await;
@@ -578,13 +563,12 @@ async fn reap(st: &mut OpenState, wait: bool) {
 }
 
 impl Fs {
-    /// Remove `f`'s entry (state `st`, clean) from the open-file table, if it is still the one
-    /// there, remembering the content its pages show for the next open; whether it was.
-    fn retire(&self, files: &mut HashMap<u64, Arc<OpenFile>>, f: &Arc<OpenFile>, st: &OpenState) -> bool {
-        if !files.get(&f.ino).is_some_and(|x| Arc::ptr_eq(x, f)) {
+    /// Whether `f` (state `st`) may leave the open-file table: nothing unsaved. If so, the
+    /// content its pages show is remembered for the next open.
+    fn may_retire(&self, f: &OpenFile, st: &OpenState) -> bool {
+        if !st.clean() {
             return false;
         }
-        files.remove(&f.ino);
         if st.loaded {
             self.pages.remember(f.ino, st.content_id());
         }
