@@ -3,8 +3,10 @@
 use super::*;
 
 impl Namespace {
-    /// Validate `cmd` against the current state and build its batch. Deterministic.
-    pub fn execute(&self, cmd: &Command) -> Result<(Batch, MetaResponse), WireError> {
+    /// Validate `op` of `session` against the current state and build its batch, at time `now`;
+    /// a `Create` makes inode `new_ino`. Reads nothing but these and the store.
+    pub(super) fn execute(&self, now: i64, session: u64, new_ino: u64, op: &Mutation) -> Result<(Batch, MetaResponse), WireError> {
+        let params: FsParams = self.cluster_get(KEY_FS)?.ok_or_else(|| err(ErrorCode::Internal, "file-system parameters missing"))?;
         let mut tx = Txn {
             store: &self.store,
             batch: Batch::default(),
@@ -13,14 +15,13 @@ impl Namespace {
             blocks: BTreeMap::new(),
             inline: HashMap::new(),
             refs: HashMap::new(),
-            session: cmd.session,
+            session,
             files: 0,
             bytes: 0,
-            now: cmd.now,
-            block_size: self.params.block_size as u64,
+            now,
+            block_size: params.block_size as u64,
         };
-        let now = cmd.now;
-        let reply = match &cmd.op {
+        let reply = match op {
             Mutation::Create { parent, name, kind, perm, uid, gid, rdev, target, umask } => {
                 check_name(name)?;
                 tx.dir(*parent)?;
@@ -34,7 +35,7 @@ impl Namespace {
                     (_, None) => 0,
                     (_, Some(_)) => return Err(err(ErrorCode::InvalidArgument, "target given for a non-symlink")),
                 };
-                let ino = cmd.new_ino;
+                let ino = new_ino;
                 let perm = tx.inherit_acl(*parent, ino, *kind, perm & 0o7777, *umask)?;
                 let r = InodeRec {
                     kind: *kind,
@@ -122,12 +123,12 @@ impl Namespace {
                 MetaResponse::Unlinked { orphan: self.rename(&mut tx, (*parent, name), (*new_parent, new_name), *flags)? }
             }
             Mutation::DropOrphan { ino } => {
-                self.release_orphan(&mut tx, cmd.session, *ino)?;
+                self.release_orphan(&mut tx, session, *ino)?;
                 MetaResponse::Done
             }
             Mutation::Open { ino } => self.open_file(&mut tx, *ino)?,
             Mutation::Close { ino } => {
-                self.close_file(&mut tx, cmd.session, *ino, false)?;
+                self.close_file(&mut tx, session, *ino, false)?;
                 MetaResponse::Done
             }
             Mutation::SetLock { ino, lock } => self.set_lock(&mut tx, *ino, *lock)?,
@@ -161,7 +162,7 @@ impl Namespace {
                 if r.kind != FileKind::File {
                     return Err(err(ErrorCode::InvalidArgument, "not a regular file"));
                 }
-                let bs = self.params.block_size;
+                let bs = params.block_size;
                 if *size < r.size {
                     tx.truncate(*ino, &mut r, *size)?;
                 }

@@ -75,11 +75,6 @@ impl Namespace {
         Ok(MetaResponse::Done)
     }
 
-    /// Whether a close of `ino` by `session` could release a lock or an orphan.
-    pub(super) fn close_releases(&self, session: u64, ino: u64) -> Result<bool, WireError> {
-        Ok(self.store.get(Cf::Locks, &ino_key(ino))?.is_some() || self.store.get(Cf::Orphans, &pair_key(session, ino))?.is_some())
-    }
-
     /// One close of `ino` by `session`; with `all`, every open of it (expiry).
     pub(super) fn close_file(&self, tx: &mut Txn, session: u64, ino: u64, all: bool) -> Result<(), WireError> {
         let key = tagged(BY_SESSION, session, ino);
