@@ -48,6 +48,9 @@ pub enum Op {
     /// Publish `nodes` (sorted by id) as the ring: the stored ring's version if its members are
     /// these, else the next one.
     PublishRing { nodes: Vec<RingNode> },
+    /// Drop up to `DROP_BOUND` block-map entries of a file being dropped in steps, and the
+    /// inode with the last of them.
+    Reap { ino: u64 },
 }
 
 /// What applying a command produced (besides its batch).
@@ -60,6 +63,8 @@ pub enum Outcome {
     Expired(bool),
     /// The published ring version.
     Ring(u64),
+    /// Whether the file is gone (or was not being dropped).
+    Reaped(bool),
     Done,
 }
 
@@ -161,6 +166,10 @@ impl Namespace {
                 Outcome::Done
             }
             Op::PublishRing { nodes } => Outcome::Ring(membership::apply_ring(self, &mut b, nodes)?),
+            Op::Reap { ino } => {
+                let (batch, done) = self.reap(now, *ino)?;
+                return Ok((batch, Outcome::Reaped(done)));
+            }
         };
         Ok((b, out))
     }

@@ -205,3 +205,39 @@ fn command_encoding_is_pinned() {
     other.push(0);
     assert!(Command::decode(&other).unwrap_err().message.contains("trailing"));
 }
+
+#[test]
+fn a_large_file_is_dropped_by_bounded_commands() {
+    let (_d, ns) = at(1);
+    let Outcome::Session(s) = ns.submit(&Command { now: 2, op: Op::OpenSession { owner: owner(1), client: "c".into() } }).unwrap().out else { panic!() };
+    let MetaResponse::Attr(f) = mutate(&ns, 3, s, 1, Mutation::Create { parent: ROOT_INO, name: b"big".to_vec(), kind: FileKind::File, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 }) else { panic!() };
+    let n = 3 * DROP_BOUND as u64 + 5;
+    let blocks = (0..n).map(|i| (i, bref((i % 7) as u8, 4096))).collect();
+    assert!(matches!(mutate(&ns, 4, s, 2, Mutation::CommitBlocks { ino: f.ino, blocks, size: n * 4096 }), MetaResponse::Attr(_)));
+    let entries = |ns: &Namespace| ns.store().scan(Cf::BlockMap, &ino_key(f.ino), &ino_key(f.ino), usize::MAX).unwrap().len();
+    // The unlink removes the name at once and drops no block-map entry itself.
+    assert_eq!(mutate(&ns, 5, s, 3, Mutation::Unlink { parent: ROOT_INO, name: b"big".to_vec(), keep: false }), MetaResponse::Unlinked { orphan: None });
+    assert_eq!(ns.lookup(ROOT_INO, b"big").unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(entries(&ns), n as usize);
+    assert!(ns.audit_refs().unwrap().clean());
+    // Each Reap drops at most DROP_BOUND entries; the last takes the inode.
+    let mut left = n as usize;
+    for step in 1.. {
+        let w = ns.submit(&Command { now: 5 + step, op: Op::Reap { ino: f.ino } }).unwrap();
+        let now = entries(&ns);
+        assert!(left - now <= DROP_BOUND, "step {step} dropped {}", left - now);
+        left = now;
+        assert!(ns.audit_refs().unwrap().clean(), "after step {step}");
+        if w.out == Outcome::Reaped(true) {
+            assert_eq!(step, 4);
+            break;
+        }
+    }
+    assert_eq!(left, 0);
+    assert_eq!(ns.getattr(f.ino).unwrap_err().code, ErrorCode::NotFound);
+    let st = ns.stats().unwrap();
+    assert_eq!((st.files, st.logical_bytes, st.blocks), (1, 0, 0));
+    assert!(ns.list_blocks(None, 100).unwrap().is_empty());
+    // Nothing is left for the reaper.
+    assert_eq!(ns.reap_pending().unwrap(), 0);
+}

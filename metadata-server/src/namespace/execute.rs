@@ -6,21 +6,7 @@ impl Namespace {
     /// Validate `op` of `session` against the current state and build its batch, at time `now`;
     /// a `Create` makes inode `new_ino`. Reads nothing but these and the store.
     pub(super) fn execute(&self, now: i64, session: u64, new_ino: u64, op: &Mutation) -> Result<(Batch, MetaResponse), WireError> {
-        let params: FsParams = self.cluster_get(KEY_FS)?.ok_or_else(|| err(ErrorCode::Internal, "file-system parameters missing"))?;
-        let mut tx = Txn {
-            store: &self.store,
-            batch: Batch::default(),
-            inodes: HashMap::new(),
-            dirents: HashMap::new(),
-            blocks: BTreeMap::new(),
-            inline: HashMap::new(),
-            refs: HashMap::new(),
-            session,
-            files: 0,
-            bytes: 0,
-            now,
-            block_size: params.block_size as u64,
-        };
+        let mut tx = Txn::new(&self.store, session, now)?;
         let reply = match op {
             Mutation::Create { parent, name, kind, perm, uid, gid, rdev, target, umask } => {
                 check_name(name)?;
@@ -162,7 +148,7 @@ impl Namespace {
                 if r.kind != FileKind::File {
                     return Err(err(ErrorCode::InvalidArgument, "not a regular file"));
                 }
-                let bs = params.block_size;
+                let bs = tx.block_size as u32;
                 if *size < r.size {
                     tx.truncate(*ino, &mut r, *size)?;
                 }

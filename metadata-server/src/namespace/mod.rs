@@ -50,6 +50,13 @@ pub const MAX_FILE_SIZE: u64 = 1 << 60;
 /// Replies kept per session for retries.
 const RETRY_WINDOW: u64 = 4096;
 
+/// Most block-map entries one command drops when it deletes a file (about 100 bytes of batch
+/// each): a larger file is dropped by `Reap` commands, this many entries at a time.
+pub const DROP_BOUND: usize = 8192;
+
+/// The session that holds files being dropped in steps; ids handed out start at 1.
+const REAPER: u64 = 0;
+
 fn err(code: ErrorCode, msg: impl Into<String>) -> WireError {
     WireError::new(code, msg)
 }

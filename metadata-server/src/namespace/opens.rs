@@ -124,4 +124,45 @@ impl Namespace {
         }
         Ok(MetaResponse::Done)
     }
+
+    /// `Reap`: one step of dropping `ino`, an orphan of [`REAPER`]. A session that opened it
+    /// meanwhile (by number) keeps it: then the reaper lets go, and that session's last close
+    /// hands it back.
+    pub(super) fn reap(&self, now: i64, ino: u64) -> Result<(Batch, bool), WireError> {
+        let okey = pair_key(REAPER, ino);
+        let mut tx = Txn::new(&self.store, REAPER, now)?;
+        if self.store.get(Cf::Orphans, &okey)?.is_none() {
+            return Ok((tx.batch, true));
+        }
+        let r = tx.inode(ino)?;
+        let page = self.store.scan(Cf::BlockMap, &ino_key(ino), &ino_key(ino), DROP_BOUND + 1)?;
+        let done = if !self.holders(ino)?.is_empty() {
+            true
+        } else if page.len() > DROP_BOUND {
+            tx.drop_blocks_in(ino, 0, tail_u64(&page[DROP_BOUND].0))?;
+            false
+        } else {
+            tx.drop_inode_now(ino, &r)?;
+            true
+        };
+        if done {
+            tx.batch.delete(Cf::Orphans, okey);
+        }
+        Ok((tx.finish()?, done))
+    }
+
+    /// Finish every file being dropped in steps (a leader duty, each tick). Returns the number
+    /// of `Reap` commands applied.
+    pub fn reap_pending(&self) -> Result<usize, WireError> {
+        let mut n = 0;
+        for (k, _) in scan_all(&self.store, Cf::Orphans, &ino_key(REAPER))? {
+            loop {
+                n += 1;
+                if self.submit_durable(&Command::new(Op::Reap { ino: tail_u64(&k) }))? == Outcome::Reaped(true) {
+                    break;
+                }
+            }
+        }
+        Ok(n)
+    }
 }

@@ -22,6 +22,24 @@ pub(super) struct Txn<'a> {
 }
 
 impl<'a> Txn<'a> {
+    pub(super) fn new(store: &'a Store, session: u64, now: i64) -> Result<Self, WireError> {
+        let params: FsParams = dec(&store.get(Cf::Cluster, KEY_FS)?.ok_or_else(|| err(ErrorCode::Internal, "file-system parameters missing"))?)?;
+        Ok(Txn {
+            store,
+            batch: Batch::default(),
+            inodes: HashMap::new(),
+            dirents: HashMap::new(),
+            blocks: BTreeMap::new(),
+            inline: HashMap::new(),
+            refs: HashMap::new(),
+            session,
+            files: 0,
+            bytes: 0,
+            now,
+            block_size: params.block_size as u64,
+        })
+    }
+
     pub(super) fn inode(&mut self, ino: u64) -> Result<InodeRec, WireError> {
         if let Some(r) = self.inodes.get(&ino) {
             return r.clone().ok_or_else(|| err(ErrorCode::NotFound, format!("inode {ino}")));
@@ -122,7 +140,19 @@ impl<'a> Txn<'a> {
         Ok(None)
     }
 
+    /// Drop an inode that has no link and no holder. A file with more than [`DROP_BOUND`]
+    /// block-map entries stays (nlink 0) as an orphan of [`REAPER`] instead, for `Reap`
+    /// commands to drop in steps: no command (no future log entry) grows with the file.
     pub(super) fn drop_inode(&mut self, ino: u64, r: &InodeRec) -> Result<(), WireError> {
+        if r.kind == FileKind::File && self.store.scan(Cf::BlockMap, &ino_key(ino), &ino_key(ino), DROP_BOUND + 1)?.len() > DROP_BOUND {
+            self.put_inode(ino, r.clone());
+            self.batch.put(Cf::Orphans, pair_key(REAPER, ino), enc(&self.now));
+            return Ok(());
+        }
+        self.drop_inode_now(ino, r)
+    }
+
+    pub(super) fn drop_inode_now(&mut self, ino: u64, r: &InodeRec) -> Result<(), WireError> {
         if r.kind == FileKind::File {
             self.drop_blocks_from(ino, 0)?;
             self.inline.insert(ino, None);
