@@ -4,15 +4,17 @@ use super::*;
 
 /// Reads and writes of one command. Every record a command changes (inodes, directory entries,
 /// block-map entries, inline data) is overlaid, so later steps of the same command see the
-/// earlier ones; reference-count changes are summed and applied once in `finish`.
+/// earlier ones; reference-count changes are summed and applied once in `finish`. Ordered
+/// maps: the batch, and which count `finish` finds wrong first (its error is a stored reply),
+/// are the same on every replica.
 pub(super) struct Txn<'a> {
     pub(super) store: &'a Store,
     pub(super) batch: Batch,
-    pub(super) inodes: HashMap<u64, Option<InodeRec>>,
-    pub(super) dirents: HashMap<(u64, Vec<u8>), Option<DirentRec>>,
+    pub(super) inodes: BTreeMap<u64, Option<InodeRec>>,
+    pub(super) dirents: BTreeMap<(u64, Vec<u8>), Option<DirentRec>>,
     pub(super) blocks: BTreeMap<(u64, u64), Option<BlockRef>>,
-    pub(super) inline: HashMap<u64, Option<Vec<u8>>>,
-    pub(super) refs: HashMap<BlockId, i64>,
+    pub(super) inline: BTreeMap<u64, Option<Vec<u8>>>,
+    pub(super) refs: BTreeMap<BlockId, i64>,
     /// The session of the command.
     pub(super) session: u64,
     pub(super) files: i64,
@@ -27,11 +29,11 @@ impl<'a> Txn<'a> {
         Ok(Txn {
             store,
             batch: Batch::default(),
-            inodes: HashMap::new(),
-            dirents: HashMap::new(),
+            inodes: BTreeMap::new(),
+            dirents: BTreeMap::new(),
             blocks: BTreeMap::new(),
-            inline: HashMap::new(),
-            refs: HashMap::new(),
+            inline: BTreeMap::new(),
+            refs: BTreeMap::new(),
             session,
             files: 0,
             bytes: 0,
