@@ -48,7 +48,12 @@ fn random_mutation(rng: &mut StdRng, inos: &[u64]) -> Mutation {
         6 => Mutation::Link { ino, new_parent: dir, new_name: name },
         7 => {
             let size: u64 = rng.random_range(1..=5 * 4096);
-            let blocks = (0..size.div_ceil(4096)).filter_map(|i| rng.random_bool(0.7).then(|| (i, bref(rng.random_range(0..5), rng.random_range(1..=4096))))).collect();
+            let mut blocks = Vec::new();
+            for i in 0..size.div_ceil(4096) {
+                if rng.random_bool(0.7) {
+                    blocks.push((i, bref(rng.random_range(0..5), rng.random_range(1..=4096))));
+                }
+            }
             Mutation::CommitBlocks { ino, blocks, size }
         }
         8 => Mutation::CommitInline { ino, data: vec![rng.random(); rng.random_range(0..100)] },
