@@ -279,3 +279,31 @@ except sqlite3.Error as e:
     let fsck = admin(&c, &["fsck"]);
     assert!(fsck.status.success(), "fsck: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
 }
+
+/// A file of more blocks than one metadata command drops (8,192 block-map entries) is gone
+/// from the namespace when `rm` returns; its blocks are dropped by bounded commands in the
+/// background within seconds: files, logical bytes and referenced blocks are back to before.
+#[test]
+fn a_file_of_more_blocks_than_one_command_drops_is_removed_in_steps() {
+    let bs = 4096;
+    let c = Cluster::start_with(ClusterOpts { chunks: 2, replicas: 1, meta_args: vec!["--block-size".into(), bs.to_string()], ..Default::default() });
+    let counts = |s: &serde_json::Value| (s["files"].as_u64(), s["bytes"]["logical"].as_u64(), s["blocks"]["total"].as_u64());
+    let before = counts(&c.status_json());
+    let n = 8192 + 1000;
+    let data = random_bytes(&mut seeded_rng(), n * bs);
+    write_file_synced(&c.path("big"), &data).unwrap();
+    let full = counts(&c.status_json());
+    assert_eq!(full, (before.0.map(|f| f + 1), before.1.map(|b| b + (n * bs) as u64), before.2.map(|b| b + n as u64)), "before {before:?}");
+    let t = Instant::now();
+    std::fs::remove_file(c.path("big")).unwrap();
+    eprintln!("rm of {n} blocks took {:?}", t.elapsed());
+    assert_eq!(std::fs::metadata(c.path("big")).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    let mut last = full;
+    let gone = c.wait_until(Duration::from_secs(15), |c| {
+        last = c.try_status().map(|s| counts(&s)).unwrap_or_default();
+        last == before
+    });
+    assert!(gone, "after the rm: {last:?}, before the write: {before:?}");
+    eprintln!("its blocks were dropped {:?} after the rm", t.elapsed());
+    c.assert_fsck_clean();
+}
