@@ -68,9 +68,7 @@ fn helper() -> PathBuf {
 #[test]
 fn the_mount_helper_mounts_what_an_fstab_line_names() {
     let c = Cluster::start_with(ClusterOpts { chunks: 1, replicas: 1, ..Default::default() });
-    let dir = c.root().join("fstab-mnt");
-    std::fs::create_dir(&dir).unwrap();
-    let dir = dir.canonicalize().unwrap();
+    let dir = c.new_mountpoint("fstab-mnt");
 
     let refused = run_timeout(Command::new(helper()).arg(&c.meta_addr).arg(&dir).args(["-o", "_netdev"]).env("TESSERA_BIN", bin("tessera")), Duration::from_secs(30));
     assert!(!refused.status.success(), "mounted without certificates");
@@ -81,7 +79,7 @@ fn the_mount_helper_mounts_what_an_fstab_line_names() {
     let opts = format!("rw,certs={},_netdev,noatime", c.client.display());
     let out = run_timeout(Command::new(helper()).arg(&c.meta_addr).arg(&dir).args(["-o", &opts]).env("TESSERA_BIN", bin("tessera")), Duration::from_secs(90));
     assert!(out.status.success(), "mount.tessera failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let unmount = scopeguard(&dir);
+    let unmount = unmount_on_drop(&dir);
     assert!(is_mounted(&dir), "{} is not mounted after mount.tessera returned", dir.display());
     let line = std::fs::read_to_string("/proc/mounts").unwrap().lines().find(|l| l.split(' ').nth(1) == Some(dir.to_str().unwrap())).map(str::to_string).unwrap();
     assert!(line.contains("noatime"), "noatime not applied: {line}");
@@ -95,17 +93,4 @@ fn the_mount_helper_mounts_what_an_fstab_line_names() {
     assert!(!is_mounted(&dir));
     drop(unmount);
     c.assert_fsck_clean();
-}
-
-/// Unmounts `dir` on drop if it is still mounted (a failed assertion must not leave a mount).
-fn scopeguard(dir: &Path) -> impl Drop + '_ {
-    struct G<'a>(&'a Path);
-    impl Drop for G<'_> {
-        fn drop(&mut self) {
-            if is_mounted(self.0) {
-                force_unmount(self.0);
-            }
-        }
-    }
-    G(dir)
 }
