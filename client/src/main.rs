@@ -283,8 +283,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dev { mountpoint, data_dir, chunk_servers, replicas, gc_grace, session_lease } => {
             runtime()?.block_on(dev::run(dev::DevOptions { mountpoint, data_dir, chunk_servers, replicas, gc_grace, session_lease }))
         }
-        Cmd::Mount { meta, certs, mountpoint, options, foreground } => {
-            let meta = meta_list(&meta)?;
+        Cmd::Mount { meta: source, certs, mountpoint, options, foreground } => {
+            let meta = meta_list(&source)?;
             let mp = mount::check_mountpoint(&mountpoint)?;
             let certs_b = NodeCerts::load(&certs)?;
             if !foreground {
@@ -293,7 +293,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = runtime()?;
             rt.block_on(async {
                 let fs = mount::connect(&certs_b, &meta).await?;
-                let m = mount::mount(fs, &mp, &options, tokio::runtime::Handle::current())?;
+                let m = mount::mount(fs, &mp, &source, &options, tokio::runtime::Handle::current())?;
                 m.run_until_signal().await
             })
         }

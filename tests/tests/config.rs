@@ -150,6 +150,7 @@ fn a_mount_from_a_client_config_file_serves_reads_and_writes() {
     let _unmount = unmount_on_drop(&dir);
     let line = std::fs::read_to_string("/proc/mounts").unwrap().lines().find(|l| l.split(' ').nth(1) == dir.to_str()).map(str::to_string).expect("not mounted");
     let f: Vec<&str> = line.split(' ').collect();
+    assert_eq!((f[0], f[2]), (c.meta_addr.as_str(), "fuse.tessera"), "source and type: {line}");
     assert!(f[3].split(',').any(|o| o == "noatime") && f[3].split(',').any(|o| o == "noexec"), "the file's options are not applied: {line}");
 
     std::fs::write(dir.join("from-config"), b"mounted from a config file").unwrap();
