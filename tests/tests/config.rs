@@ -77,6 +77,8 @@ fn servers_started_with_a_config_file_use_its_values() {
     assert_eq!(node["zone"], "rack-from-file", "zone from chunk.toml: {node}");
     assert_eq!(node["addr"], format!("127.0.0.1:{cport}").as_str(), "listen from chunk.toml: {node}");
     assert_eq!(node["capacity"], 268435456, "capacity from chunk.toml: {node}");
+    let fsck = run_timeout(command("tessera").arg("--config").arg(&admin_toml).arg("fsck"), Duration::from_secs(60));
+    assert!(fsck.status.success(), "tessera --config admin.toml fsck: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
 }
 
 /// Precedence: a flag beats the file, an environment variable beats the file, and a flag beats

@@ -173,11 +173,12 @@ fn refused(out: &std::process::Output, what: &str, want: &str) {
     assert!(why.contains(want), "{what}: wanted {want:?} in {why:?}");
 }
 
-/// `mount -o remount` through mount(8) on a mount made from an fstab line: `ro` and back to
-/// `rw` change the kernel's flags of the live mount (writes fail with EROFS, then work again)
-/// while the same FUSE connection keeps serving and the other flags (noatime) stay; what a
-/// live mount cannot change (the cluster, dirsync, FUSE parameters, unknown options) is refused
-/// by name and leaves the mount as it was; a second `mount -a` does not stack a mount on it.
+/// `mount -o remount` through mount(8) on a `mount -t tessera` mount that an fstab names:
+/// `ro` and back to `rw` change the kernel's flags of the live mount (writes fail with EROFS,
+/// then work again) while the same FUSE connection keeps serving and the other flags (noatime)
+/// stay; what a live mount cannot change (the cluster, dirsync, FUSE parameters, unknown
+/// options) is refused by name and leaves the mount as it was; `mount -a` does not stack a
+/// second mount on it.
 #[test]
 fn remount_changes_the_live_mount_or_refuses_by_name() {
     use std::os::unix::fs::MetadataExt;
@@ -190,7 +191,8 @@ fn remount_changes_the_live_mount_or_refuses_by_name() {
     let mut ns = MountNs::new(&c.root().join("sbin"));
     ns.mounted.push(dir.clone());
 
-    ok(&ns.run(&["mount", "-T", fstab, d]), "mount DIR (fstab)");
+    let opts = format!("certs={},_netdev,noatime", c.client.display());
+    ok(&ns.run(&["mount", "-t", "tessera", &c.meta_addr, d, "-o", &opts]), "mount -t tessera");
     let m = ns.mounts_on(&dir);
     assert_eq!((m[0][0].as_str(), m[0][2].as_str()), (c.meta_addr.as_str(), "fuse.tessera"), "source and type: {m:?}");
     assert!(ns.options(&dir).contains(&"noatime".into()) && ns.options(&dir).contains(&"rw".into()), "{m:?}");
