@@ -47,6 +47,10 @@ fn a_flag_overrides_the_file() {
     let f = file("data-dir = \"/srv/a\"\nreplicas = 2\n");
     let d: Demo = parse_with(&f, &["--replicas", "5", "--data-dir=/srv/b"]).unwrap();
     assert_eq!((d.data_dir, d.replicas), (PathBuf::from("/srv/b"), 5));
+    // A list too is replaced, not extended.
+    let f = file("data-dir = \"/srv/a\"\noptions = [\"noatime\", \"nodev\"]\n");
+    let d: Demo = parse_with(&f, &["-o", "ro"]).unwrap();
+    assert_eq!(d.options, vec!["ro".to_string()]);
 }
 
 #[test]
