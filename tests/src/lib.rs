@@ -89,6 +89,19 @@ pub fn force_unmount(path: &Path) {
     }
 }
 
+/// Unmounts `dir` on drop if it is still mounted (a failed assertion must not leave a mount).
+pub fn unmount_on_drop(dir: &Path) -> impl Drop + '_ {
+    struct G<'a>(&'a Path);
+    impl Drop for G<'_> {
+        fn drop(&mut self) {
+            if is_mounted(self.0) {
+                force_unmount(self.0);
+            }
+        }
+    }
+    G(dir)
+}
+
 /// The last `n` lines of a log file (for failure messages).
 pub fn tail(path: &Path, n: usize) -> String {
     let mut f = match File::open(path) {
