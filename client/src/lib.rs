@@ -16,4 +16,3 @@ pub mod mount;
 pub mod open_table;
 pub mod xattr;
 pub mod page_cache;
-pub mod room;
