@@ -6,6 +6,7 @@ use crate::error::{FsError, FsResult};
 use crate::file_state::{FileState, Src};
 use crate::meta::MetaClient;
 use crate::open_table::{Entry, OpenTable};
+use crate::room::Room;
 use crate::page_cache::{self, PageMarks};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +28,8 @@ const COMMIT_BATCH: usize = 4096;
 const MAX_FILE_SIZE: u64 = 1 << 60;
 /// Blocks fetched ahead of a sequential reader.
 const PREFETCH_BLOCKS: u64 = 8;
+/// Blocks' worth of free space (per copy) below which writes get ENOSPC (see [`Room`]).
+const ROOM_MARGIN_BLOCKS: u64 = 2;
 
 type Upload = JoinHandle<(u64, u64, FsResult<BlockRef>)>;
 
@@ -87,6 +90,7 @@ pub struct Fs {
     pub locks: crate::locks::Locks,
     pub(crate) no_capability: crate::xattr::NoCapability,
     pages: PageMarks,
+    room: Arc<Room>,
 }
 
 impl Fs {
@@ -103,6 +107,7 @@ impl Fs {
             locks: Default::default(),
             no_capability: Default::default(),
             pages: PageMarks::default(),
+            room: Arc::default(),
         })
     }
 
@@ -176,9 +181,14 @@ impl Fs {
         }
     }
 
+    /// The cluster's space; what it says of free space also tells writes whether there is
+    /// room (the mount asks every second, see `mount::connect`).
     pub async fn statfs(&self) -> FsResult<StatFs> {
         match self.meta.call(MetaRequest::StatFs).await? {
-            MetaResponse::StatFs(s) => Ok(s),
+            MetaResponse::StatFs(s) => {
+                self.room.reported(s.total_bytes, s.free_bytes);
+                Ok(s)
+            }
             _ => Err(FsError::Errno(libc::EIO)),
         }
     }
@@ -421,13 +431,19 @@ impl Fs {
     async fn seal(&self, st: &mut OpenState, idx: u64) {
         let Some((data, upload)) = st.seal(idx) else { return };
         let permit: OwnedSemaphorePermit = self.upload_slots.clone().acquire_owned().await.expect("semaphore never closed");
-        let (blocks, bs) = (self.blocks.clone(), self.bs);
+        let (blocks, bs, room) = (self.blocks.clone(), self.bs, self.room.clone());
         st.uploads.push(tokio::spawn(async move {
             let _permit = permit;
             let d = data.clone();
             let r = async {
                 let id = tokio::task::spawn_blocking(move || BlockId::of(&d)).await.map_err(|e| FsError::Io(e.to_string()))?;
-                blocks.put(id, data.clone()).await?;
+                if let Err(e) = blocks.put(id, data.clone()).await {
+                    if e.errno() == libc::ENOSPC {
+                        room.refused();
+                    }
+                    return Err(e);
+                }
+                room.spent(data.len() as u64);
                 // A block that is not full is a file's tail: the next partial write or read of
                 // it would fetch it back, so keep it (a full one is left out, so that a big
                 // write does not push out what readers use).
@@ -449,6 +465,9 @@ impl Fs {
         }
         let bs = self.bs;
         let end = offset.checked_add(data.len() as u64).filter(|&e| e <= MAX_FILE_SIZE).ok_or(FsError::Errno(libc::EFBIG))?;
+        if !self.room.allows(ROOM_MARGIN_BLOCKS * bs) {
+            return Err(FsError::no_space("the cluster is (nearly) full"));
+        }
         let mut pos = offset;
         while pos < end {
             let idx = pos / bs;

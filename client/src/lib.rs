@@ -16,3 +16,4 @@ pub mod mount;
 pub mod open_table;
 pub mod xattr;
 pub mod page_cache;
+pub mod room;

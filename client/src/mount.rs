@@ -56,6 +56,17 @@ pub async fn connect(certs: &NodeCerts, meta: &[String]) -> anyhow::Result<Arc<F
             }
         }
     });
+    // The cluster's free space, so that writes get ENOSPC before fsync would (`room.rs`).
+    let weak = Arc::downgrade(&fs);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(fs) = weak.upgrade() else { return };
+            if let Err(e) = fs.statfs().await {
+                tracing::debug!("asking for free space failed: {e}");
+            }
+        }
+    });
     // Keep the session's lease: a mount that stops heartbeating (killed, cut off) loses its
     // locks and open files at the metadata server when the lease runs out.
     let weak = Arc::downgrade(&fs);

@@ -687,3 +687,13 @@ impl ManualCluster {
         )
     }
 }
+
+/// A Python script: SQLite's integrity check of the database `argv[1]`, then the distinct rows
+/// per writer of its table `t (writer, n)`, a line each.
+pub const SQLITE_CHECK: &str = r#"
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+print(con.execute("PRAGMA integrity_check").fetchone()[0])
+for w, c in con.execute("SELECT writer, COUNT(DISTINCT n) FROM t GROUP BY writer ORDER BY writer"):
+    print(w, c)
+"#;
