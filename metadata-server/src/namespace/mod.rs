@@ -11,6 +11,7 @@
 
 mod acl;
 mod audit;
+mod copy;
 mod execute;
 mod locks;
 #[cfg(test)]
