@@ -293,9 +293,9 @@ impl FileState {
         self.committed_size = size;
     }
 
-    /// Committed inline content that is not empty (block 0 of the file lives in the metadata).
-    pub fn holds_inline(&self) -> bool {
-        self.inline.as_ref().is_some_and(|d| !d.is_empty())
+    /// Bytes of committed inline content (the start of the file, kept in the metadata).
+    pub fn inline_len(&self) -> u64 {
+        self.inline.as_ref().map_or(0, |d| d.len() as u64)
     }
 
     /// Whether block `idx` holds data (in any state, or as inline content); an absent block is

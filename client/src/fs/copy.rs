@@ -63,7 +63,7 @@ impl Fs {
             Some(g) if !src_is_lo => g,
             _ => &g_lo,
         };
-        let (src_size, src_inline) = (src_st.size, src_st.holds_inline());
+        let (src_size, src_inline) = (src_st.size, src_st.inline_len());
         let dst_st: &mut OpenState = match g_hi.as_mut() {
             Some(g) if src_is_lo => g,
             _ => &mut g_lo,
@@ -71,7 +71,10 @@ impl Fs {
         let src_end = src_first * bs + (end - start);
         let partial = end % bs != 0 && src_end == src_size && end >= dst_st.size;
         let last = end / bs + partial as u64;
-        if last <= dst_first || src_end > src_size || (src_first == 0 && src_inline) || (dst_first > 0 && dst_st.holds_inline()) {
+        // Inline bytes are not in blocks: they go by value (see `Mutation::CopyBlocks`).
+        let dst_inline = dst_st.inline_len();
+        let inline_kept = src_inline > src_first * bs || (dst_inline > 0 && (dst_first > 0 || dst_inline > end));
+        if last <= dst_first || src_end > src_size || inline_kept {
             return Ok(start);
         }
         let mut i = dst_first;

@@ -145,9 +145,8 @@ pub enum Mutation {
     /// ctime are set. Refused with `InvalidArgument`, nothing changed: either file not a regular
     /// file (`IsDir` for a directory); `count` 0 or above [`COPY_MAX_BLOCKS`]; source bytes past
     /// `src`'s end; a range ending inside a block of `dst` that has bytes after `end`; ranges
-    /// that overlap within one file; inline data that the copy would have to keep (block 0 of an
-    /// inline source, or an inline destination whose block 0 is not replaced). Reply: `Attr` of
-    /// `dst`.
+    /// that overlap within one file; inline data that the copy would have to keep (inline source
+    /// bytes in the range, or inline destination bytes outside it). Reply: `Attr` of `dst`.
     CopyBlocks { src: u64, src_first: u64, dst: u64, dst_first: u64, count: u64, end: u64 },
 }
 

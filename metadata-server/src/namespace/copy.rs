@@ -42,14 +42,15 @@ impl Namespace {
         if src == dst && src_first < dst_first + count && dst_first < src_first + count {
             return Err(bad("copy ranges overlap within one file".into()));
         }
-        if src_first == 0 && tx.inline(src)?.is_some_and(|x| !x.is_empty()) {
-            return Err(bad("copy source holds its bytes inline, not in blocks".into()));
+        // Inline bytes start at block 0 and may span several blocks when blocks are small.
+        if tx.inline(src)?.is_some_and(|x| x.len() as u64 > src_start) {
+            return Err(bad("copy source holds bytes of the range inline, not in blocks".into()));
         }
         if let Some(x) = tx.inline(dst)? {
-            if dst_first > 0 && !x.is_empty() {
-                return Err(bad("copy destination holds its bytes inline and its block 0 is not replaced".into()));
+            if !x.is_empty() && (dst_first > 0 || x.len() as u64 > end) {
+                return Err(bad("copy destination holds bytes inline that the copy does not replace".into()));
             }
-            // Block 0 is replaced (or the inline data is empty): it holds nothing left to keep.
+            // The copy replaces every inline byte (or there is none): nothing left to keep.
             tx.inline.insert(dst, None);
         }
         let mut from = Vec::with_capacity(count as usize);

@@ -514,6 +514,12 @@ fn copy_blocks_references_the_source_blocks_and_counts_each_entry_once() {
     c.m(Mutation::CommitInline { ino: i, data: b"hello".to_vec() });
     assert_eq!(c.code(copy(i, 0, j, 0, 1, 5)), Some(ErrorCode::InvalidArgument), "inline source");
     assert_eq!(c.code(copy(f, 0, i, 1, 1, 2 * 4096)), Some(ErrorCode::InvalidArgument), "inline destination, block 0 kept");
+    // Blocks smaller than the inline limit: inline bytes reach past block 0.
+    let k = c.mk(ROOT_INO, "k", FileKind::File);
+    c.m(Mutation::CommitInline { ino: k, data: vec![7; 9000] });
+    assert_eq!(c.code(copy(k, 1, j, 0, 1, 4096)), Some(ErrorCode::InvalidArgument), "inline source bytes in block 1");
+    assert_eq!(c.code(copy(f, 0, k, 0, 1, 4096)), Some(ErrorCode::InvalidArgument), "inline destination bytes past the copy");
+    assert_eq!(ns.get_blocks(k, 0, 10).unwrap(), (9000, vec![], Some(vec![7; 9000])));
     assert_eq!(refs(&ns), before);
     assert!(ns.audit_refs().unwrap().clean());
     c.m(copy(f, 0, i, 0, 1, 4096));
@@ -523,5 +529,5 @@ fn copy_blocks_references_the_source_blocks_and_counts_each_entry_once() {
     assert_eq!(refs(&ns), HashMap::from([(id(1), 2), (id(2), 2), (id(3), 2)]));
     let audit = ns.audit_refs().unwrap();
     assert!(audit.clean(), "{audit:?}");
-    assert_eq!(ns.stats().unwrap().logical_bytes, (4 * 4096 + 100) + 50 + 4096);
+    assert_eq!(ns.stats().unwrap().logical_bytes, (4 * 4096 + 100) + 50 + 4096 + 9000);
 }
