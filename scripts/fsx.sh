@@ -5,7 +5,9 @@
 # 1 byte. With `min = 0` fsx 0.3.2 can call posix_fallocate with a length of 0, which Linux
 # refuses with EINVAL on every file system (ext4 here too: seed 2 stops at operation 5,796 on
 # /var/tmp), and fsx counts that as a failure of the file system. Exits non-zero unless both runs end with
-# "All operations completed A-OK!". Knobs: FSX_OPS (default 100000), FSX_SEEDS (default "1 2").
+# "All operations completed A-OK!". Knobs: FSX_OPS (default 100000), FSX_SEEDS (default "1 2"),
+# FSX_DEV_ARGS (more `tessera dev` flags: a long run needs `--gc-grace 60`, since every small
+# fsync stores a block anew and the superseded ones wait for the grace, 1 h by default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tessera-target}"
@@ -17,7 +19,8 @@ command -v fsx >/dev/null || { echo "fsx.sh: fsx not installed (scripts/setup.sh
 work=$(mktemp -d /var/tmp/tessera-fsx.XXXXXX)
 mnt=$work/mnt
 log=$work/dev.log
-"$CARGO_TARGET_DIR/release/tessera" dev "$mnt" --data-dir "$work/data" >"$log" 2>&1 &
+# shellcheck disable=SC2086 # FSX_DEV_ARGS is a list of flags
+"$CARGO_TARGET_DIR/release/tessera" dev "$mnt" --data-dir "$work/data" ${FSX_DEV_ARGS:-} >"$log" 2>&1 &
 dev=$!
 cleanup() {
   kill -INT "$dev" 2>/dev/null || true

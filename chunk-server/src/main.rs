@@ -8,46 +8,54 @@ use tessera_common::metalink::parse_meta_list;
 #[derive(Parser)]
 #[command(name = "tessera-chunk", version)]
 struct Args {
-    #[arg(long)]
+    /// A TOML file of flag values (keys are the long flag names, see docs/config.md); flags and
+    /// environment variables override it.
+    #[arg(long, value_name = "FILE")]
+    #[allow(dead_code)] // read by config::parse, before clap parses
+    config: Option<PathBuf>,
+    /// Where blocks are stored.
+    #[arg(long, env = "TESSERA_DATA_DIR")]
     data_dir: PathBuf,
-    #[arg(long)]
+    /// UDP address to serve QUIC on (ADDR:PORT).
+    #[arg(long, env = "TESSERA_LISTEN")]
     listen: std::net::SocketAddr,
     /// Metadata servers, comma-separated.
     #[arg(long, env = "TESSERA_META")]
     meta: String,
+    /// Certificate bundle (ca.crt, node.crt, node.key) with role chunk.
     #[arg(long, env = "TESSERA_CERTS")]
     certs: PathBuf,
     /// Failure domain (host, rack): replicas go to distinct zones while enough exist.
-    #[arg(long, default_value = "default")]
+    #[arg(long, env = "TESSERA_ZONE", default_value = "default")]
     zone: String,
     /// Bytes offered to the cluster (default: the size of the data directory's disk).
-    #[arg(long)]
+    #[arg(long, env = "TESSERA_CAPACITY")]
     capacity: Option<u64>,
     /// Bytes kept free: below it the server reports itself full and takes no new blocks
     /// (default: 5% of the disk or of --capacity if smaller, at least 16 MiB, at most 1 GiB).
-    #[arg(long)]
+    #[arg(long, env = "TESSERA_RESERVE")]
     reserve: Option<u64>,
     /// Repair and rebalance traffic limit in MB/s.
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, env = "TESSERA_REPAIR_RATE", default_value_t = 100.0)]
     repair_rate: f64,
     /// Seconds between repair scans.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "TESSERA_SCAN_INTERVAL", default_value_t = 10)]
     scan_interval: u64,
     /// Scrub (re-hash) traffic limit in MB/s.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, env = "TESSERA_SCRUB_RATE", default_value_t = 50.0)]
     scrub_rate: f64,
     /// Hours between background scrub passes.
-    #[arg(long, default_value_t = 24.0)]
+    #[arg(long, env = "TESSERA_SCRUB_INTERVAL_HOURS", default_value_t = 24.0)]
     scrub_interval_hours: f64,
     /// Address other nodes reach this server at (default: the listen address).
-    #[arg(long)]
+    #[arg(long, env = "TESSERA_ADVERTISE")]
     advertise: Option<String>,
 }
 
 #[tokio::main]
 async fn main() {
     tessera_common::init_logging();
-    let a = Args::parse();
+    let a: Args = tessera_common::config::parse();
     let meta = match parse_meta_list(&a.meta) {
         Ok(m) => m,
         Err(e) => {
@@ -73,3 +81,5 @@ async fn main() {
     let _ = tx.send(true);
     let _ = server.task.await;
 }
+
+tessera_common::config_docs_test!(Args);

@@ -103,7 +103,7 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
 
     let client = NodeCerts::load(&certs.join("client"))?;
     let fs = mount::connect(&client, std::slice::from_ref(&meta_addr)).await?;
-    let mounted = mount::mount(fs, &mountpoint, &[], tokio::runtime::Handle::current())?;
+    let mounted = mount::mount(fs, &mountpoint, "tessera", &[], tokio::runtime::Handle::current())?;
     println!(
         "tessera dev: mounted at {} (metadata {}, {} chunk servers, {} replicas)\n\
          tessera dev: for admin commands run: set -a; . {}; set +a   (then: tessera status)\n\

@@ -5,9 +5,11 @@ use crate::blocks::Blocks;
 use crate::error::{FsError, FsResult};
 use crate::file_state::{FileState, Src};
 use crate::meta::MetaClient;
+use crate::open_table::{Entry, OpenTable};
+use crate::room::Room;
 use crate::page_cache::{self, PageMarks};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tessera_common::proto::meta::*;
 use tessera_common::BlockId;
@@ -27,21 +29,22 @@ const COMMIT_BATCH: usize = 4096;
 const MAX_FILE_SIZE: u64 = 1 << 60;
 /// Blocks fetched ahead of a sequential reader.
 const PREFETCH_BLOCKS: u64 = 8;
+/// Blocks' worth of free space (per copy) below which writes get ENOSPC (see [`Room`]).
+const ROOM_MARGIN_BLOCKS: u64 = 2;
 
 type Upload = JoinHandle<(u64, u64, FsResult<BlockRef>)>;
 
-pub struct OpenFile {
-    ino: u64,
+/// What the mount keeps of a file open here: its one write buffer (see [`OpenTable`]).
+pub struct Open {
     st: tokio::sync::Mutex<OpenState>,
-    /// Handles open on this file; changed only under the `files` table lock, so that an
-    /// entry is never removed while an open is taking it.
-    opens: AtomicUsize,
     /// The size as this mount sees it, readable without the state lock.
     size_hint: AtomicU64,
     /// Our session expired and the file could not be registered again under the new one (it
     /// was removed meanwhile): its handles fail with EIO.
     lost: AtomicBool,
 }
+
+type OpenFile = Entry<Open>;
 
 /// A file's block states and the uploads in flight for them.
 #[derive(Default)]
@@ -71,9 +74,9 @@ impl OpenState {
     }
 }
 
-impl OpenFile {
-    fn new(ino: u64, file: FileState, pages_from: Option<blake3::Hash>) -> Arc<Self> {
-        Arc::new(OpenFile { ino, st: tokio::sync::Mutex::new(OpenState { file, uploads: Vec::new(), pages_from }), opens: AtomicUsize::new(0), size_hint: AtomicU64::new(0), lost: AtomicBool::new(false) })
+impl Open {
+    fn new(file: FileState, pages_from: Option<blake3::Hash>) -> Self {
+        Open { st: tokio::sync::Mutex::new(OpenState { file, uploads: Vec::new(), pages_from }), size_hint: AtomicU64::new(0), lost: AtomicBool::new(false) }
     }
 }
 
@@ -81,13 +84,14 @@ pub struct Fs {
     pub meta: Arc<MetaClient>,
     pub blocks: Arc<Blocks>,
     bs: u64,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    files: OpenTable<Open>,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
     upload_slots: Arc<Semaphore>,
     pub locks: crate::locks::Locks,
     pub(crate) no_capability: crate::xattr::NoCapability,
     pages: PageMarks,
+    room: Arc<Room>,
 }
 
 impl Fs {
@@ -97,13 +101,14 @@ impl Fs {
             meta,
             blocks,
             bs,
-            files: Mutex::new(HashMap::new()),
+            files: OpenTable::default(),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             upload_slots: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
             locks: Default::default(),
             no_capability: Default::default(),
             pages: PageMarks::default(),
+            room: Arc::default(),
         })
     }
 
@@ -125,7 +130,7 @@ impl Fs {
 
     /// A file open here shows the size of its local, not yet committed writes.
     fn overlay(&self, mut a: Attr) -> Attr {
-        if let Some(f) = self.files.lock().unwrap().get(&a.ino) {
+        if let Some(f) = self.files.get(a.ino) {
             a.size = f.size_hint.load(Ordering::Relaxed);
         }
         a
@@ -177,15 +182,20 @@ impl Fs {
         }
     }
 
+    /// The cluster's space; what it says of free space also tells writes whether there is
+    /// room (the mount asks every second, see `mount::connect`).
     pub async fn statfs(&self) -> FsResult<StatFs> {
         match self.meta.call(MetaRequest::StatFs).await? {
-            MetaResponse::StatFs(s) => Ok(s),
+            MetaResponse::StatFs(s) => {
+                self.room.reported(s.total_bytes, s.free_bytes);
+                Ok(s)
+            }
             _ => Err(FsError::Errno(libc::EIO)),
         }
     }
 
     pub async fn setattr(&self, ino: u64, attr: SetAttr) -> FsResult<Attr> {
-        let open = self.files.lock().unwrap().get(&ino).cloned();
+        let open = self.files.get(ino);
         let Some(f) = open.filter(|_| attr.size.is_some() || attr.mtime.is_some()) else {
             let a = self.meta.mutate_attr(Mutation::SetAttr { ino, attr }).await?;
             return Ok(self.overlay(a));
@@ -225,18 +235,7 @@ impl Fs {
     /// The inode's entry in the open-file table, with one more open; `true` if it is new, and
     /// so not yet reported to the metadata server.
     fn take_entry(&self, ino: u64, state: impl FnOnce() -> FileState, pages_from: impl FnOnce() -> Option<blake3::Hash>) -> (Arc<OpenFile>, bool) {
-        let mut files = self.files.lock().unwrap();
-        let mut fresh = false;
-        // An inode has one entry, whoever opened it first: never two write buffers.
-        let f = files
-            .entry(ino)
-            .or_insert_with(|| {
-                fresh = true;
-                OpenFile::new(ino, state(), pages_from())
-            })
-            .clone();
-        f.opens.fetch_add(1, Ordering::AcqRel);
-        (f, fresh)
+        self.files.take(ino, || Open::new(state(), pages_from()))
     }
 
     /// The first open of an inode on this mount is reported to the metadata server (`Open`,
@@ -283,7 +282,7 @@ impl Fs {
     /// Locks are not re-taken (another mount may hold them by now): they are gone.
     pub async fn reopen_all(&self) {
         self.locks.forget(None);
-        let open: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
+        let open = self.files.entries();
         for f in open {
             if let Err(e) = self.meta.mutate_done(Mutation::Open { ino: f.ino }).await {
                 tracing::warn!(ino = f.ino, "an open file could not be registered under the new session; its handles fail from now on: {e}");
@@ -317,8 +316,7 @@ impl Fs {
     async fn drop_open(&self, f: &Arc<OpenFile>) {
         let removed = {
             let st = f.st.lock().await;
-            let mut files = self.files.lock().unwrap();
-            f.opens.fetch_sub(1, Ordering::AcqRel) == 1 && st.clean() && self.retire(&mut files, f, &st)
+            self.files.put_back(f, || self.may_retire(f, &st))
         };
         if removed {
             self.report_close(f.ino).await;
@@ -381,18 +379,15 @@ impl Fs {
     /// unreferenced blocks only for a grace period), and retry files whose last close failed.
     /// The size committed covers the blocks known so far, not bytes still in the buffer.
     pub async fn commit_idle(&self) {
-        let open: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
+        let open = self.files.entries();
         for f in open {
             let Ok(mut st) = f.st.try_lock() else { continue };
-            if f.opens.load(Ordering::Acquire) == 0 {
+            if self.files.opens(&f) == 0 {
                 // Closed with unsaved bytes: try again, and let it go once saved.
                 if let Err(e) = self.flush_state(&f, &mut st).await {
                     tracing::warn!(ino = f.ino, "saving a closed file failed again: {e}");
                 }
-                let removed = {
-                    let mut files = self.files.lock().unwrap();
-                    f.opens.load(Ordering::Acquire) == 0 && st.clean() && self.retire(&mut files, &f, &st)
-                };
+                let removed = self.files.leave_if_unused(&f, || self.may_retire(&f, &st));
                 drop(st);
                 if removed {
                     self.report_close(f.ino).await;
@@ -437,13 +432,19 @@ impl Fs {
     async fn seal(&self, st: &mut OpenState, idx: u64) {
         let Some((data, upload)) = st.seal(idx) else { return };
         let permit: OwnedSemaphorePermit = self.upload_slots.clone().acquire_owned().await.expect("semaphore never closed");
-        let (blocks, bs) = (self.blocks.clone(), self.bs);
+        let (blocks, bs, room) = (self.blocks.clone(), self.bs, self.room.clone());
         st.uploads.push(tokio::spawn(async move {
             let _permit = permit;
             let d = data.clone();
             let r = async {
                 let id = tokio::task::spawn_blocking(move || BlockId::of(&d)).await.map_err(|e| FsError::Io(e.to_string()))?;
-                blocks.put(id, data.clone()).await?;
+                if let Err(e) = blocks.put(id, data.clone()).await {
+                    if e.errno() == libc::ENOSPC {
+                        room.refused();
+                    }
+                    return Err(e);
+                }
+                room.spent(data.len() as u64);
                 // A block that is not full is a file's tail: the next partial write or read of
                 // it would fetch it back, so keep it (a full one is left out, so that a big
                 // write does not push out what readers use).
@@ -465,6 +466,9 @@ impl Fs {
         }
         let bs = self.bs;
         let end = offset.checked_add(data.len() as u64).filter(|&e| e <= MAX_FILE_SIZE).ok_or(FsError::Errno(libc::EFBIG))?;
+        if !self.room.allows(ROOM_MARGIN_BLOCKS * bs) {
+            return Err(FsError::no_space("the cluster is (nearly) full"));
+        }
         let mut pos = offset;
         while pos < end {
             let idx = pos / bs;
@@ -579,13 +583,12 @@ async fn reap(st: &mut OpenState, wait: bool) {
 }
 
 impl Fs {
-    /// Remove `f`'s entry (state `st`, clean) from the open-file table, if it is still the one
-    /// there, remembering the content its pages show for the next open; whether it was.
-    fn retire(&self, files: &mut HashMap<u64, Arc<OpenFile>>, f: &Arc<OpenFile>, st: &OpenState) -> bool {
-        if !files.get(&f.ino).is_some_and(|x| Arc::ptr_eq(x, f)) {
+    /// Whether `f` (state `st`) may leave the open-file table: nothing unsaved. If so, the
+    /// content its pages show is remembered for the next open.
+    fn may_retire(&self, f: &OpenFile, st: &OpenState) -> bool {
+        if !st.clean() {
             return false;
         }
-        files.remove(&f.ino);
         if st.loaded {
             self.pages.remember(f.ino, st.content_id());
         }

@@ -13,5 +13,7 @@ pub mod fuse;
 pub mod locks;
 pub mod meta;
 pub mod mount;
+pub mod open_table;
 pub mod xattr;
 pub mod page_cache;
+pub mod room;

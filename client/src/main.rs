@@ -11,6 +11,11 @@ use tessera_common::tls::{self, NodeCerts, Role};
 #[derive(Parser)]
 #[command(name = "tessera", version)]
 struct Cli {
+    /// A TOML file of flag values (keys are the long flag names, see docs/config.md); flags and
+    /// environment variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    #[allow(dead_code)] // read by config::parse, before clap parses
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -22,33 +27,36 @@ enum Cmd {
         /// Metadata servers, comma-separated.
         #[arg(long, env = "TESSERA_META")]
         meta: String,
-        /// Certificate bundle (ca.crt, node.crt, node.key) with role client.
+        /// Certificate bundle (ca.crt, node.crt, node.key): role client for mount, admin for the
+        /// admin commands.
         #[arg(long, env = "TESSERA_CERTS")]
         certs: PathBuf,
         mountpoint: PathBuf,
         /// Mount options, comma-separated (ro, noatime, nosuid, nodev, noexec, sync, dirsync).
-        #[arg(short = 'o')]
+        #[arg(short = 'o', long = "options", env = "TESSERA_MOUNT_OPTIONS")]
         options: Vec<String>,
         /// Stay in the foreground (default: detach once mounted).
-        #[arg(long)]
+        #[arg(long, env = "TESSERA_FOREGROUND")]
         foreground: bool,
     },
     /// Run a local cluster (metadata server + chunk servers) and mount it, until Ctrl-C.
     Dev {
         mountpoint: PathBuf,
         /// Where state and certificates live (default: ~/.local/share/tessera-dev).
-        #[arg(long)]
+        #[arg(long, env = "TESSERA_DEV_DATA_DIR")]
         data_dir: Option<PathBuf>,
-        #[arg(long, default_value_t = 3)]
+        /// Chunk servers to run.
+        #[arg(long, env = "TESSERA_DEV_CHUNK_SERVERS", default_value_t = 3)]
         chunk_servers: usize,
-        #[arg(long, default_value_t = 3)]
+        /// Copies of every block.
+        #[arg(long, env = "TESSERA_DEV_REPLICAS", default_value_t = 3)]
         replicas: u32,
         /// Seconds an unreferenced block stays before garbage collection deletes it.
-        #[arg(long, default_value_t = 3600)]
+        #[arg(long, env = "TESSERA_DEV_GC_GRACE", default_value_t = 3600)]
         gc_grace: u64,
         /// Seconds a mount may go without a heartbeat before its session expires and its locks
         /// and open files are released.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, env = "TESSERA_DEV_SESSION_LEASE", default_value_t = 30)]
         session_lease: u64,
     },
     /// Show the cluster: servers, capacity, blocks, replication health.
@@ -117,7 +125,8 @@ struct ClusterArgs {
     /// Metadata servers, comma-separated.
     #[arg(long, env = "TESSERA_META")]
     meta: String,
-    /// Certificate bundle with role admin.
+    /// Certificate bundle (ca.crt, node.crt, node.key): role client for mount, admin for the
+    /// admin commands.
     #[arg(long, env = "TESSERA_CERTS")]
     certs: PathBuf,
 }
@@ -185,7 +194,7 @@ enum CertCmd {
 
 fn main() {
     tessera_common::init_logging();
-    let cli = Cli::parse();
+    let cli: Cli = tessera_common::config::parse();
     if let Err(e) = run(cli) {
         eprintln!("tessera: {e:#}");
         std::process::exit(1);
@@ -274,8 +283,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dev { mountpoint, data_dir, chunk_servers, replicas, gc_grace, session_lease } => {
             runtime()?.block_on(dev::run(dev::DevOptions { mountpoint, data_dir, chunk_servers, replicas, gc_grace, session_lease }))
         }
-        Cmd::Mount { meta, certs, mountpoint, options, foreground } => {
-            let meta = meta_list(&meta)?;
+        Cmd::Mount { meta: source, certs, mountpoint, options, foreground } => {
+            let meta = meta_list(&source)?;
             let mp = mount::check_mountpoint(&mountpoint)?;
             let certs_b = NodeCerts::load(&certs)?;
             if !foreground {
@@ -284,7 +293,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = runtime()?;
             rt.block_on(async {
                 let fs = mount::connect(&certs_b, &meta).await?;
-                let m = mount::mount(fs, &mp, &options, tokio::runtime::Handle::current())?;
+                let m = mount::mount(fs, &mp, &source, &options, tokio::runtime::Handle::current())?;
                 m.run_until_signal().await
             })
         }
@@ -331,3 +340,5 @@ fn detach(mp: &std::path::Path) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+tessera_common::config_docs_test!(Cli);

@@ -56,6 +56,17 @@ pub async fn connect(certs: &NodeCerts, meta: &[String]) -> anyhow::Result<Arc<F
             }
         }
     });
+    // The cluster's free space, so that writes get ENOSPC before fsync would (`room.rs`).
+    let weak = Arc::downgrade(&fs);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(fs) = weak.upgrade() else { return };
+            if let Err(e) = fs.statfs().await {
+                tracing::debug!("asking for free space failed: {e}");
+            }
+        }
+    });
     // Keep the session's lease: a mount that stops heartbeating (killed, cut off) loses its
     // locks and open files at the metadata server when the lease runs out.
     let weak = Arc::downgrade(&fs);
@@ -87,8 +98,15 @@ pub async fn connect(certs: &NodeCerts, meta: &[String]) -> anyhow::Result<Arc<F
     Ok(fs)
 }
 
-fn mount_options(opts: &[String]) -> anyhow::Result<Vec<MountOption>> {
-    let mut out = vec![MountOption::FSName("tessera".into()), MountOption::Subtype("tessera".into()), MountOption::DefaultPermissions];
+/// The options a mount starts with. The source shown in /proc/mounts is `source` (the `--meta`
+/// list, as an fstab line names it, so mount(8) and the remount helper can match the two); the
+/// type is `fuse.tessera`, set through the kernel's own `subtype=` (fuser's `Subtype` reaches
+/// only fusermount), so `mount -o remount` finds the helper `mount.fuse.tessera`. Without root
+/// the mount goes through fusermount, which splits options at commas: the source is then plain
+/// `tessera`.
+fn mount_options(opts: &[String], source: &str) -> anyhow::Result<Vec<MountOption>> {
+    let source = if nix::unistd::geteuid().is_root() && !source.is_empty() { source } else { "tessera" };
+    let mut out = vec![MountOption::FSName(source.into()), MountOption::CUSTOM("subtype=tessera".into()), MountOption::DefaultPermissions];
     for o in opts.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
         out.push(match o {
             "ro" => MountOption::RO,
@@ -118,10 +136,10 @@ pub struct Mounted {
     thread: std::thread::JoinHandle<()>,
 }
 
-/// Mount `fs` at `mountpoint`; requests are served on `rt`.
-pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &[String], rt: tokio::runtime::Handle) -> anyhow::Result<Mounted> {
+/// Mount `fs` at `mountpoint` as `source` (the metadata addresses); requests are served on `rt`.
+pub fn mount(fs: Arc<Fs>, mountpoint: &Path, source: &str, opts: &[String], rt: tokio::runtime::Handle) -> anyhow::Result<Mounted> {
     let mut cfg = Config::default();
-    cfg.mount_options = mount_options(opts)?;
+    cfg.mount_options = mount_options(opts, source)?;
     cfg.acl = SessionACL::All;
     cfg.n_threads = Some(2);
     let fuse = FuseFs::new(fs.clone(), rt);

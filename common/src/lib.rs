@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod block;
+pub mod config;
 pub mod durable;
 pub mod error;
 pub mod metalink;

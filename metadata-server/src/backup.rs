@@ -10,7 +10,6 @@
 //! seen since the backup (see [`restore_floor`]), and only then renamed to `DATA_DIR/db`: a
 //! crash midway leaves no database, and the next restore starts over.
 
-use crate::membership;
 use crate::namespace::{FsParams, Namespace};
 use crate::store::Store;
 use anyhow::{bail, Context};
@@ -161,8 +160,7 @@ pub fn restore(backup_dir: &Path, db_dir: &Path, replicas: u32) -> anyhow::Resul
     {
         let store = Store::open(&tmp).with_context(|| format!("opening the restored database in {}", tmp.display()))?;
         let ns = Namespace::open(store, FsParams { block_size: m.block_size })?;
-        ns.raise_counters(floor)?;
-        membership::raise_ring_version(&ns, floor)?;
+        ns.raise_floor(floor)?;
     }
     // An empty directory left by an earlier start is replaced; a database never (checked above).
     if db_dir.exists() {

@@ -392,7 +392,14 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     let lease_task = worker::spawn(lease_worker.clone(), Schedule::every(tick), shutdown.clone(), move || {
         let (l, ns, changes, expired, w) = (leases.clone(), ns.clone(), lock_changes.clone(), expired.clone(), lease_worker.clone());
         async move {
-            let n = tokio::task::spawn_blocking(move || l.expire_overdue(&ns)).await?;
+            let n = tokio::task::spawn_blocking(move || {
+                // Also a leader duty: finish dropping large files, a bounded command at a time.
+                if let Err(e) = ns.reap_pending() {
+                    tracing::warn!("dropping unlinked large files: {e}");
+                }
+                l.expire_overdue(&ns)
+            })
+            .await?;
             if n > 0 {
                 changes.send_modify(|v| *v += 1);
             }

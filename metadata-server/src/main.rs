@@ -7,40 +7,48 @@ use tessera_meta::MetaConfig;
 #[derive(Parser)]
 #[command(name = "tessera-meta", version)]
 struct Args {
-    #[arg(long)]
+    /// A TOML file of flag values (keys are the long flag names, see docs/config.md); flags and
+    /// environment variables override it.
+    #[arg(long, value_name = "FILE")]
+    #[allow(dead_code)] // read by config::parse, before clap parses
+    config: Option<PathBuf>,
+    /// Where the namespace database (RocksDB) lives.
+    #[arg(long, env = "TESSERA_DATA_DIR")]
     data_dir: PathBuf,
-    #[arg(long)]
+    /// UDP address to serve QUIC on (ADDR:PORT).
+    #[arg(long, env = "TESSERA_LISTEN")]
     listen: std::net::SocketAddr,
+    /// Certificate bundle (ca.crt, node.crt, node.key) with role meta.
     #[arg(long, env = "TESSERA_CERTS")]
     certs: PathBuf,
     /// Copies of every block.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "TESSERA_REPLICAS", default_value_t = 3)]
     replicas: u32,
     /// Acknowledged copies needed before a write commits (default: a majority of --replicas,
     /// 2 of 3). Below N, repair fills in the rest later; --write-quorum N is the strict mode.
-    #[arg(long)]
+    #[arg(long, env = "TESSERA_WRITE_QUORUM")]
     write_quorum: Option<u32>,
     /// Block size in bytes, fixed when the file system is created.
-    #[arg(long, default_value_t = tessera_common::DEFAULT_BLOCK_SIZE)]
+    #[arg(long, env = "TESSERA_BLOCK_SIZE", default_value_t = tessera_common::DEFAULT_BLOCK_SIZE)]
     block_size: u32,
     /// Seconds without a heartbeat before a chunk server is `down`.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "TESSERA_DOWN_AFTER", default_value_t = 5)]
     down_after: u64,
     /// Seconds without a heartbeat before a chunk server is `out` and leaves the ring.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, env = "TESSERA_OUT_AFTER", default_value_t = 600)]
     out_after: u64,
     /// Seconds an unreferenced block stays unused before garbage collection deletes it.
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, env = "TESSERA_GC_GRACE", default_value_t = 3600)]
     gc_grace: u64,
     /// Seconds between garbage-collection passes.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, env = "TESSERA_GC_INTERVAL", default_value_t = 600)]
     gc_interval: u64,
     /// Seconds a client session (a mount) may go without a heartbeat before it expires and
     /// its locks and open files are released.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "TESSERA_SESSION_LEASE", default_value_t = 30)]
     session_lease: u64,
     /// Start from a backup made by `tessera meta backup` (verified first); --data-dir must not
-    /// hold a database yet.
+    /// hold a database yet. A one-off action, so a command-line flag only (no file key).
     #[arg(long, value_name = "BACKUP_DIR")]
     restore: Option<PathBuf>,
 }
@@ -48,7 +56,7 @@ struct Args {
 #[tokio::main]
 async fn main() {
     tessera_common::init_logging();
-    let a = Args::parse();
+    let a: Args = tessera_common::config::parse();
     let cfg = MetaConfig {
         data_dir: a.data_dir,
         listen: a.listen,
@@ -76,3 +84,5 @@ async fn main() {
     let _ = tx.send(true);
     let _ = server.task.await;
 }
+
+tessera_common::config_docs_test!(Args);

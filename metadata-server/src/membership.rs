@@ -8,7 +8,8 @@
 //! its members before anyone sees it, and a restart that computes different members (every
 //! server is reloaded as `up`) publishes them under a new version.
 
-use crate::namespace::Namespace;
+use crate::namespace::{enc, Command, Namespace, Op, Outcome};
+use crate::store::{Batch, Cf};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,8 +18,9 @@ use tessera_common::proto::meta::{ChunkLoad, NodeStatus};
 use tessera_common::ring::{Ring, RingNode};
 use tessera_common::{ErrorCode, WireError};
 
+/// A server's administrative state, as `tessera node` sets it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-enum Admin {
+pub enum Admin {
     Active,
     Draining,
     Removed,
@@ -81,20 +83,57 @@ const NODE_PREFIX: &[u8] = b"node/";
 
 /// Store the last ring again under version `floor` if its version is lower: a restored
 /// database must not publish a version the cluster may have seen since the backup with other
-/// members (see `backup::restore_floor`).
-pub fn raise_ring_version(ns: &Namespace, floor: u64) -> Result<(), WireError> {
+/// members (see `backup::restore_floor`). Part of the `RaiseFloor` command.
+pub(crate) fn raise_ring_version(ns: &Namespace, b: &mut Batch, floor: u64) -> Result<(), WireError> {
     let nodes = match ns.cluster_get::<RingRecord>(KEY_RING)? {
         Some(r) if r.version >= floor => return Ok(()),
         Some(r) => r.nodes,
         None => vec![],
     };
-    ns.cluster_put(KEY_RING, &RingRecord { version: floor, nodes })
+    b.put(Cf::Cluster, KEY_RING.to_vec(), enc(&RingRecord { version: floor, nodes }));
+    Ok(())
 }
 
 fn node_key(id: u64) -> Vec<u8> {
     let mut k = NODE_PREFIX.to_vec();
     k.extend_from_slice(&id.to_be_bytes());
     k
+}
+
+/// `RegisterNode`: the record, keeping the admin state a removed or draining server had.
+pub(crate) fn apply_register(ns: &Namespace, b: &mut Batch, id: u64, addr: &str, zone: &str, capacity: u64) -> Result<(), WireError> {
+    if addr.is_empty() || zone.is_empty() || zone.len() > 255 || addr.len() > 255 {
+        return Err(WireError::new(ErrorCode::InvalidArgument, "bad address or zone"));
+    }
+    let admin = ns.cluster_get::<NodeRecord>(&node_key(id))?.map(|r| r.admin).unwrap_or(Admin::Active);
+    b.put(Cf::Cluster, node_key(id), enc(&NodeRecord { id, addr: addr.into(), zone: zone.into(), capacity, admin }));
+    Ok(())
+}
+
+/// `SetNodeAdmin`.
+pub(crate) fn apply_admin(ns: &Namespace, b: &mut Batch, id: u64, admin: Admin) -> Result<(), WireError> {
+    let mut rec = ns.cluster_get::<NodeRecord>(&node_key(id))?.ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no chunk server with id {id:016x}")))?;
+    rec.admin = admin;
+    b.put(Cf::Cluster, node_key(id), enc(&rec));
+    Ok(())
+}
+
+/// `PublishRing`: the stored ring's version if `nodes` are its members; else the next version,
+/// stored with them. Version 0 is the empty ring of a new cluster (not stored).
+pub(crate) fn apply_ring(ns: &Namespace, b: &mut Batch, nodes: &[RingNode]) -> Result<u64, WireError> {
+    let stored = match ns.cluster_get::<RingRecord>(KEY_RING)? {
+        Some(r) => Some(r),
+        // Members unknown: any non-empty ring gets a new version.
+        None => ns.cluster_get::<u64>(KEY_RING_VERSION)?.map(|version| RingRecord { version, nodes: vec![] }),
+    };
+    let version = match stored {
+        Some(r) if r.nodes == nodes => return Ok(r.version),
+        Some(r) => r.version + 1,
+        None if nodes.is_empty() => return Ok(0),
+        None => 1,
+    };
+    b.put(Cf::Cluster, KEY_RING.to_vec(), enc(&RingRecord { version, nodes: nodes.to_vec() }));
+    Ok(version)
 }
 
 impl Membership {
@@ -106,28 +145,19 @@ impl Membership {
             // Until a first heartbeat after a restart, give every server the benefit of the doubt.
             .map(|rec| (rec.id, Node { rec, load: ChunkLoad::default(), last_heartbeat: now }))
             .collect();
-        let stored = match ns.cluster_get::<RingRecord>(KEY_RING)? {
-            Some(r) => Some(r),
-            // Members unknown: any non-empty ring gets a new version.
-            None => ns.cluster_get::<u64>(KEY_RING_VERSION)?.map(|version| RingRecord { version, nodes: vec![] }),
-        };
         let m = Membership { ns, replicas, nodes: Mutex::new(nodes), ring: Mutex::new(Ring::new(0, replicas, vec![])), down_after, out_after };
         let ring = Ring::new(0, replicas, m.members());
-        let version = match stored {
-            Some(r) if r.nodes == ring.nodes => r.version,
-            Some(r) => m.persist(r.version + 1, &ring.nodes)?,
-            // Version 0 is the empty ring of a new cluster.
-            None if ring.nodes.is_empty() => 0,
-            None => m.persist(1, &ring.nodes)?,
-        };
+        let version = m.publish(&ring.nodes)?;
         *m.ring.lock().unwrap() = Ring::new(version, replicas, ring.nodes);
         Ok(m)
     }
 
-    /// Record `nodes` as ring `version`, durably, before it is published.
-    fn persist(&self, version: u64, nodes: &[RingNode]) -> Result<u64, WireError> {
-        self.ns.cluster_put(KEY_RING, &RingRecord { version, nodes: nodes.to_vec() })?;
-        Ok(version)
+    /// The version of ring `nodes` (sorted by id), stored durably before it is published.
+    fn publish(&self, nodes: &[RingNode]) -> Result<u64, WireError> {
+        match self.ns.submit_durable(&Command::new(Op::PublishRing { nodes: nodes.to_vec() }))? {
+            Outcome::Ring(v) => Ok(v),
+            o => Err(WireError::new(ErrorCode::Internal, format!("PublishRing gave {o:?}"))),
+        }
     }
 
     fn state(&self, n: &Node, now: Instant) -> NodeState {
@@ -165,7 +195,7 @@ impl Membership {
         let mut sorted = members.clone();
         sorted.sort_by_key(|n| n.id);
         if sorted != ring.nodes {
-            let version = self.persist(ring.version + 1, &sorted)?;
+            let version = self.publish(&sorted)?;
             *ring = Ring::new(version, self.replicas, members);
             tracing::info!(version, servers = ring.nodes.len(), "new ring published");
         }
@@ -177,13 +207,8 @@ impl Membership {
     }
 
     pub fn register(&self, id: u64, addr: String, zone: String, capacity: u64) -> Result<Ring, WireError> {
-        if addr.is_empty() || zone.is_empty() || zone.len() > 255 || addr.len() > 255 {
-            return Err(WireError::new(ErrorCode::InvalidArgument, "bad address or zone"));
-        }
-        // A server that was removed or is draining stays so across restarts.
-        let admin = self.nodes.lock().unwrap().get(&id).map(|n| n.rec.admin).unwrap_or(Admin::Active);
-        let rec = NodeRecord { id, addr, zone, capacity, admin };
-        self.ns.cluster_put(&node_key(id), &rec)?;
+        self.ns.submit_durable(&Command::new(Op::RegisterNode { id, addr, zone, capacity }))?;
+        let rec = self.ns.cluster_get::<NodeRecord>(&node_key(id))?.ok_or_else(|| WireError::new(ErrorCode::Internal, "node record missing after registration"))?;
         self.nodes.lock().unwrap().insert(id, Node { rec, load: ChunkLoad::default(), last_heartbeat: Instant::now() });
         self.refresh()
     }
@@ -191,16 +216,14 @@ impl Membership {
     /// `tessera node remove|drain`.
     pub fn admin(&self, id: u64, action: tessera_common::proto::meta::NodeAction) -> Result<(), WireError> {
         use tessera_common::proto::meta::NodeAction;
-        let rec = {
-            let mut nodes = self.nodes.lock().unwrap();
-            let n = nodes.get_mut(&id).ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no chunk server with id {id:016x}")))?;
-            n.rec.admin = match action {
-                NodeAction::Remove => Admin::Removed,
-                NodeAction::Drain => Admin::Draining,
-            };
-            n.rec.clone()
+        let admin = match action {
+            NodeAction::Remove => Admin::Removed,
+            NodeAction::Drain => Admin::Draining,
         };
-        self.ns.cluster_put(&node_key(id), &rec)?;
+        self.ns.submit_durable(&Command::new(Op::SetNodeAdmin { id, admin }))?;
+        if let Some(n) = self.nodes.lock().unwrap().get_mut(&id) {
+            n.rec.admin = admin;
+        }
         self.refresh().map(|_| ())
     }
 

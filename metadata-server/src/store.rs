@@ -36,8 +36,8 @@ pub enum Cf {
 }
 
 impl Cf {
-    const ALL: [Cf; 12] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans, Cf::Xattrs, Cf::Opens, Cf::Locks];
-    fn name(self) -> &'static str {
+    pub const ALL: [Cf; 12] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans, Cf::Xattrs, Cf::Opens, Cf::Locks];
+    pub fn name(self) -> &'static str {
         match self {
             Cf::Inodes => "inodes",
             Cf::Dirents => "dirents",
@@ -84,6 +84,12 @@ impl Batch {
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+    /// Every change is in one of `cfs`.
+    pub fn only_in(&self, cfs: &[Cf]) -> bool {
+        self.ops.iter().all(|op| match op {
+            Op::Put(cf, ..) | Op::Delete(cf, _) => cfs.contains(cf),
+        })
     }
 }
 

@@ -89,7 +89,14 @@ start_node() {
   # `fault clock`: the wall clock moved by the offset in `clock`, the monotonic one left alone.
   [[ -s "$d/clock" ]] && pre+=(env LD_PRELOAD="$FAKETIME_LIB" FAKETIME="$(cat "$d/clock")" FAKETIME_DONT_FAKE_MONOTONIC=1)
   setsid "${pre[@]}" "${cmd[@]}" >> "$d/log" 2>&1 < /dev/null &
-  echo $! > "$d/pid"
+  local pid=$! i
+  echo "$pid" > "$d/pid"
+  # Until the background shell has exec'd the command, its cmdline is this script's, and
+  # is_running would call the node dead (a loaded machine makes that window long).
+  for ((i = 0; i < 100; i++)); do
+    is_running "$node" || ! [[ -d /proc/$pid ]] && break
+    sleep 0.05
+  done
 }
 # Send a signal to a node's process, if it is ours and alive.
 signal_node() {

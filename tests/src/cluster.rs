@@ -260,6 +260,13 @@ impl Cluster {
         p.stop();
     }
 
+    /// A new, empty directory `ROOT/name` for another mount, canonical as /proc/mounts shows it.
+    pub fn new_mountpoint(&self, name: &str) -> PathBuf {
+        let dir = self.root().join(name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        dir.canonicalize().unwrap()
+    }
+
     /// `MOUNTPOINT/rel`.
     pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.mnt.join(rel)

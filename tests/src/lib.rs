@@ -89,6 +89,19 @@ pub fn force_unmount(path: &Path) {
     }
 }
 
+/// Unmounts `dir` on drop if it is still mounted (a failed assertion must not leave a mount).
+pub fn unmount_on_drop(dir: &Path) -> impl Drop + '_ {
+    struct G<'a>(&'a Path);
+    impl Drop for G<'_> {
+        fn drop(&mut self) {
+            if is_mounted(self.0) {
+                force_unmount(self.0);
+            }
+        }
+    }
+    G(dir)
+}
+
 /// The last `n` lines of a log file (for failure messages).
 pub fn tail(path: &Path, n: usize) -> String {
     let mut f = match File::open(path) {
@@ -674,3 +687,13 @@ impl ManualCluster {
         )
     }
 }
+
+/// A Python script: SQLite's integrity check of the database `argv[1]`, then the distinct rows
+/// per writer of its table `t (writer, n)`, a line each.
+pub const SQLITE_CHECK: &str = r#"
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+print(con.execute("PRAGMA integrity_check").fetchone()[0])
+for w, c in con.execute("SELECT writer, COUNT(DISTINCT n) FROM t GROUP BY writer ORDER BY writer"):
+    print(w, c)
+"#;

@@ -28,13 +28,6 @@ con.commit()
 con.close()
 "#;
 
-const CHECK: &str = r#"
-import sqlite3, sys
-con = sqlite3.connect(sys.argv[1])
-print(con.execute("PRAGMA integrity_check").fetchone()[0])
-for w, c in con.execute("SELECT writer, COUNT(DISTINCT n) FROM t GROUP BY writer ORDER BY writer"):
-    print(w, c)
-"#;
 
 fn python(args: &[&str]) -> std::process::Output {
     run_timeout(Command::new("python3").arg("-c").args(args), Duration::from_secs(600))
@@ -54,7 +47,7 @@ fn concurrent_writers(dir: &std::path::Path, mode: &str, writers: usize, rows: u
         let out = p.wait_with_output().unwrap();
         assert!(out.status.success(), "writer {w} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let out = python(&[CHECK, db_s]);
+    let out = python(&[SQLITE_CHECK, db_s]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "check: {}", String::from_utf8_lossy(&out.stderr));
     let mut lines = text.lines();

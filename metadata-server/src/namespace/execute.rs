@@ -3,24 +3,11 @@
 use super::*;
 
 impl Namespace {
-    /// Validate `cmd` against the current state and build its batch. Deterministic.
-    pub fn execute(&self, cmd: &Command) -> Result<(Batch, MetaResponse), WireError> {
-        let mut tx = Txn {
-            store: &self.store,
-            batch: Batch::default(),
-            inodes: HashMap::new(),
-            dirents: HashMap::new(),
-            blocks: BTreeMap::new(),
-            inline: HashMap::new(),
-            refs: HashMap::new(),
-            session: cmd.session,
-            files: 0,
-            bytes: 0,
-            now: cmd.now,
-            block_size: self.params.block_size as u64,
-        };
-        let now = cmd.now;
-        let reply = match &cmd.op {
+    /// Validate `op` of `session` against the current state and build its batch, at time `now`;
+    /// a `Create` makes inode `new_ino`. Reads nothing but these and the store.
+    pub(super) fn execute(&self, now: i64, session: u64, new_ino: u64, op: &Mutation) -> Result<(Batch, MetaResponse), WireError> {
+        let mut tx = Txn::new(&self.store, session, now)?;
+        let reply = match op {
             Mutation::Create { parent, name, kind, perm, uid, gid, rdev, target, umask } => {
                 check_name(name)?;
                 tx.dir(*parent)?;
@@ -34,7 +21,7 @@ impl Namespace {
                     (_, None) => 0,
                     (_, Some(_)) => return Err(err(ErrorCode::InvalidArgument, "target given for a non-symlink")),
                 };
-                let ino = cmd.new_ino;
+                let ino = new_ino;
                 let perm = tx.inherit_acl(*parent, ino, *kind, perm & 0o7777, *umask)?;
                 let r = InodeRec {
                     kind: *kind,
@@ -122,12 +109,12 @@ impl Namespace {
                 MetaResponse::Unlinked { orphan: self.rename(&mut tx, (*parent, name), (*new_parent, new_name), *flags)? }
             }
             Mutation::DropOrphan { ino } => {
-                self.release_orphan(&mut tx, cmd.session, *ino)?;
+                self.release_orphan(&mut tx, session, *ino)?;
                 MetaResponse::Done
             }
             Mutation::Open { ino } => self.open_file(&mut tx, *ino)?,
             Mutation::Close { ino } => {
-                self.close_file(&mut tx, cmd.session, *ino, false)?;
+                self.close_file(&mut tx, session, *ino, false)?;
                 MetaResponse::Done
             }
             Mutation::SetLock { ino, lock } => self.set_lock(&mut tx, *ino, *lock)?,
@@ -161,7 +148,7 @@ impl Namespace {
                 if r.kind != FileKind::File {
                     return Err(err(ErrorCode::InvalidArgument, "not a regular file"));
                 }
-                let bs = self.params.block_size;
+                let bs = tx.block_size as u32;
                 if *size < r.size {
                     tx.truncate(*ino, &mut r, *size)?;
                 }

@@ -75,11 +75,6 @@ impl Namespace {
         Ok(MetaResponse::Done)
     }
 
-    /// Whether a close of `ino` by `session` could release a lock or an orphan.
-    pub(super) fn close_releases(&self, session: u64, ino: u64) -> Result<bool, WireError> {
-        Ok(self.store.get(Cf::Locks, &ino_key(ino))?.is_some() || self.store.get(Cf::Orphans, &pair_key(session, ino))?.is_some())
-    }
-
     /// One close of `ino` by `session`; with `all`, every open of it (expiry).
     pub(super) fn close_file(&self, tx: &mut Txn, session: u64, ino: u64, all: bool) -> Result<(), WireError> {
         let key = tagged(BY_SESSION, session, ino);
@@ -128,5 +123,46 @@ impl Namespace {
             tx.batch.delete(Cf::Sessions, k);
         }
         Ok(MetaResponse::Done)
+    }
+
+    /// `Reap`: one step of dropping `ino`, an orphan of [`REAPER`]. A session that opened it
+    /// meanwhile (by number) keeps it: then the reaper lets go, and that session's last close
+    /// hands it back.
+    pub(super) fn reap(&self, now: i64, ino: u64) -> Result<(Batch, bool), WireError> {
+        let okey = pair_key(REAPER, ino);
+        let mut tx = Txn::new(&self.store, REAPER, now)?;
+        if self.store.get(Cf::Orphans, &okey)?.is_none() {
+            return Ok((tx.batch, true));
+        }
+        let r = tx.inode(ino)?;
+        let page = self.store.scan(Cf::BlockMap, &ino_key(ino), &ino_key(ino), DROP_BOUND + 1)?;
+        let done = if !self.holders(ino)?.is_empty() {
+            true
+        } else if page.len() > DROP_BOUND {
+            tx.drop_blocks_in(ino, 0, tail_u64(&page[DROP_BOUND].0))?;
+            false
+        } else {
+            tx.drop_inode_now(ino, &r)?;
+            true
+        };
+        if done {
+            tx.batch.delete(Cf::Orphans, okey);
+        }
+        Ok((tx.finish()?, done))
+    }
+
+    /// Finish every file being dropped in steps (a leader duty, each tick). Returns the number
+    /// of `Reap` commands applied.
+    pub fn reap_pending(&self) -> Result<usize, WireError> {
+        let mut n = 0;
+        for (k, _) in scan_all(&self.store, Cf::Orphans, &ino_key(REAPER))? {
+            loop {
+                n += 1;
+                if self.submit_durable(&Command::new(Op::Reap { ino: tail_u64(&k) }))? == Outcome::Reaped(true) {
+                    break;
+                }
+            }
+        }
+        Ok(n)
     }
 }

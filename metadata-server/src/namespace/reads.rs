@@ -101,14 +101,4 @@ impl Namespace {
     pub fn cluster_scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, WireError> {
         self.store.scan(Cf::Cluster, prefix, prefix, usize::MAX)?.iter().map(|(_, v)| dec(v)).collect()
     }
-
-    pub fn cluster_put<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), WireError> {
-        let t = {
-            let _g = self.lock.lock().unwrap();
-            let mut b = Batch::default();
-            b.put(Cf::Cluster, key.to_vec(), enc(value));
-            self.store.apply(b)?
-        };
-        Ok(self.store.wait_durable(t)?)
-    }
 }

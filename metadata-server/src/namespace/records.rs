@@ -5,7 +5,7 @@ use super::*;
 /// Encoding version of every persisted record (first byte).
 pub(super) const V1: u8 = 1;
 
-pub(super) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![V1];
     out.extend(bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("encoding a record"));
     out

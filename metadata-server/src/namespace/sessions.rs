@@ -1,32 +1,19 @@
-//! Sessions and the mutation entry point: at most once per (session, seq), one lock.
+//! Sessions and the mutation entry point: each forms its command and submits it.
 
 use super::*;
 
 impl Namespace {
     /// A new session owned by `owner`.
     pub fn open_session(&self, owner: &SessionOwner, client: &str) -> Result<u64, WireError> {
-        if client.len() > 255 {
-            return Err(err(ErrorCode::InvalidArgument, "client name longer than 255 bytes"));
+        match self.submit_durable(&Command::new(Op::OpenSession { owner: owner.clone(), client: client.to_string() }))? {
+            Outcome::Session(id) => Ok(id),
+            o => Err(err(ErrorCode::Internal, format!("OpenSession gave {o:?}"))),
         }
-        let (id, t) = {
-            let mut c = self.lock.lock().unwrap();
-            let id = c.next_session;
-            c.next_session += 1;
-            let mut b = Batch::default();
-            b.put(Cf::Cluster, KEY_NEXT_SESSION.to_vec(), enc(&c.next_session));
-            b.put(Cf::Sessions, session_key(id), enc(&SessionRec { owner: owner.clone(), client: client.to_string(), opened: now_ns() }));
-            (id, self.store.apply(b)?)
-        };
-        self.store.wait_durable(t)?;
-        Ok(id)
     }
 
     /// Apply `op` once for `(session, seq)` and return its reply when it is durable. Only the
     /// certificate that opened the session may use it.
     pub fn mutate(&self, owner: &SessionOwner, session: u64, seq: u64, op: Mutation) -> MetaResponse {
-        if matches!(op, Mutation::ExpireSession { .. }) {
-            return MetaResponse::Error(err(ErrorCode::PermissionDenied, "sessions are expired by the metadata server (CloseSession ends one's own)"));
-        }
         match self.mutate_inner(owner, session, seq, op) {
             Ok(r) => r,
             Err(e) => MetaResponse::Error(e),
@@ -51,49 +38,22 @@ impl Namespace {
 
     pub(super) fn mutate_inner(&self, owner: &SessionOwner, session: u64, seq: u64, op: Mutation) -> Result<MetaResponse, WireError> {
         self.store.check_ok()?;
-        let skey = pair_key(session, seq);
-        let (reply, ticket) = {
-            let mut c = self.lock.lock().unwrap();
-            self.check_session(owner, session)?;
-            if let Some(v) = self.store.get(Cf::Sessions, &skey)? {
-                drop(c);
-                // The original may still be on its way to disk: wait for everything written.
-                self.store.wait_durable(self.store.apply(Batch::default())?)?;
-                return dec(&v);
+        let (open, close) = (matches!(op, Mutation::Open { .. }), matches!(op, Mutation::Close { .. }));
+        let w = self.submit(&Command::new(Op::Mutate { owner: owner.clone(), session, seq, op }))?;
+        // Open records are soft state that the next durable write covers: a crash that
+        // loses one loses nothing the client relies on, unless the close also released
+        // locks or an orphan (then it waits for the WAL sync like any change).
+        match w.out {
+            // An answer from the retry cache waits too: its original may still be on its way
+            // to disk, and the ticket covers everything written before.
+            Outcome::Reply { reply, again } => {
+                if again || !(open || (close && w.soft)) {
+                    self.store.wait_durable(w.ticket)?;
+                }
+                Ok(reply)
             }
-            let is_create = matches!(op, Mutation::Create { .. });
-            // Open records are soft state that the next durable write covers: a crash that
-            // loses one loses nothing the client relies on, unless the close also released
-            // locks or an orphan (then it waits for the WAL sync like any change).
-            let lazy = match &op {
-                Mutation::Open { .. } => true,
-                Mutation::Close { ino } => !self.close_releases(session, *ino)?,
-                _ => false,
-            };
-            let cmd = Command { session, seq, now: now_ns(), new_ino: c.next_ino, op };
-            let (mut batch, reply) = match self.execute(&cmd) {
-                Ok(x) => x,
-                Err(e) => (Batch::default(), MetaResponse::Error(e)),
-            };
-            if is_create && !matches!(reply, MetaResponse::Error(_)) {
-                c.next_ino += 1;
-                batch.put(Cf::Cluster, KEY_NEXT_INO.to_vec(), enc(&c.next_ino));
-            }
-            // A refused lock changed nothing: not stored, so that the waiting `F_SETLKW` that
-            // sends it again is answered anew.
-            if !matches!(&reply, MetaResponse::Error(e) if e.code == ErrorCode::WouldBlock) {
-                batch.put(Cf::Sessions, skey, enc(&reply));
-            }
-            if seq > RETRY_WINDOW {
-                batch.delete(Cf::Sessions, pair_key(session, seq - RETRY_WINDOW));
-            }
-            let t = self.store.apply(batch)?;
-            (reply, (!lazy).then_some(t))
-        };
-        if let Some(t) = ticket {
-            self.store.wait_durable(t)?;
+            o => Err(err(ErrorCode::Internal, format!("Mutate gave {o:?}"))),
         }
-        Ok(reply)
     }
 
     /// The session exists and belongs to `owner` (a heartbeat).
@@ -105,17 +65,10 @@ impl Namespace {
     /// apply reads no clock). Returns false if it did not exist.
     pub fn expire_session(&self, session: u64, now: i64) -> Result<bool, WireError> {
         self.store.check_ok()?;
-        let ticket = {
-            let c = self.lock.lock().unwrap();
-            if self.store.get(Cf::Sessions, &session_key(session))?.is_none() {
-                return Ok(false);
-            }
-            let cmd = Command { session, seq: 0, now, new_ino: c.next_ino, op: Mutation::ExpireSession { session } };
-            let (batch, _) = self.execute(&cmd)?;
-            self.store.apply(batch)?
-        };
-        self.store.wait_durable(ticket)?;
-        Ok(true)
+        match self.submit_durable(&Command { now, op: Op::ExpireSession { session } })? {
+            Outcome::Expired(existed) => Ok(existed),
+            o => Err(err(ErrorCode::Internal, format!("ExpireSession gave {o:?}"))),
+        }
     }
 
     /// Every session, in id order, with what it holds.

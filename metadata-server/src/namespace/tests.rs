@@ -417,7 +417,7 @@ fn a_failed_wal_sync_stops_every_change() {
     c.seq -= 3;
     assert_eq!(c.code(create("lost")), Some(ErrorCode::Unavailable), "a retry is not answered from the unsynced reply");
     assert!(ns.open_session(&owner("x"), "x").is_err());
-    assert!(ns.cluster_put(b"k", &1u64).is_err());
+    assert!(ns.raise_floor(1 << 40).is_err());
     // Garbage collection treats every block as referenced.
     assert!(ns.is_referenced(&BlockId::of(&[9])).is_err());
     let why = ns.store().failure().expect("the failure is recorded");

@@ -4,15 +4,17 @@ use super::*;
 
 /// Reads and writes of one command. Every record a command changes (inodes, directory entries,
 /// block-map entries, inline data) is overlaid, so later steps of the same command see the
-/// earlier ones; reference-count changes are summed and applied once in `finish`.
+/// earlier ones; reference-count changes are summed and applied once in `finish`. Ordered
+/// maps: the batch, and which count `finish` finds wrong first (its error is a stored reply),
+/// are the same on every replica.
 pub(super) struct Txn<'a> {
     pub(super) store: &'a Store,
     pub(super) batch: Batch,
-    pub(super) inodes: HashMap<u64, Option<InodeRec>>,
-    pub(super) dirents: HashMap<(u64, Vec<u8>), Option<DirentRec>>,
+    pub(super) inodes: BTreeMap<u64, Option<InodeRec>>,
+    pub(super) dirents: BTreeMap<(u64, Vec<u8>), Option<DirentRec>>,
     pub(super) blocks: BTreeMap<(u64, u64), Option<BlockRef>>,
-    pub(super) inline: HashMap<u64, Option<Vec<u8>>>,
-    pub(super) refs: HashMap<BlockId, i64>,
+    pub(super) inline: BTreeMap<u64, Option<Vec<u8>>>,
+    pub(super) refs: BTreeMap<BlockId, i64>,
     /// The session of the command.
     pub(super) session: u64,
     pub(super) files: i64,
@@ -22,6 +24,24 @@ pub(super) struct Txn<'a> {
 }
 
 impl<'a> Txn<'a> {
+    pub(super) fn new(store: &'a Store, session: u64, now: i64) -> Result<Self, WireError> {
+        let params: FsParams = dec(&store.get(Cf::Cluster, KEY_FS)?.ok_or_else(|| err(ErrorCode::Internal, "file-system parameters missing"))?)?;
+        Ok(Txn {
+            store,
+            batch: Batch::default(),
+            inodes: BTreeMap::new(),
+            dirents: BTreeMap::new(),
+            blocks: BTreeMap::new(),
+            inline: BTreeMap::new(),
+            refs: BTreeMap::new(),
+            session,
+            files: 0,
+            bytes: 0,
+            now,
+            block_size: params.block_size as u64,
+        })
+    }
+
     pub(super) fn inode(&mut self, ino: u64) -> Result<InodeRec, WireError> {
         if let Some(r) = self.inodes.get(&ino) {
             return r.clone().ok_or_else(|| err(ErrorCode::NotFound, format!("inode {ino}")));
@@ -122,7 +142,19 @@ impl<'a> Txn<'a> {
         Ok(None)
     }
 
+    /// Drop an inode that has no link and no holder. A file with more than [`DROP_BOUND`]
+    /// block-map entries stays (nlink 0) as an orphan of [`REAPER`] instead, for `Reap`
+    /// commands to drop in steps: no command (no future log entry) grows with the file.
     pub(super) fn drop_inode(&mut self, ino: u64, r: &InodeRec) -> Result<(), WireError> {
+        if r.kind == FileKind::File && self.store.scan(Cf::BlockMap, &ino_key(ino), &ino_key(ino), DROP_BOUND + 1)?.len() > DROP_BOUND {
+            self.put_inode(ino, r.clone());
+            self.batch.put(Cf::Orphans, pair_key(REAPER, ino), enc(&self.now));
+            return Ok(());
+        }
+        self.drop_inode_now(ino, r)
+    }
+
+    pub(super) fn drop_inode_now(&mut self, ino: u64, r: &InodeRec) -> Result<(), WireError> {
         if r.kind == FileKind::File {
             self.drop_blocks_from(ino, 0)?;
             self.inline.insert(ino, None);
