@@ -282,6 +282,22 @@ impl FileState {
         }
     }
 
+    /// The metadata server copied whole blocks into `[first, first + count)` by reference:
+    /// those are now `entries` there (the rest of the range holes), and the size is `size`.
+    /// Block 0 takes the inline content with it, as in `punch`.
+    pub fn copied(&mut self, first: u64, count: u64, entries: Vec<(u64, BlockRef)>, size: u64) {
+        debug_assert!(self.clean());
+        self.punch(first, first + count);
+        self.blocks.extend(entries.into_iter().map(|(i, b)| (i, Block::Committed(b))));
+        self.size = size;
+        self.committed_size = size;
+    }
+
+    /// Bytes of committed inline content (the start of the file, kept in the metadata).
+    pub fn inline_len(&self) -> u64 {
+        self.inline.as_ref().map_or(0, |d| d.len() as u64)
+    }
+
     /// Whether block `idx` holds data (in any state, or as inline content); an absent block is
     /// a hole.
     pub fn has_data(&self, idx: u64) -> bool {

@@ -16,6 +16,7 @@ use tessera_common::BlockId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+mod copy;
 mod space;
 
 /// Blocks uploading at once across the mount (bounds memory; a full queue slows writers).

@@ -472,6 +472,40 @@ impl Filesystem for FuseFs {
         });
     }
 
+    /// Whole blocks are copied by reference, the rest by value (`Fs::copy_range`). The
+    /// destination's bytes changed behind the kernel's pages of the range: they are dropped
+    /// before the reply (recent kernels drop them again after it).
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        if flags.bits() != 0 {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        let (fs, notifier) = (self.fs.clone(), self.notifier.clone());
+        self.spawn(async move {
+            match fs.copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len).await {
+                Ok(n) => {
+                    if let (Some(nt), true) = (notifier.get().cloned(), n > 0) {
+                        // The kernel waits on page locks here: off the async threads.
+                        let _ = tokio::task::spawn_blocking(move || nt.inval_inode(ino_out, offset_out as i64, n as i64)).await;
+                    }
+                    reply.written(n as u32)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
         let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
         self.spawn(async move {

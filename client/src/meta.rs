@@ -188,6 +188,15 @@ impl MetaClient {
         }
     }
 
+    /// The block-map entries of `ino` with index in `[first, first + count)`, `count` at most
+    /// 16384 (one request).
+    pub async fn block_range(&self, ino: u64, first: u64, count: u64) -> FsResult<Vec<(u64, BlockRef)>> {
+        match self.call(MetaRequest::GetBlocks { ino, first, count }).await? {
+            MetaResponse::Blocks { blocks, .. } => Ok(blocks.into_iter().filter(|(i, _)| *i < first + count).collect()),
+            r => Err(unexpected(r)),
+        }
+    }
+
     pub async fn ring(&self) -> FsResult<Ring> {
         match self.call(MetaRequest::GetRing).await? {
             MetaResponse::Ring(r) => Ok(r),

@@ -136,7 +136,22 @@ pub enum Mutation {
     /// Punch a hole: drop the block-map entries with index in `[first, first + count)` (they
     /// read as zeros); the size stays. Dropping block 0 drops inline data too. Reply: `Attr`.
     PunchBlocks { ino: u64, first: u64, count: u64 },
+    /// Copy whole blocks by reference (`copy_file_range`): entries `[src_first, src_first +
+    /// count)` of `src`'s block map become entries `[dst_first, dst_first + count)` of `dst`'s,
+    /// replacing what was there (a hole copies as a hole). Each block referenced gains a
+    /// reference and each replaced one loses one; no bytes move. `end` is where the copied bytes
+    /// end in `dst`, inside the range's last block: a block reaching past it counts only the
+    /// bytes before it (as after a truncate). `dst`'s size becomes at least `end`; its mtime and
+    /// ctime are set. Refused with `InvalidArgument`, nothing changed: either file not a regular
+    /// file (`IsDir` for a directory); `count` 0 or above [`COPY_MAX_BLOCKS`]; source bytes past
+    /// `src`'s end; a range ending inside a block of `dst` that has bytes after `end`; ranges
+    /// that overlap within one file; inline data that the copy would have to keep (inline source
+    /// bytes in the range, or inline destination bytes outside it). Reply: `Attr` of `dst`.
+    CopyBlocks { src: u64, src_first: u64, dst: u64, dst_first: u64, count: u64, end: u64 },
 }
+
+/// Most blocks one `CopyBlocks` references (one atomic batch); a longer copy takes several.
+pub const COPY_MAX_BLOCKS: u64 = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LockKind {

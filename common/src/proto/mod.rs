@@ -35,7 +35,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// 2: xattrs, locks, sessions, open tracking, punch hole, `Create.umask`; workers in
 /// `ChunkLoad`, `NodeStatus` and `ClusterStatus`.
 /// 3: metadata backup (`BackupStart`, `BackupRead`, `BackupEnd`).
-pub const ALPN: &[u8] = b"tessera/3";
+/// 4: `Mutation::CopyBlocks` (copy_file_range by reference).
+pub const ALPN: &[u8] = b"tessera/4";
 /// Bound on an encoded header (directory listings are paged to stay below it).
 pub const MAX_HEADER: u32 = 4 * 1024 * 1024;
 /// Bound on a payload: one block at most.

@@ -206,6 +206,7 @@ impl Namespace {
                 tx.put_inode(*ino, r);
                 MetaResponse::Attr(a)
             }
+            Mutation::CopyBlocks { src, src_first, dst, dst_first, count, end } => self.copy_blocks(&mut tx, (*src, *src_first), (*dst, *dst_first), *count, *end)?,
         };
         Ok((tx.finish()?, reply))
     }

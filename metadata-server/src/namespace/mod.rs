@@ -14,6 +14,7 @@ mod audit;
 mod command;
 #[cfg(test)]
 mod command_tests;
+mod copy;
 mod execute;
 mod locks;
 #[cfg(test)]

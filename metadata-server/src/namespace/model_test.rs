@@ -59,6 +59,25 @@ impl Model {
         }
         f.size = size;
     }
+    /// Apply a block copy (`CopyBlocks`); false when it must be refused.
+    fn copy(&mut self, (s, sf): (u64, u64), (d, df): (u64, u64), count: u64, end: u64) -> bool {
+        let tail = end - (df + count - 1) * BS;
+        let past_source = sf * BS + (end - df * BS) > self.files[&s].size;
+        let cuts_destination = tail < BS && self.files[&d].size > end;
+        if past_source || cuts_destination || (s == d && sf < df + count && df < sf + count) {
+            return false;
+        }
+        let from: Vec<Option<BlockRef>> = (0..count).map(|i| self.files[&s].blocks.get(&(sf + i)).copied()).collect();
+        let f = self.files.get_mut(&d).unwrap();
+        for (i, b) in (df..).zip(from) {
+            match b {
+                Some(b) => f.blocks.insert(i, BlockRef { len: if i == df + count - 1 { b.len.min(tail as u32) } else { b.len }, ..b }),
+                None => f.blocks.remove(&i),
+            };
+        }
+        f.size = f.size.max(end);
+        true
+    }
     /// Apply a rename; false when it must be refused.
     fn rename(&mut self, (p1, n1): (u64, &[u8]), (p2, n2): (u64, &[u8]), flags: u32) -> bool {
         let Some(&s) = self.kids[&p1].get(n1) else { return false };
@@ -154,7 +173,7 @@ fn run(seed: u64, steps: usize) {
         let dir = |rng: &mut StdRng| dirs[rng.random_range(0..dirs.len())];
         let name = |rng: &mut StdRng| names[rng.random_range(0..names.len())].to_vec();
         let create = |parent, name: Vec<u8>, kind| Mutation::Create { parent, name, kind, perm: 0o644, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 };
-        let (op, expect_ok): (Mutation, bool) = match rng.random_range(0..9) {
+        let (op, expect_ok): (Mutation, bool) = match rng.random_range(0..11) {
             0 | 1 => {
                 let (p, n) = (dir(&mut rng), name(&mut rng));
                 let kind = if rng.random_bool(0.4) { FileKind::Dir } else { FileKind::File };
@@ -213,6 +232,13 @@ fn run(seed: u64, steps: usize) {
                 let size = rng.random_range(0..=4 * BS);
                 m.truncate(f, size);
                 (Mutation::SetAttr { ino: f, attr: SetAttr { size: Some(size), ..Default::default() } }, true)
+            }
+            9 | 10 if !files.is_empty() => {
+                let (s, d) = (files[rng.random_range(0..files.len())], files[rng.random_range(0..files.len())]);
+                let (src_first, dst_first, count) = (rng.random_range(0..4), rng.random_range(0..4), rng.random_range(1..=3));
+                let end = (dst_first + count - 1) * BS + rng.random_range(1..=BS);
+                let ok = m.copy((s, src_first), (d, dst_first), count, end);
+                (Mutation::CopyBlocks { src: s, src_first, dst: d, dst_first, count, end }, ok)
             }
             _ => continue,
         };

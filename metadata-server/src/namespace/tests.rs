@@ -471,3 +471,63 @@ fn state_survives_reopen() {
     let mut c = C::new(&ns);
     assert!(c.mk(ROOT_INO, "next", FileKind::File) > ino, "inode numbers are never reused");
 }
+
+#[test]
+fn copy_blocks_references_the_source_blocks_and_counts_each_entry_once() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let (f, g, h) = (c.mk(ROOT_INO, "f", FileKind::File), c.mk(ROOT_INO, "g", FileKind::File), c.mk(ROOT_INO, "h", FileKind::File));
+    let id = |n: u8| BlockId::of(&[n]);
+    let copy = |src, src_first, dst, dst_first, count, end| Mutation::CopyBlocks { src, src_first, dst, dst_first, count, end };
+    // f: 1, 2, 1, hole, 3 (a 100-byte tail). g: 2, 4, 5.
+    c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096)), (1, bref(2, 4096)), (2, bref(1, 4096)), (4, bref(3, 100))], size: 4 * 4096 + 100 });
+    c.m(Mutation::CommitBlocks { ino: g, blocks: vec![(0, bref(2, 4096)), (1, bref(4, 4096)), (2, bref(5, 4096))], size: 3 * 4096 });
+    // f's blocks 0..3 over g's 1..4: block 1 is named twice in the copy, 4 and 5 lose their
+    // only reference, and g grows by a block.
+    assert!(matches!(c.m(copy(f, 0, g, 1, 3, 4 * 4096)), MetaResponse::Attr(ref a) if a.size == 4 * 4096));
+    assert_eq!(ns.get_blocks(g, 0, 10).unwrap().1, vec![(0, bref(2, 4096)), (1, bref(1, 4096)), (2, bref(2, 4096)), (3, bref(1, 4096))]);
+    assert_eq!(refs(&ns), HashMap::from([(id(1), 4), (id(2), 3), (id(3), 1)]));
+    assert_eq!((ns.stats().unwrap().blocks, ns.stats().unwrap().logical_bytes), (3, 4 * 4096 + 100 + 4 * 4096));
+    // A hole copies as a hole (g's block 3 loses its reference), and the tail to the end of the file.
+    c.m(copy(f, 3, g, 3, 2, 4 * 4096 + 100));
+    assert_eq!(ns.get_blocks(g, 0, 10).unwrap(), (4 * 4096 + 100, vec![(0, bref(2, 4096)), (1, bref(1, 4096)), (2, bref(2, 4096)), (4, bref(3, 100))], None));
+    // One file, ranges apart: f's block 0 into its hole at 3; the size stays.
+    assert!(matches!(c.m(copy(f, 0, f, 3, 1, 4 * 4096)), MetaResponse::Attr(ref a) if a.size == 4 * 4096 + 100));
+    // A copy ending inside the source's tail block counts only the bytes copied.
+    c.m(copy(f, 4, h, 0, 1, 50));
+    assert_eq!(ns.get_blocks(h, 0, 10).unwrap(), (50, vec![(0, bref(3, 50))], None));
+    let before = refs(&ns);
+    assert_eq!(before, HashMap::from([(id(1), 4), (id(2), 3), (id(3), 3)]));
+    // Refused, nothing changed.
+    assert_eq!(c.code(copy(f, 0, f, 1, 2, 3 * 4096)), Some(ErrorCode::InvalidArgument), "overlap within one file");
+    assert_eq!(c.code(copy(g, 4, f, 9, 1, 10 * 4096)), Some(ErrorCode::InvalidArgument), "past the source's end");
+    assert_eq!(c.code(copy(f, 0, g, 0, 1, 100)), Some(ErrorCode::InvalidArgument), "ends inside a block with bytes after it");
+    assert_eq!(c.code(copy(f, 0, g, 0, 2, 4096)), Some(ErrorCode::InvalidArgument), "end not in the last block");
+    assert_eq!(c.code(copy(f, 0, g, 0, 0, 4096)), Some(ErrorCode::InvalidArgument), "no blocks");
+    assert_eq!(c.code(copy(f, 0, g, 0, COPY_MAX_BLOCKS + 1, (COPY_MAX_BLOCKS + 1) * 4096)), Some(ErrorCode::InvalidArgument), "too many blocks");
+    assert_eq!(c.code(copy(f, 0, ROOT_INO, 0, 1, 4096)), Some(ErrorCode::IsDir));
+    assert_eq!(c.code(copy(f, 0, 999, 0, 1, 4096)), Some(ErrorCode::NotFound));
+    // Inline data: a source's block 0 is not in the block map, a destination's is dropped only
+    // when block 0 is replaced.
+    let i = c.mk(ROOT_INO, "i", FileKind::File);
+    let j = c.mk(ROOT_INO, "j", FileKind::File);
+    c.m(Mutation::CommitInline { ino: i, data: b"hello".to_vec() });
+    assert_eq!(c.code(copy(i, 0, j, 0, 1, 5)), Some(ErrorCode::InvalidArgument), "inline source");
+    assert_eq!(c.code(copy(f, 0, i, 1, 1, 2 * 4096)), Some(ErrorCode::InvalidArgument), "inline destination, block 0 kept");
+    // Blocks smaller than the inline limit: inline bytes reach past block 0.
+    let k = c.mk(ROOT_INO, "k", FileKind::File);
+    c.m(Mutation::CommitInline { ino: k, data: vec![7; 9000] });
+    assert_eq!(c.code(copy(k, 1, j, 0, 1, 4096)), Some(ErrorCode::InvalidArgument), "inline source bytes in block 1");
+    assert_eq!(c.code(copy(f, 0, k, 0, 1, 4096)), Some(ErrorCode::InvalidArgument), "inline destination bytes past the copy");
+    assert_eq!(ns.get_blocks(k, 0, 10).unwrap(), (9000, vec![], Some(vec![7; 9000])));
+    assert_eq!(refs(&ns), before);
+    assert!(ns.audit_refs().unwrap().clean());
+    c.m(copy(f, 0, i, 0, 1, 4096));
+    assert_eq!(ns.get_blocks(i, 0, 10).unwrap(), (4096, vec![(0, bref(1, 4096))], None));
+    // The source goes: the copies keep their blocks.
+    c.m(Mutation::Unlink { parent: ROOT_INO, name: "f".into(), keep: false });
+    assert_eq!(refs(&ns), HashMap::from([(id(1), 2), (id(2), 2), (id(3), 2)]));
+    let audit = ns.audit_refs().unwrap();
+    assert!(audit.clean(), "{audit:?}");
+    assert_eq!(ns.stats().unwrap().logical_bytes, (4 * 4096 + 100) + 50 + 4096 + 9000);
+}
