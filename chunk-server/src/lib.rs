@@ -123,7 +123,8 @@ impl Service for ChunkService {
                     if !space.admits(store.used(), payload.len()) && !store.has(&id, false) {
                         return Err(ChunkError::NoSpace(id, format!("{} bytes free, {} kept in reserve", space.headroom(store.used()), space.reserve)));
                     }
-                    store.put(&id, &payload, age).map(|_| (ChunkResponse::Stored, vec![]))
+                    store.put(&id, &payload, age)?;
+                    Ok((ChunkResponse::Stored { free: space.headroom(store.used()).saturating_sub(space.reserve) }, vec![]))
                 })
                 .await
             }
@@ -150,7 +151,7 @@ impl Service for ChunkService {
                     }
                     _ => tracing::warn!(block = %id.short(), reporter = %peer.name, "a reader reported this copy, but it verifies here"),
                 }
-                Ok((ChunkResponse::Stored, vec![]))
+                Ok((ChunkResponse::Stored { free: self.space.headroom(store.used()).saturating_sub(self.space.reserve) }, vec![]))
             }
             ChunkRequest::Has { ids, touch } => blocking(move || Ok((ChunkResponse::Has(ids.iter().map(|i| store.has(i, touch)).collect()), vec![]))).await,
             ChunkRequest::Delete { ids, min_idle_secs } => match admin_only(&peer, "delete blocks") {

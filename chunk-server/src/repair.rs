@@ -86,7 +86,7 @@ impl Repairer {
         self.rate.take(data.len()).await;
         let c = self.peers.get(&info.addr);
         let r = match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id, age: Some(age) }, &data).await {
-            Ok((ChunkResponse::Stored, _)) => {
+            Ok((ChunkResponse::Stored { .. }, _)) => {
                 self.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
                 debug!(block = %id.short(), to = %info.addr, "repair: copy sent");
                 Some((node, id))

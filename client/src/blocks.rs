@@ -2,6 +2,7 @@
 //! and single-flight fetches.
 
 use crate::error::{FsError, FsResult};
+use crate::room::Room;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{HashMap, VecDeque};
@@ -31,6 +32,8 @@ pub struct Blocks {
     get_latency: Latency,
     put_latency: Latency,
     suspects: Suspects,
+    /// Whether the cluster can take more (fed by put answers here, by `statfs` in `Fs`).
+    pub room: Room,
 }
 
 /// Blocks at least this large are offered with a "has" before they are sent.
@@ -69,7 +72,15 @@ impl Blocks {
             get_latency: Latency::default(),
             put_latency: Latency::default(),
             suspects: Suspects::default(),
+            room: Room::default(),
         })
+    }
+
+    /// Whether a write may be buffered with `margin` bytes left (see `room`).
+    pub fn room_for(&self, margin: u64) -> bool {
+        let ring = self.ring();
+        let takers: Vec<&str> = ring.nodes.iter().filter(|n| n.writable()).map(|n| n.addr.as_str()).collect();
+        self.room.allows(margin, &takers, self.replicas)
     }
 
     pub fn ring(&self) -> Arc<Ring> {
@@ -261,7 +272,10 @@ impl Blocks {
             }
         }
         match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id, age: None }, &data).await {
-            Ok((ChunkResponse::Stored, _)) => Ok(()),
+            Ok((ChunkResponse::Stored { free }, _)) => {
+                self.room.server_free(addr, free);
+                Ok(())
+            }
             Ok((ChunkResponse::Error(e), _)) if e.code == ErrorCode::NoSpace => Err(FsError::no_space(&format!("{}: {}", c.addr(), e.message))),
             Ok((ChunkResponse::Error(e), _)) => Err(FsError::Io(format!("{}: {e}", c.addr()))),
             Ok((r, _)) => Err(FsError::Io(format!("{}: unexpected reply {r:?}", c.addr()))),

@@ -6,7 +6,6 @@ use crate::error::{FsError, FsResult};
 use crate::file_state::{FileState, Src};
 use crate::meta::MetaClient;
 use crate::open_table::{Entry, OpenTable};
-use crate::room::Room;
 use crate::page_cache::{self, PageMarks};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -91,7 +90,6 @@ pub struct Fs {
     pub locks: crate::locks::Locks,
     pub(crate) no_capability: crate::xattr::NoCapability,
     pages: PageMarks,
-    room: Arc<Room>,
 }
 
 impl Fs {
@@ -108,7 +106,6 @@ impl Fs {
             locks: Default::default(),
             no_capability: Default::default(),
             pages: PageMarks::default(),
-            room: Arc::default(),
         })
     }
 
@@ -187,7 +184,7 @@ impl Fs {
     pub async fn statfs(&self) -> FsResult<StatFs> {
         match self.meta.call(MetaRequest::StatFs).await? {
             MetaResponse::StatFs(s) => {
-                self.room.reported(s.total_bytes, s.free_bytes);
+                self.blocks.room.reported(s.total_bytes, s.free_bytes);
                 Ok(s)
             }
             _ => Err(FsError::Errno(libc::EIO)),
@@ -432,7 +429,7 @@ impl Fs {
     async fn seal(&self, st: &mut OpenState, idx: u64) {
         let Some((data, upload)) = st.seal(idx) else { return };
         let permit: OwnedSemaphorePermit = self.upload_slots.clone().acquire_owned().await.expect("semaphore never closed");
-        let (blocks, bs, room) = (self.blocks.clone(), self.bs, self.room.clone());
+        let (blocks, bs) = (self.blocks.clone(), self.bs);
         st.uploads.push(tokio::spawn(async move {
             let _permit = permit;
             let d = data.clone();
@@ -440,11 +437,11 @@ impl Fs {
                 let id = tokio::task::spawn_blocking(move || BlockId::of(&d)).await.map_err(|e| FsError::Io(e.to_string()))?;
                 if let Err(e) = blocks.put(id, data.clone()).await {
                     if e.errno() == libc::ENOSPC {
-                        room.refused();
+                        blocks.room.refused();
                     }
                     return Err(e);
                 }
-                room.spent(data.len() as u64);
+                blocks.room.spent(data.len() as u64);
                 // A block that is not full is a file's tail: the next partial write or read of
                 // it would fetch it back, so keep it (a full one is left out, so that a big
                 // write does not push out what readers use).
@@ -466,7 +463,7 @@ impl Fs {
         }
         let bs = self.bs;
         let end = offset.checked_add(data.len() as u64).filter(|&e| e <= MAX_FILE_SIZE).ok_or(FsError::Errno(libc::EFBIG))?;
-        if !self.room.allows(ROOM_MARGIN_BLOCKS * bs) {
+        if !self.blocks.room_for(ROOM_MARGIN_BLOCKS * bs) {
             return Err(FsError::no_space("the cluster is (nearly) full"));
         }
         let mut pos = offset;

@@ -216,7 +216,7 @@ impl Admin {
                         continue;
                     }
                     let dst = RpcClient::new(self.ep().clone(), &t.addr, 1, Duration::from_secs(60), tessera_common::tls::Role::Chunk);
-                    if let Ok((ChunkResponse::Stored, _)) = dst.call::<_, ChunkResponse>(&ChunkRequest::Put { id: *id, age: Some(0) }, &data).await {
+                    if let Ok((ChunkResponse::Stored { .. }, _)) = dst.call::<_, ChunkResponse>(&ChunkRequest::Put { id: *id, age: Some(0) }, &data).await {
                         have += 1;
                     }
                 }

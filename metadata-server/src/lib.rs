@@ -199,13 +199,17 @@ impl MetaService {
     /// Sizes as `df` shows them, in bytes of file data (N copies each): the capacity of the
     /// servers in the ring, and what the servers that are up may still take above their
     /// reserves; nothing when fewer than N servers (or all that are up) can take a block:
-    /// writes then get ENOSPC, as the write quorum does not cover space.
+    /// writes then get ENOSPC, as the write quorum does not cover space. While no server is up,
+    /// or one that is has not been heard since this server started (right after a restart, the
+    /// stored servers count as up until their first heartbeats), free space is not known: total
+    /// 0, which a mount reads as "unknown", not as "full" (see `client::room`).
     fn statfs(&self) -> Result<MetaResponse, WireError> {
         let nodes = self.members.status();
-        let cap: u64 = nodes.iter().filter(|n| n.state != "out").map(|n| n.capacity).sum();
+        let up = nodes.iter().filter(|n| n.state == "up").count() as u32;
+        let known = up > 0 && self.members.loads_known();
+        let cap: u64 = if known { nodes.iter().filter(|n| n.state != "out").map(|n| n.capacity).sum() } else { 0 };
         let takers: Vec<u64> = nodes.iter().filter(|n| n.state == "up" && !n.full).map(|n| n.free).collect();
         let r = self.replicas.max(1) as u64;
-        let up = nodes.iter().filter(|n| n.state == "up").count() as u32;
         let free = if (takers.len() as u32) < self.replicas.min(up).max(1) { 0 } else { takers.iter().sum::<u64>() / r };
         Ok(MetaResponse::StatFs(StatFs {
             total_bytes: cap / r,

@@ -39,6 +39,9 @@ struct Node {
     rec: NodeRecord,
     /// As of the last heartbeat (zero until the first).
     load: ChunkLoad,
+    /// Whether `load` came from a heartbeat of this process's lifetime: after a restart, a
+    /// stored server counts as up before it was heard, but its free space is not known.
+    heard: bool,
     last_heartbeat: Instant,
 }
 
@@ -143,7 +146,7 @@ impl Membership {
             .cluster_scan::<NodeRecord>(NODE_PREFIX)?
             .into_iter()
             // Until a first heartbeat after a restart, give every server the benefit of the doubt.
-            .map(|rec| (rec.id, Node { rec, load: ChunkLoad::default(), last_heartbeat: now }))
+            .map(|rec| (rec.id, Node { rec, load: ChunkLoad::default(), heard: false, last_heartbeat: now }))
             .collect();
         let m = Membership { ns, replicas, nodes: Mutex::new(nodes), ring: Mutex::new(Ring::new(0, replicas, vec![])), down_after, out_after };
         let ring = Ring::new(0, replicas, m.members());
@@ -209,7 +212,7 @@ impl Membership {
     pub fn register(&self, id: u64, addr: String, zone: String, capacity: u64) -> Result<Ring, WireError> {
         self.ns.submit_durable(&Command::new(Op::RegisterNode { id, addr, zone, capacity }))?;
         let rec = self.ns.cluster_get::<NodeRecord>(&node_key(id))?.ok_or_else(|| WireError::new(ErrorCode::Internal, "node record missing after registration"))?;
-        self.nodes.lock().unwrap().insert(id, Node { rec, load: ChunkLoad::default(), last_heartbeat: Instant::now() });
+        self.nodes.lock().unwrap().insert(id, Node { rec, load: ChunkLoad::default(), heard: false, last_heartbeat: Instant::now() });
         self.refresh()
     }
 
@@ -237,11 +240,19 @@ impl Membership {
             n.rec.capacity = load.capacity;
             let full_changed = n.load.full != load.full;
             n.load = load;
+            n.heard = true;
             let was_down = self.ring.lock().unwrap().node(id).is_some_and(|r| !r.up);
             was_out || was_down || cap_changed || full_changed
         };
         let ring = if changed { self.refresh()? } else { self.ring() };
         Ok(ring.version)
+    }
+
+    /// Whether every server that counts as up has sent its load since this process started
+    /// (until then, free space is unknown rather than zero).
+    pub fn loads_known(&self) -> bool {
+        let now = Instant::now();
+        self.nodes.lock().unwrap().values().all(|n| n.heard || self.state(n, now) != NodeState::Up)
     }
 
     pub fn status(&self) -> Vec<NodeStatus> {

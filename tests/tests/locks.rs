@@ -263,3 +263,58 @@ fn a_file_unlinked_through_b_stays_readable_and_writable_through_a() {
     let _ = std::io::stderr().flush();
 }
 
+
+/// A mount that is frozen (SIGSTOP) past its lease loses its session at the metadata server;
+/// thawed, it opens a new one and registers its open files again, so a descriptor it held
+/// keeps working: write, fsync and read back, and the new session is listed with the file.
+///
+/// The descriptor is held by a python process, not by this test: while the mount is frozen,
+/// every close of a descriptor of it waits for the mount (FUSE flushes at each close, even the
+/// close-on-exec of a child being spawned), so this process must hold none to run `status`.
+#[test]
+fn a_mount_frozen_past_its_lease_renews_its_session_and_keeps_its_open_file() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    const HOLDER: &str = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+print("open", flush=True)
+sys.stdin.readline()
+os.pwrite(fd, b"after the thaw", 100)
+os.fsync(fd)
+print(os.pread(fd, 14, 100).decode(), flush=True)
+sys.stdin.readline()
+"#;
+    let (c, b, bmnt) = two_mounts(&["--replicas", "1", "--chunk-servers", "1"]);
+    let pid = Pid::from_raw(b.pid().unwrap() as i32);
+    let mut holder = Command::new("python3").args(["-c", HOLDER]).arg(bmnt.join("f")).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("python3");
+    let mut to = holder.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = BufReader::new(holder.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for l in out.lines() {
+            let _ = tx.send(l.unwrap_or_default());
+        }
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(20)).as_deref(), Ok("open"));
+    let before = status_mounts(&c).iter().find(|m| m["open_files"] == 1).map(|m| m["session"].clone());
+    let before = before.unwrap_or_else(|| panic!("no mount lists the open file: {:#?}", status_mounts(&c)));
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let expired = wait_for(Duration::from_secs(30), || (!status_mounts(&c).iter().any(|m| m["session"] == before)).then_some(()));
+    kill(pid, Signal::SIGCONT).unwrap();
+    assert!(expired.is_some(), "the frozen mount's session did not expire within 30 s (lease 3 s)");
+    writeln!(to, "go").unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(60));
+    if got.is_err() {
+        let _ = holder.kill();
+    }
+    assert_eq!(got.as_deref(), Ok("after the thaw"), "write, fsync and read back through the thawed mount");
+    let renewed = wait_for(Duration::from_secs(10), || status_mounts(&c).into_iter().find(|m| m["open_files"] == 1 && m["session"] != before));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(renewed.is_some(), "no new session lists the open file: {:#?}", status_mounts(&c));
+    let back = std::fs::read(c.path("f")).unwrap();
+    assert_eq!(&back[100..114], b"after the thaw", "the other mount does not see the fsynced write");
+    drop(b);
+    c.assert_fsck_clean();
+}

@@ -291,7 +291,7 @@ impl net::Service for Impostor {
     type Req = ChunkRequest;
     type Resp = ChunkResponse;
     async fn handle(self: Arc<Self>, _peer: Arc<tls::Identity>, _req: ChunkRequest, _payload: Vec<u8>) -> (ChunkResponse, Vec<u8>) {
-        (ChunkResponse::Stored, vec![])
+        (ChunkResponse::Stored { free: 0 }, vec![])
     }
 }
 

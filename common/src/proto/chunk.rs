@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkRequest {
     /// Payload: the block. `age`: `None` for a client's write (counts as use); for a copy sent
-    /// by another server, the seconds since the block's last use there. Reply: `Stored`.
+    /// by another server, the seconds since the block's last use there. Reply: `Stored`, with
+    /// the bytes this server still takes above its reserve (a writer's freshest view of its
+    /// space: heartbeats trail by a second).
     Put { id: BlockId, age: Option<u64> },
     /// Reply: `Block` with the bytes as payload.
     Get { id: BlockId },
@@ -48,7 +50,7 @@ pub enum ChunkRequest {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkResponse {
-    Stored,
+    Stored { free: u64 },
     Block,
     Has(Vec<bool>),
     Deleted { count: u64 },

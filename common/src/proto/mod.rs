@@ -36,7 +36,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// `ChunkLoad`, `NodeStatus` and `ClusterStatus`.
 /// 3: metadata backup (`BackupStart`, `BackupRead`, `BackupEnd`).
 /// 4: `Mutation::CopyBlocks` (copy_file_range by reference).
-pub const ALPN: &[u8] = b"tessera/4";
+/// 5: `ChunkResponse::Stored` carries the server's free space.
+pub const ALPN: &[u8] = b"tessera/5";
 /// Bound on an encoded header (directory listings are paged to stay below it).
 pub const MAX_HEADER: u32 = 4 * 1024 * 1024;
 /// Bound on a payload: one block at most.
