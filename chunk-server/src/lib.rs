@@ -90,6 +90,11 @@ impl Space {
         disk_stat(&self.dir).1.min(self.capacity.saturating_sub(used))
     }
 
+    /// What this server still takes above its reserve (`free` in heartbeats and put answers).
+    pub fn free(&self, used: u64) -> u64 {
+        self.headroom(used).saturating_sub(self.reserve)
+    }
+
     /// The headroom, and whether it is below the reserve (`full`), from one disk query.
     pub fn state(&self, used: u64) -> (u64, bool) {
         let h = self.headroom(used);
@@ -124,7 +129,7 @@ impl Service for ChunkService {
                         return Err(ChunkError::NoSpace(id, format!("{} bytes free, {} kept in reserve", space.headroom(store.used()), space.reserve)));
                     }
                     store.put(&id, &payload, age)?;
-                    Ok((ChunkResponse::Stored { free: space.headroom(store.used()).saturating_sub(space.reserve) }, vec![]))
+                    Ok((ChunkResponse::Stored { free: space.free(store.used()) }, vec![]))
                 })
                 .await
             }
@@ -151,7 +156,7 @@ impl Service for ChunkService {
                     }
                     _ => tracing::warn!(block = %id.short(), reporter = %peer.name, "a reader reported this copy, but it verifies here"),
                 }
-                Ok((ChunkResponse::Stored { free: self.space.headroom(store.used()).saturating_sub(self.space.reserve) }, vec![]))
+                Ok((ChunkResponse::Stored { free: self.space.free(store.used()) }, vec![]))
             }
             ChunkRequest::Has { ids, touch } => blocking(move || Ok((ChunkResponse::Has(ids.iter().map(|i| store.has(i, touch)).collect()), vec![]))).await,
             ChunkRequest::Delete { ids, min_idle_secs } => match admin_only(&peer, "delete blocks") {

@@ -79,8 +79,7 @@ impl Blocks {
     /// Whether a write may be buffered with `margin` bytes left (see `room`).
     pub fn room_for(&self, margin: u64) -> bool {
         let ring = self.ring();
-        let takers: Vec<&str> = ring.nodes.iter().filter(|n| n.writable()).map(|n| n.addr.as_str()).collect();
-        self.room.allows(margin, &takers, self.replicas)
+        self.room.allows(margin, ring.nodes.iter().filter(|n| n.writable()).map(|n| n.addr.as_str()), self.replicas)
     }
 
     pub fn ring(&self) -> Arc<Ring> {

@@ -65,14 +65,21 @@ impl Room {
     /// Whether a write may be buffered: `margin` bytes must be left, and at least `replicas`
     /// (or all) of the servers that take blocks (`takers`: up and not full in the ring) must
     /// not have answered a put lately with less than `margin` left.
-    pub fn allows(&self, margin: u64, takers: &[&str], replicas: usize) -> bool {
+    /// Called for every `write`, so the takers come as an iterator (no list is built).
+    pub fn allows<'a>(&self, margin: u64, takers: impl Iterator<Item = &'a str>, replicas: usize) -> bool {
         let k = self.inner.lock().unwrap();
         if k.refused || k.free.is_some_and(|free| free.saturating_sub(k.spent) < margin) {
             return false;
         }
-        let short = takers.iter().filter(|a| k.servers.get(**a).is_some_and(|(free, at)| *free < margin && at.elapsed() < FRESH)).count();
+        let (mut all, mut short) = (0, 0);
+        for a in takers {
+            all += 1;
+            if k.servers.get(a).is_some_and(|(free, at)| *free < margin && at.elapsed() < FRESH) {
+                short += 1;
+            }
+        }
         // No takers at all is the ring's problem (puts fail as unreachable), not a full disk.
-        takers.is_empty() || takers.len() - short >= replicas.min(takers.len())
+        all == 0 || all - short >= replicas.min(all)
     }
 }
 
@@ -85,24 +92,24 @@ mod tests {
     #[test]
     fn unknown_space_allows_writes_until_a_server_refuses_one() {
         let r = Room::default();
-        assert!(r.allows(M, &["a"], 1));
+        assert!(r.allows(M, ["a"].into_iter(), 1));
         r.reported(0, 0);
-        assert!(r.allows(M, &["a"], 1), "a metadata server that knows no capacity yet is no reason to refuse");
+        assert!(r.allows(M, ["a"].into_iter(), 1), "a metadata server that knows no capacity yet is no reason to refuse");
         r.refused();
-        assert!(!r.allows(M, &["a"], 1));
+        assert!(!r.allows(M, ["a"].into_iter(), 1));
     }
 
     #[test]
     fn uploads_since_the_last_report_count_against_it() {
         let r = Room::default();
         r.reported(100 << 20, 20 << 20);
-        assert!(r.allows(M, &[], 1));
+        assert!(r.allows(M, std::iter::empty(), 1));
         r.spent(10 << 20);
-        assert!(r.allows(M, &[], 1));
+        assert!(r.allows(M, std::iter::empty(), 1));
         r.spent(4 << 20);
-        assert!(!r.allows(M, &[], 1), "6 MiB left is below the margin");
+        assert!(!r.allows(M, std::iter::empty(), 1), "6 MiB left is below the margin");
         r.reported(100 << 20, 40 << 20);
-        assert!(r.allows(M, &[], 1), "a new report starts over (space was freed)");
+        assert!(r.allows(M, std::iter::empty(), 1), "a new report starts over (space was freed)");
     }
 
     #[test]
@@ -112,15 +119,15 @@ mod tests {
         r.reported(100 << 20, 40 << 20);
         r.server_free("a", 30 << 20);
         r.server_free("b", 2 << 20);
-        assert!(!r.allows(M, &all, 3), "b is short: a block needs all three servers");
-        assert!(r.allows(M, &all, 2), "two of three have room");
+        assert!(!r.allows(M, all.into_iter(), 3), "b is short: a block needs all three servers");
+        assert!(r.allows(M, all.into_iter(), 2), "two of three have room");
         // The next report (a heartbeat behind) still shows room: b's answer stands.
         r.reported(100 << 20, 40 << 20);
-        assert!(!r.allows(M, &all, 3));
+        assert!(!r.allows(M, all.into_iter(), 3));
         r.server_free("b", 20 << 20);
-        assert!(r.allows(M, &all, 3), "b answered with room again");
+        assert!(r.allows(M, all.into_iter(), 3), "b answered with room again");
         // A server no longer in the ring's takers does not count either way.
         r.server_free("c", 1 << 20);
-        assert!(r.allows(M, &["a", "b"], 3), "two takers, both with room");
+        assert!(r.allows(M, ["a", "b"].into_iter(), 3), "two takers, both with room");
     }
 }
