@@ -31,9 +31,15 @@ pub fn parse_meta_list(list: &str) -> Result<Vec<String>, String> {
     Ok(addrs)
 }
 
+/// Callers of the metadata service retry at their own pace while it is away (a restart, a
+/// failover) and would rather wait for the next connection attempt than fail at once.
+fn meta_client(ep: &quinn::Endpoint, addr: &str, timeout: Duration) -> Arc<RpcClient> {
+    Arc::new(RpcClient::new(ep.clone(), addr, 1, timeout, Role::Meta).with_retry_after(Duration::ZERO))
+}
+
 impl MetaLink {
     pub fn new(ep: quinn::Endpoint, addrs: &[String], timeout: Duration) -> Self {
-        let clients = addrs.iter().map(|a| Arc::new(RpcClient::new(ep.clone(), a, 1, timeout, Role::Meta))).collect();
+        let clients = addrs.iter().map(|a| meta_client(&ep, a, timeout)).collect();
         MetaLink { ep, clients: std::sync::Mutex::new(clients), current: AtomicUsize::new(0), timeout }
     }
 
@@ -63,7 +69,7 @@ impl MetaLink {
                         let idx = match cs.iter().position(|c| c.addr() == l) {
                             Some(p) => p,
                             None => {
-                                cs.push(Arc::new(RpcClient::new(self.ep.clone(), &l, 1, self.timeout, Role::Meta)));
+                                cs.push(meta_client(&self.ep, &l, self.timeout));
                                 cs.len() - 1
                             }
                         };

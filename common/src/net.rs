@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use futures::StreamExt;
 use tokio::sync::{watch, Mutex, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info_span, warn, Instrument};
 
@@ -83,8 +84,22 @@ const MAX_UDP_PAYLOAD: u16 = 4096;
 /// thousand lost packets per connection and a median put of 30 ms; with 4 MiB no loss and 5-7 ms.
 const SOCKET_BUFFER: usize = 4 << 20;
 
-fn endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint, NetError> {
-    let mut cfg = quinn::EndpointConfig::default();
+/// A server endpoint whose restarted process can reset its predecessor's connections, which
+/// peers would otherwise wait out until their idle timeout (5 s). For that, the new process must
+/// recognise the old connection ids as its own (their keyed hash) and sign the reset with the
+/// same key; by default both keys are random per process.
+fn restartable(secret: &[u8; 32]) -> quinn::EndpointConfig {
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret)));
+    let cid_key = u64::from_le_bytes(blake3::derive_key("tessera 2026-12 QUIC connection id key", secret)[..8].try_into().unwrap());
+    cfg.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    cfg
+}
+
+fn endpoint(bind: SocketAddr, server: Option<(quinn::ServerConfig, [u8; 32])>) -> Result<quinn::Endpoint, NetError> {
+    let (server, mut cfg) = match server {
+        Some((s, secret)) => (Some(s), restartable(&secret)),
+        None => (None, quinn::EndpointConfig::default()),
+    };
     cfg.max_udp_payload_size(MAX_UDP_PAYLOAD).expect("within quinn's bounds");
     let socket = std::net::UdpSocket::bind(bind).map_err(NetError::Endpoint)?;
     let sock = socket2::SockRef::from(&socket);
@@ -102,7 +117,7 @@ pub fn server_endpoint(certs: &NodeCerts, listen: SocketAddr) -> Result<quinn::E
     let crypto = QuicServerConfig::try_from(certs.server_config()?).map_err(|e| TlsError::Config(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(transport());
-    let mut ep = endpoint(listen, Some(cfg))?;
+    let mut ep = endpoint(listen, Some((cfg, certs.reset_secret())))?;
     ep.set_default_client_config(client_config(certs)?);
     Ok(ep)
 }
@@ -142,6 +157,8 @@ pub async fn serve<S: Service>(ep: quinn::Endpoint, svc: Arc<S>, mut shutdown: w
         });
     }
     ep.close(0u32.into(), b"shutdown");
+    // Let the close frames go out, so that peers reconnect now instead of at their idle timeout.
+    let _ = tokio::time::timeout(Duration::from_millis(200), ep.wait_idle()).await;
 }
 
 async fn serve_conn<S: Service>(conn: quinn::Connection, svc: Arc<S>) {
@@ -248,10 +265,16 @@ pub struct RpcClient {
     /// When a connection attempt last failed: callers in the next `RETRY_AFTER` fail at once
     /// instead of queueing behind another timeout to a server that is down.
     failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    retry_after: Duration,
 }
 
-/// How long a failed connection attempt makes further calls fail fast.
+/// How long a failed connection attempt makes further calls fail fast (by default).
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// A handshake that gets no answer is retransmitted after 1 s, 3 s and 7 s (QUIC's backoff):
+/// a server that came back meanwhile would be found only then. So a new handshake starts
+/// every half second until one finishes.
+const HANDSHAKE_AGAIN: Duration = Duration::from_millis(500);
 
 impl RpcClient {
     /// `expect`: the role the server at `addr` must have (chunk or meta).
@@ -266,12 +289,20 @@ impl RpcClient {
             timeout,
             connect_timeout: Duration::from_secs(5),
             failed_at: std::sync::Mutex::new(None),
+            retry_after: RETRY_AFTER,
         }
     }
 
     /// Give up on connecting after `t` (default 5 s).
     pub fn with_connect_timeout(mut self, t: Duration) -> Self {
         self.connect_timeout = t;
+        self
+    }
+
+    /// After a failed connection attempt, fail calls at once for `t` (default 2 s); zero for
+    /// callers that pace their own retries and would rather queue behind the next attempt.
+    pub fn with_retry_after(mut self, t: Duration) -> Self {
+        self.retry_after = t;
         self
     }
 
@@ -287,16 +318,12 @@ impl RpcClient {
             }
         }
         let err = |reason: String| NetError::Connect { addr: self.addr.clone(), reason };
-        if self.failed_at.lock().unwrap().is_some_and(|t| t.elapsed() < RETRY_AFTER) {
+        if self.failed_at.lock().unwrap().is_some_and(|t| t.elapsed() < self.retry_after) {
             return Err(err("unreachable a moment ago; not retrying yet".into()));
         }
         let r = async {
             let sock = resolve(&self.addr).await?;
-            let connecting = self.ep.connect(sock, host_of(&self.addr)).map_err(|e| err(e.to_string()))?;
-            let conn = tokio::time::timeout(self.connect_timeout, connecting)
-                .await
-                .map_err(|_| err(format!("no answer within {}s (is the server running?)", self.connect_timeout.as_secs())))?
-                .map_err(|e| err(describe_conn_error(&e)))?;
+            let conn = self.handshake(sock).await?;
             // The CA vouches for the name and role, not for being the server we want: a chunk
             // certificate must not answer as the metadata server, nor a client as a chunk server.
             match peer_identity(&conn) {
@@ -316,6 +343,25 @@ impl RpcClient {
         let conn = r?;
         *g = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Connect within `connect_timeout`, starting a new handshake every [`HANDSHAKE_AGAIN`]
+    /// while none has finished (the earlier ones keep going, for a slow link).
+    async fn handshake(&self, sock: SocketAddr) -> Result<quinn::Connection, NetError> {
+        let err = |reason: String| NetError::Connect { addr: self.addr.clone(), reason };
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let mut attempts = futures::stream::FuturesUnordered::new();
+        loop {
+            attempts.push(self.ep.connect(sock, host_of(&self.addr)).map_err(|e| err(e.to_string()))?);
+            let again = (tokio::time::Instant::now() + HANDSHAKE_AGAIN).min(deadline);
+            tokio::select! {
+                Some(r) = attempts.next() => return r.map_err(|e| err(describe_conn_error(&e))),
+                _ = tokio::time::sleep_until(again) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(err(format!("no answer within {}s (is the server running?)", self.connect_timeout.as_secs())));
+            }
+        }
     }
 
     /// Send one request and wait for its answer.

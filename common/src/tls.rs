@@ -188,6 +188,14 @@ impl NodeCerts {
         Ok(roots)
     }
 
+    /// A secret that stays the same across restarts of this node, for QUIC stateless resets:
+    /// a node restarted after a crash can then tell its peers at once that their connections
+    /// to the old process are gone, instead of leaving them to time out (5 s). Derived from
+    /// the private key, so it is as secret as the key and needs no file of its own.
+    pub fn reset_secret(&self) -> [u8; 32] {
+        blake3::derive_key("tessera 2026-12 QUIC stateless reset key", self.key.secret_der())
+    }
+
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
         let provider = provider();
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())

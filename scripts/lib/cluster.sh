@@ -104,13 +104,15 @@ signal_node() {
   is_running "$node" || return 1
   kill "-$sig" "$(pid_of "$node")"
 }
-# Wait until a node's process is gone (at most $2 seconds).
+# Wait until a node's process is gone (at most $2 seconds). A zombie counts as gone: it has
+# exited and let go of its ports; its reaper (PID 1) may take seconds to collect it.
 wait_gone() {
   local node=$1 secs=${2:-10} pid; pid=$(pid_of "$node")
   [[ -z "$pid" ]] && return 0
-  local i
+  local i state
   for ((i = 0; i < secs * 10; i++)); do
-    [[ -d /proc/$pid ]] || return 0
+    state=$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || return 0
+    [[ -z "$state" || "$state" == Z ]] && return 0
     sleep 0.1
   done
   return 1

@@ -675,16 +675,28 @@ impl ManualCluster {
         }
     }
 
-    /// `tessera status --meta ADDR --certs CERTS --json` (15 s deadline).
+    /// `tessera status --meta ADDR --certs CERTS --json` (30 s deadline).
     pub fn status_output(&self, certs: &Path) -> Output {
+        self.tessera(&["status", "--json"], certs)
+    }
+
+    /// `tessera ARGS --meta ADDR --certs CERTS` (30 s deadline).
+    pub fn tessera(&self, args: &[&str], certs: &Path) -> Output {
         run_timeout(
             Command::new(bin("tessera"))
-                .args(["status", "--json", "--meta", &self.meta_addr, "--certs"])
+                .args(args)
+                .args(["--meta", &self.meta_addr, "--certs"])
                 .arg(certs)
                 .env_remove("TESSERA_META")
                 .env_remove("TESSERA_CERTS"),
             Duration::from_secs(30),
         )
+    }
+
+    /// `tessera fsck` reports nothing wrong (the end of every end-to-end test).
+    pub fn assert_fsck_clean(&self) {
+        let out = self.tessera(&["fsck"], &self.admin);
+        assert!(out.status.success(), "fsck: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
 }
 

@@ -45,9 +45,17 @@ impl Stall {
         let t = Instant::now();
         let r = f();
         let ms = t.elapsed().as_millis();
-        if ms > self.ms {
-            self.ms = ms;
-            self.what = what();
+        if ms >= 1000 || ms > self.ms {
+            let what = what();
+            if ms >= 1000 {
+                // With the wall clock, to be matched with the faults' log.
+                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                eprintln!("chaos-load: slow call: {what} took {ms} ms, ended at {:.3}", at.as_secs_f64());
+            }
+            if ms > self.ms {
+                self.ms = ms;
+                self.what = what;
+            }
         }
         r
     }
