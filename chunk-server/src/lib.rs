@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use store::{BlockStore, ChunkError};
 use tessera_common::metalink::MetaLink;
+use tessera_common::metrics::{Metrics, RpcMetrics, Samples};
 use tessera_common::net::{self, Service};
 use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
 use tessera_common::proto::meta::{ChunkLoad, MetaRequest, MetaResponse};
@@ -46,6 +47,8 @@ pub struct ChunkConfig {
     pub scrub_rate: f64,
     /// Time between background scrub passes.
     pub scrub_interval: Duration,
+    /// Serve Prometheus metrics on this TCP address (plain HTTP), if set.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl From<ChunkError> for WireError {
@@ -65,6 +68,7 @@ struct ChunkService {
     node_id: u64,
     scrubber: Arc<scrub::Scrubber>,
     space: Arc<Space>,
+    rpc_metrics: Option<Arc<RpcMetrics>>,
 }
 
 /// Free space. The headroom is the smaller of the data disk's free space and what is left of
@@ -118,6 +122,9 @@ fn admin_only(peer: &Identity, what: &str) -> Result<(), WireError> {
 impl Service for ChunkService {
     type Req = ChunkRequest;
     type Resp = ChunkResponse;
+    fn metrics(&self) -> Option<&RpcMetrics> {
+        self.rpc_metrics.as_deref()
+    }
 
     async fn handle(self: Arc<Self>, peer: Arc<Identity>, req: ChunkRequest, payload: Vec<u8>) -> (ChunkResponse, Vec<u8>) {
         let store = self.store.clone();
@@ -261,7 +268,20 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
         running: Default::default(),
         worker: workers.add("scrub"),
     });
-    let svc = Arc::new(ChunkService { store: store.clone(), node_id, scrubber: scrubber.clone(), space: space.clone() });
+    let repair_sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let rpc_metrics = match cfg.metrics {
+        Some(at) => {
+            let m = Metrics::new();
+            let rpc = RpcMetrics::new(&m);
+            let shown = Shown { store: store.clone(), space: space.clone(), capacity, pending: pending.clone(), repair_sent: repair_sent.clone(), workers: workers.clone() };
+            m.register_scrape(move |s| shown.sample(s));
+            let bound = tessera_common::metrics::serve(at, m).await.with_context(|| format!("--metrics {at}: cannot listen"))?;
+            info!(%bound, "metrics on http://{bound}/metrics");
+            Some(rpc)
+        }
+        None => None,
+    };
+    let svc = Arc::new(ChunkService { store: store.clone(), node_id, scrubber: scrubber.clone(), space: space.clone(), rpc_metrics });
     let scrub_task = worker::spawn(scrubber.worker.clone(), Schedule::every(cfg.scrub_interval), shutdown.clone(), move || {
         let s = scrubber.clone();
         async move { s.scrub().await }
@@ -273,7 +293,7 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
         peers,
         rate: repair::RateLimiter::new(cfg.repair_rate),
         pending: pending.clone(),
-        sent: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        sent: repair_sent,
         worker: workers.add("repair"),
     });
     // A scan every interval, and at once when the ring changes (a server joined, left, filled).
@@ -308,6 +328,32 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
         scrub_task.abort();
     });
     Ok(ChunkServer { addr, node_id, task })
+}
+
+/// What a chunk server shows on `--metrics` (docs/metrics.md), besides the requests and
+/// connections that `common::net` counts.
+struct Shown {
+    store: Arc<BlockStore>,
+    space: Arc<Space>,
+    capacity: u64,
+    pending: Arc<std::sync::atomic::AtomicU64>,
+    repair_sent: Arc<std::sync::atomic::AtomicU64>,
+    workers: Arc<Workers>,
+}
+
+impl Shown {
+    fn sample(&self, s: &mut Samples) {
+        let used = self.store.used();
+        let (headroom, full) = self.space.state(used);
+        s.gauge("chunk_blocks", "Blocks stored on this server", &[], self.store.count() as i64);
+        s.gauge("chunk_used_bytes", "Bytes of the blocks stored on this server", &[], used as i64);
+        s.gauge("chunk_capacity_bytes", "Bytes this server offers (--capacity, or its disk's size)", &[], self.capacity as i64);
+        s.gauge("chunk_free_bytes", "Bytes this server still takes above its reserve", &[], headroom.saturating_sub(self.space.reserve) as i64);
+        s.gauge("chunk_full", "1 while the server is below its space reserve (takes no new blocks)", &[], full as i64);
+        s.gauge("chunk_repair_pending_copies", "Copies the last repair scan found missing elsewhere and has not yet sent", &[], self.pending.load(Ordering::Relaxed) as i64);
+        s.counter("chunk_repair_sent_bytes", "Bytes of copies sent to other servers by repair", &[], self.repair_sent.load(Ordering::Relaxed));
+        self.workers.sample(s);
+    }
 }
 
 struct Heartbeat {

@@ -50,6 +50,10 @@ struct Args {
     /// Address other nodes reach this server at (default: the listen address).
     #[arg(long, env = "TESSERA_ADVERTISE")]
     advertise: Option<String>,
+    /// Serve Prometheus metrics on this TCP address, plain HTTP (`GET /metrics`); off unless
+    /// set. Use a loopback or private address: the page is not authenticated.
+    #[arg(long, env = "TESSERA_METRICS", value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -63,7 +67,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let cfg = ChunkConfig { data_dir: a.data_dir, listen: a.listen, advertise: a.advertise, meta, certs: a.certs, zone: a.zone, capacity: a.capacity, reserve: a.reserve, heartbeat: Duration::from_secs(1), repair_rate: a.repair_rate, scan_interval: Duration::from_secs(a.scan_interval.max(1)), scrub_rate: a.scrub_rate, scrub_interval: Duration::from_secs_f64((a.scrub_interval_hours * 3600.0).max(1.0)) };
+    let cfg = ChunkConfig { data_dir: a.data_dir, listen: a.listen, advertise: a.advertise, meta, certs: a.certs, zone: a.zone, capacity: a.capacity, reserve: a.reserve, heartbeat: Duration::from_secs(1), repair_rate: a.repair_rate, scan_interval: Duration::from_secs(a.scan_interval.max(1)), scrub_rate: a.scrub_rate, scrub_interval: Duration::from_secs_f64((a.scrub_interval_hours * 3600.0).max(1.0)), metrics: a.metrics };
     if !(cfg.repair_rate > 0.0 && cfg.scrub_rate > 0.0 && a.scrub_interval_hours > 0.0) {
         eprintln!("tessera-chunk: --repair-rate, --scrub-rate and --scrub-interval-hours must be positive numbers");
         std::process::exit(2);

@@ -2,6 +2,7 @@
 //! and single-flight fetches.
 
 use crate::error::{FsError, FsResult};
+use crate::metrics::MountMetrics;
 use crate::room::Room;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -34,6 +35,8 @@ pub struct Blocks {
     suspects: Suspects,
     /// Whether the cluster can take more (fed by put answers here, by `statfs` in `Fs`).
     pub room: Room,
+    /// The mount's counts (`--metrics`): kept here, where most of them happen.
+    pub metrics: Arc<MountMetrics>,
 }
 
 /// Blocks at least this large are offered with a "has" before they are sent.
@@ -73,6 +76,7 @@ impl Blocks {
             put_latency: Latency::default(),
             suspects: Suspects::default(),
             room: Room::default(),
+            metrics: Arc::default(),
         })
     }
 
@@ -139,6 +143,8 @@ impl Blocks {
     /// `NoSpace` (ENOSPC), not EIO.
     pub async fn put(self: &Arc<Self>, id: BlockId, data: Arc<Vec<u8>>) -> FsResult<()> {
         let t = Instant::now();
+        self.metrics.block_puts.inc();
+        self.metrics.put_bytes.inc_by(data.len() as u64);
         let r = self.put_replicas(id, data.clone()).await;
         tracing::trace!(elapsed_us = t.elapsed().as_micros() as u64, block = %id.short(), len = data.len(), ok = r.is_ok(), "block put");
         r
@@ -266,6 +272,7 @@ impl Blocks {
         if data.len() >= DEDUP_CHECK_MIN {
             if let Ok((ChunkResponse::Has(h), _)) = c.call::<_, ChunkResponse>(&ChunkRequest::Has { ids: vec![id], touch: true }, &[]).await {
                 if h.first() == Some(&true) {
+                    self.metrics.copies_deduplicated.inc();
                     return Ok(());
                 }
             }
@@ -288,6 +295,7 @@ impl Blocks {
     /// Fetch a verified block: cache, then one fetch shared by all concurrent readers.
     pub async fn get(self: &Arc<Self>, id: BlockId) -> FsResult<Arc<Vec<u8>>> {
         if let Some(d) = self.cache.lock().unwrap().get(&id) {
+            self.metrics.block_cache_hits.inc();
             return Ok(d.clone());
         }
         let fut = {
@@ -355,6 +363,8 @@ impl Blocks {
             match ev {
                 Some((_, Ok(data), took)) => {
                     self.get_latency.observe(took);
+                    self.metrics.block_fetches.inc();
+                    self.metrics.fetched_bytes.inc_by(data.len() as u64);
                     return Ok(Arc::new(data));
                 }
                 Some((_, Err(e), _)) => last = e,

@@ -20,6 +20,18 @@ pub struct DevOptions {
     pub gc_grace: u64,
     /// Seconds a mount's session lives without a heartbeat.
     pub session_lease: u64,
+    /// Metrics of the metadata server on this address, of chunk server i on its port + i, of
+    /// the mount on its port + N + 1.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// The `--metrics` address of the `k`th process of a dev cluster (0: the metadata server).
+fn metrics_at(base: Option<std::net::SocketAddr>, k: usize) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(mut a) = base else { return Ok(None) };
+    let port = (a.port() as usize).checked_add(k).filter(|p| *p <= u16::MAX as usize && a.port() != 0);
+    let Some(port) = port else { bail!("--metrics {a}: needs a fixed port with room for {k} more after it") };
+    a.set_port(port as u16);
+    Ok(Some(a))
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -64,6 +76,7 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
             gc_grace: Duration::from_secs(o.gc_grace),
             gc_interval: Duration::from_secs(o.gc_grace.clamp(1, 600)),
             session_lease: Duration::from_secs(o.session_lease),
+            metrics: metrics_at(o.metrics, 0)?,
             ..Default::default()
         },
         stop_rx.clone(),
@@ -88,6 +101,7 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
                 scan_interval: Duration::from_secs(10),
                 scrub_rate: 50.0,
                 scrub_interval: Duration::from_secs(24 * 3600),
+                metrics: metrics_at(o.metrics, i)?,
             },
             stop_rx.clone(),
         )
@@ -103,6 +117,9 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
 
     let client = NodeCerts::load(&certs.join("client"))?;
     let fs = mount::connect(&client, std::slice::from_ref(&meta_addr)).await?;
+    if let Some(at) = metrics_at(o.metrics, o.chunk_servers + 1)? {
+        mount::serve_metrics(&fs, at).await?;
+    }
     let mounted = mount::mount(fs, &mountpoint, "tessera", &[], tokio::runtime::Handle::current())?;
     println!(
         "tessera dev: mounted at {} (metadata {}, {} chunk servers, {} replicas)\n\

@@ -266,7 +266,11 @@ impl Fs {
         };
         let (r, l) = tokio::join!(registered, loaded);
         match r.and(l) {
-            Ok(keep_cache) => Ok((self.new_handle(f), keep_cache)),
+            Ok(keep_cache) => {
+                let m = &self.blocks.metrics;
+                if keep_cache { m.pages_kept.inc() } else { m.pages_dropped.inc() };
+                Ok((self.new_handle(f), keep_cache))
+            }
             Err(e) => {
                 self.drop_open(&f).await;
                 Err(e)

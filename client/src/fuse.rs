@@ -40,11 +40,17 @@ impl FuseFs {
         self.notifier.clone()
     }
 
-    fn spawn<F>(&self, f: F)
+    /// Answer a call from a task, counting it under `op` with its time (`--metrics`).
+    fn spawn<F>(&self, op: &'static str, f: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(f);
+        let m = self.fs.blocks.metrics.clone();
+        self.rt.spawn(async move {
+            let t = std::time::Instant::now();
+            f.await;
+            m.fuse.observe(op, t.elapsed());
+        });
     }
 }
 
@@ -147,7 +153,7 @@ impl Filesystem for FuseFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
-        self.spawn(async move {
+        self.spawn("lookup", async move {
             match fs.lookup(parent.0, &name).await {
                 Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
@@ -157,7 +163,7 @@ impl Filesystem for FuseFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn("getattr", async move {
             match fs.getattr(ino.0).await {
                 Ok(a) => reply.attr(&TTL, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
@@ -185,7 +191,7 @@ impl Filesystem for FuseFs {
     ) {
         let fs = self.fs.clone();
         let attr = SetAttr { mode, uid, gid, size, atime: set_time(atime), mtime: set_time(mtime) };
-        self.spawn(async move {
+        self.spawn("setattr", async move {
             match fs.setattr(ino.0, attr).await {
                 Ok(a) => reply.attr(&TTL, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
@@ -195,7 +201,7 @@ impl Filesystem for FuseFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn("readlink", async move {
             match fs.readlink(ino.0).await {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(errno(&e)),
@@ -209,7 +215,7 @@ impl Filesystem for FuseFs {
         };
         let (fs, name, uid, gid) = (self.fs.clone(), name.as_bytes().to_vec(), req.uid(), req.gid());
         let (perm, umask) = ((mode & 0o7777) as u16, (umask & 0o777) as u16);
-        self.spawn(async move {
+        self.spawn("mknod", async move {
             match fs.create(parent.0, &name, k, perm, umask, uid, gid, rdev, None).await {
                 Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
@@ -220,7 +226,7 @@ impl Filesystem for FuseFs {
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let (fs, name, uid, gid) = (self.fs.clone(), name.as_bytes().to_vec(), req.uid(), req.gid());
         let (perm, umask) = ((mode & 0o7777) as u16, (umask & 0o777) as u16);
-        self.spawn(async move {
+        self.spawn("mkdir", async move {
             match fs.create(parent.0, &name, FileKind::Dir, perm, umask, uid, gid, 0, None).await {
                 Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
@@ -230,7 +236,7 @@ impl Filesystem for FuseFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
-        self.spawn(async move {
+        self.spawn("unlink", async move {
             match fs.unlink(parent.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -240,7 +246,7 @@ impl Filesystem for FuseFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
-        self.spawn(async move {
+        self.spawn("rmdir", async move {
             match fs.rmdir(parent.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -251,7 +257,7 @@ impl Filesystem for FuseFs {
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let (fs, name, uid, gid) = (self.fs.clone(), link_name.as_bytes().to_vec(), req.uid(), req.gid());
         let target = target.as_os_str().as_bytes().to_vec();
-        self.spawn(async move {
+        self.spawn("symlink", async move {
             match fs.create(parent.0, &name, FileKind::Symlink, 0o777, 0, uid, gid, 0, Some(target)).await {
                 Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
@@ -261,7 +267,7 @@ impl Filesystem for FuseFs {
 
     fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
         let (fs, name, newname) = (self.fs.clone(), name.as_bytes().to_vec(), newname.as_bytes().to_vec());
-        self.spawn(async move {
+        self.spawn("rename", async move {
             match fs.rename(parent.0, &name, newparent.0, &newname, flags.bits()).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -271,7 +277,7 @@ impl Filesystem for FuseFs {
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let (fs, newname) = (self.fs.clone(), newname.as_bytes().to_vec());
-        self.spawn(async move {
+        self.spawn("link", async move {
             match fs.link(ino.0, newparent.0, &newname).await {
                 Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
@@ -284,7 +290,7 @@ impl Filesystem for FuseFs {
     /// new size is seen at once, not after the TTL.
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let (fs, notifier) = (self.fs.clone(), self.notifier.clone());
-        self.spawn(async move {
+        self.spawn("open", async move {
             match fs.open(ino.0).await {
                 Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
                 Ok((fh, false)) => {
@@ -302,9 +308,12 @@ impl Filesystem for FuseFs {
 
     fn read(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn("read", async move {
             match fs.read(fh.0, offset, size).await {
-                Ok(d) => reply.data(&d),
+                Ok(d) => {
+                    fs.blocks.metrics.read_bytes.inc_by(d.len() as u64);
+                    reply.data(&d)
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -323,9 +332,12 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         let (fs, data) = (self.fs.clone(), data.to_vec());
-        self.spawn(async move {
+        self.spawn("write", async move {
             match fs.write(fh.0, offset, &data).await {
-                Ok(n) => reply.written(n),
+                Ok(n) => {
+                    fs.blocks.metrics.written_bytes.inc_by(n as u64);
+                    reply.written(n)
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -334,7 +346,7 @@ impl Filesystem for FuseFs {
     /// Each close(2): POSIX drops every `fcntl` lock the closing process holds on the file.
     fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, lock: LockOwner, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn("flush", async move {
             let unlocked = fs.locks.release_owner(&fs.meta, ino.0, lock.0).await;
             match fs.flush(fh.0).await.and(unlocked) {
                 Ok(()) => reply.ok(),
@@ -347,7 +359,7 @@ impl Filesystem for FuseFs {
     /// the inode's last handle on this mount, every lock of this mount on it (`Close`).
     fn release(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn("release", async move {
             if let Some(owner) = lock {
                 if let Err(e) = fs.locks.release_owner(&fs.meta, ino.0, owner.0).await {
                     tracing::warn!(ino = ino.0, "releasing a flock at close failed: {e}");
@@ -362,7 +374,7 @@ impl Filesystem for FuseFs {
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn("fsync", async move {
             match fs.flush(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -376,7 +388,7 @@ impl Filesystem for FuseFs {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn("readdir", async move {
             // Offsets: 1 is ".", 2 is "..", then each entry's stable cookie.
             if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
                 return reply.ok();
@@ -411,7 +423,7 @@ impl Filesystem for FuseFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn("statfs", async move {
             match fs.statfs().await {
                 Ok(s) => {
                     let bsize = 4096u64;
@@ -433,7 +445,7 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
         }
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn("fallocate", async move {
             let r = async {
                 let end = offset.checked_add(length).ok_or(FsError::Errno(libc::EFBIG))?;
                 match mode {
@@ -464,7 +476,7 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::from_i32(libc::ENXIO));
         };
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn("lseek", async move {
             match fs.seek_hole_or_data(fh.0, offset, data).await {
                 Ok(p) => reply.offset(p as i64),
                 Err(e) => reply.error(errno(&e)),
@@ -492,7 +504,7 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::from_i32(libc::EINVAL));
         }
         let (fs, notifier) = (self.fs.clone(), self.notifier.clone());
-        self.spawn(async move {
+        self.spawn("copy_file_range", async move {
             match fs.copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len).await {
                 Ok(n) => {
                     if let (Some(nt), true) = (notifier.get().cloned(), n > 0) {
@@ -508,7 +520,7 @@ impl Filesystem for FuseFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
         let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
-        self.spawn(async move {
+        self.spawn("getxattr", async move {
             let r = async { xattr::fit(fs.get_xattr(ino.0, &name).await?, size) };
             reply_xattr(r.await, reply);
         });
@@ -516,7 +528,7 @@ impl Filesystem for FuseFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn("listxattr", async move {
             let r = async { xattr::fit(xattr::name_list(&fs.list_xattr(ino.0).await?), size) };
             reply_xattr(r.await, reply);
         });
@@ -524,7 +536,7 @@ impl Filesystem for FuseFs {
 
     fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
         let (fs, name, value) = (self.fs.clone(), name.as_bytes().to_vec(), value.to_vec());
-        self.spawn(async move {
+        self.spawn("setxattr", async move {
             match fs.set_xattr(ino.0, &name, &value, flags as u32).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -534,7 +546,7 @@ impl Filesystem for FuseFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
-        self.spawn(async move {
+        self.spawn("removexattr", async move {
             match fs.remove_xattr(ino.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -544,7 +556,7 @@ impl Filesystem for FuseFs {
 
     fn getlk(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32, reply: ReplyLock) {
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn("getlk", async move {
             let r = async { fs.locks.get(&fs.meta, ino.0, crate::locks::spec(lock_owner.0, start, end, typ, pid)?).await }.await;
             match r {
                 Ok(h) => {
@@ -560,7 +572,7 @@ impl Filesystem for FuseFs {
     /// FUSE thread.
     fn setlk(&self, req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32, sleep: bool, reply: ReplyEmpty) {
         let (fs, tid) = (self.fs.clone(), req.pid());
-        self.spawn(async move {
+        self.spawn("setlk", async move {
             let r = async { fs.locks.set(&fs.meta, ino.0, crate::locks::spec(lock_owner.0, start, end, typ, pid)?, sleep, tid).await }.await;
             match r {
                 Ok(()) => reply.ok(),
@@ -577,7 +589,7 @@ impl Filesystem for FuseFs {
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
         let (fs, name, uid, gid) = (self.fs.clone(), name.as_bytes().to_vec(), req.uid(), req.gid());
         let (perm, umask) = ((mode & 0o7777) as u16, (umask & 0o777) as u16);
-        self.spawn(async move {
+        self.spawn("create", async move {
             let r = async {
                 let a = fs.create(parent.0, &name, FileKind::File, perm, umask, uid, gid, 0, None).await?;
                 let fh = fs.open_new(a.ino).await?;

@@ -12,6 +12,7 @@ pub mod fsck;
 pub mod fuse;
 pub mod locks;
 pub mod meta;
+pub mod metrics;
 pub mod mount;
 pub mod open_table;
 pub mod xattr;

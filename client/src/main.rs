@@ -38,6 +38,10 @@ enum Cmd {
         /// Stay in the foreground (default: detach once mounted).
         #[arg(long, env = "TESSERA_FOREGROUND")]
         foreground: bool,
+        /// Serve the mount's Prometheus metrics on this TCP address, plain HTTP (`GET
+        /// /metrics`); off unless set. Use a loopback or private address.
+        #[arg(long, env = "TESSERA_METRICS", value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Run a local cluster (metadata server + chunk servers) and mount it, until Ctrl-C.
     Dev {
@@ -58,6 +62,10 @@ enum Cmd {
         /// and open files are released.
         #[arg(long, env = "TESSERA_DEV_SESSION_LEASE", default_value_t = 30)]
         session_lease: u64,
+        /// Serve Prometheus metrics from ADDR:PORT on: the metadata server there, chunk server
+        /// i on PORT+i, the mount on PORT+N+1 (plain HTTP, `GET /metrics`; off unless set).
+        #[arg(long, env = "TESSERA_DEV_METRICS", value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Show the cluster: servers, capacity, blocks, replication health.
     Status {
@@ -280,10 +288,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Dev { mountpoint, data_dir, chunk_servers, replicas, gc_grace, session_lease } => {
-            runtime()?.block_on(dev::run(dev::DevOptions { mountpoint, data_dir, chunk_servers, replicas, gc_grace, session_lease }))
+        Cmd::Dev { mountpoint, data_dir, chunk_servers, replicas, gc_grace, session_lease, metrics } => {
+            runtime()?.block_on(dev::run(dev::DevOptions { mountpoint, data_dir, chunk_servers, replicas, gc_grace, session_lease, metrics }))
         }
-        Cmd::Mount { meta: source, certs, mountpoint, options, foreground } => {
+        Cmd::Mount { meta: source, certs, mountpoint, options, foreground, metrics } => {
             let meta = meta_list(&source)?;
             let mp = mount::check_mountpoint(&mountpoint)?;
             let certs_b = NodeCerts::load(&certs)?;
@@ -293,6 +301,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = runtime()?;
             rt.block_on(async {
                 let fs = mount::connect(&certs_b, &meta).await?;
+                if let Some(at) = metrics {
+                    mount::serve_metrics(&fs, at).await?;
+                }
                 let m = mount::mount(fs, &mp, &source, &options, tokio::runtime::Handle::current())?;
                 m.run_until_signal().await
             })

@@ -137,6 +137,15 @@ pub struct Mounted {
 }
 
 /// Mount `fs` at `mountpoint` as `source` (the metadata addresses); requests are served on `rt`.
+/// Serve the mount's metrics on `at` (`--metrics`); a taken or bad address is an error.
+pub async fn serve_metrics(fs: &Fs, at: std::net::SocketAddr) -> anyhow::Result<std::net::SocketAddr> {
+    let reg = tessera_common::metrics::Metrics::new();
+    fs.blocks.metrics.register(&reg);
+    let bound = tessera_common::metrics::serve(at, reg).await.with_context(|| format!("--metrics {at}: cannot listen"))?;
+    tracing::info!(%bound, "metrics on http://{bound}/metrics");
+    Ok(bound)
+}
+
 pub fn mount(fs: Arc<Fs>, mountpoint: &Path, source: &str, opts: &[String], rt: tokio::runtime::Handle) -> anyhow::Result<Mounted> {
     let mut cfg = Config::default();
     cfg.mount_options = mount_options(opts, source)?;

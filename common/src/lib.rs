@@ -7,6 +7,7 @@ pub mod config;
 pub mod durable;
 pub mod error;
 pub mod metalink;
+pub mod metrics;
 pub mod names;
 pub mod net;
 pub mod notify;

@@ -1,6 +1,7 @@
 //! QUIC endpoints, the request/response server loop and a cached-connection RPC client.
 
 use crate::proto::{encode_head, read_frame, read_frame_body, read_frame_lens, write_frame, write_head, FrameError, CLOSE_FORBIDDEN, CLOSE_PROTOCOL_ERROR, MAX_HEADER, MAX_PAYLOAD};
+use crate::metrics::{OpName, RpcMetrics};
 use crate::tls::{identity_of, Identity, NodeCerts, Role, TlsError};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{de::DeserializeOwned, Serialize};
@@ -131,8 +132,12 @@ pub fn client_endpoint(certs: &NodeCerts) -> Result<quinn::Endpoint, NetError> {
 
 /// A request handler. One call per stream; the payload rides outside the header.
 pub trait Service: Send + Sync + 'static {
-    type Req: DeserializeOwned + Send + std::fmt::Debug;
+    type Req: DeserializeOwned + Send + std::fmt::Debug + OpName;
     type Resp: Serialize + Send + Sync;
+    /// Where requests and connections are counted (`--metrics`), if anywhere.
+    fn metrics(&self) -> Option<&RpcMetrics> {
+        None
+    }
     /// Refuse a peer before it sends anything (wrong role for this server at all).
     fn admit(&self, _peer: &Identity) -> bool {
         true
@@ -151,8 +156,22 @@ pub async fn serve<S: Service>(ep: quinn::Endpoint, svc: Arc<S>, mut shutdown: w
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => serve_conn(conn, svc).instrument(info_span!("conn", peer = %remote)).await,
-                Err(e) => debug!(peer = %remote, "handshake failed: {e}"),
+                Ok(conn) => {
+                    if let Some(m) = svc.metrics() {
+                        m.accepted.inc();
+                        m.connections.inc();
+                    }
+                    serve_conn(conn, svc.clone()).instrument(info_span!("conn", peer = %remote)).await;
+                    if let Some(m) = svc.metrics() {
+                        m.connections.dec();
+                    }
+                }
+                Err(e) => {
+                    if let Some(m) = svc.metrics() {
+                        m.handshake_failures.inc();
+                    }
+                    debug!(peer = %remote, "handshake failed: {e}")
+                }
             }
         });
     }
@@ -162,14 +181,21 @@ pub async fn serve<S: Service>(ep: quinn::Endpoint, svc: Arc<S>, mut shutdown: w
 }
 
 async fn serve_conn<S: Service>(conn: quinn::Connection, svc: Arc<S>) {
+    let refused = || {
+        if let Some(m) = svc.metrics() {
+            m.refused.inc();
+        }
+    };
     let peer = match peer_identity(&conn) {
         Ok(p) if svc.admit(&p) => Arc::new(Identity { addr: Some(conn.remote_address()), ..p }),
         Ok(p) => {
+            refused();
             warn!("refusing {} with role {}", p.name, p.role);
             conn.close(CLOSE_FORBIDDEN.into(), b"role not allowed here");
             return;
         }
         Err(e) => {
+            refused();
             warn!("refusing connection: {e}");
             conn.close(CLOSE_FORBIDDEN.into(), b"no usable identity");
             return;
@@ -193,16 +219,28 @@ async fn serve_conn<S: Service>(conn: quinn::Connection, svc: Arc<S>) {
             let (req, payload, admitted) = match read_request::<S::Req>(&mut recv, budget).await {
                 Ok(x) => x,
                 Err(e) => {
+                    if let Some(m) = svc.metrics() {
+                        m.protocol_errors.inc();
+                    }
                     warn!(peer = %peer.name, "protocol error, closing connection: {e}");
                     conn.close(CLOSE_PROTOCOL_ERROR.into(), e.to_string().as_bytes());
                     return;
                 }
             };
             debug!(peer = %peer.name, ?req, "request");
-            let (resp, out) = svc.handle(peer.clone(), req, payload).await;
+            let (op, received) = (req.op_name(), admitted.num_permits() as u64);
+            let t = std::time::Instant::now();
+            let (resp, out) = svc.clone().handle(peer.clone(), req, payload).await;
             drop(admitted);
+            if let Some(m) = svc.metrics() {
+                m.ops.observe(op, t.elapsed());
+                m.received_bytes.inc_by(received);
+            }
             match tokio::time::timeout(REPLY_TIMEOUT, write_frame(&mut send, &resp, &out)).await {
-                Ok(Ok(())) => {
+                Ok(Ok(sent)) => {
+                    if let Some(m) = svc.metrics() {
+                        m.sent_bytes.inc_by(sent as u64);
+                    }
                     let _ = send.finish();
                 }
                 Ok(Err(_)) => {}

@@ -7,6 +7,7 @@
 //! short by the shutdown signal, the server's task aborts it. A pass asked for on demand
 //! (`tessera gc --wait`) goes through the same [`Worker::run`], so it is counted in one place.
 
+use crate::metrics::Samples;
 use crate::proto::chunk::ScrubReport;
 use crate::proto::meta::{GcReport, WorkerStatus};
 use std::fmt::Display;
@@ -37,6 +38,21 @@ impl Workers {
     pub fn status(&self) -> Vec<WorkerStatus> {
         self.list.lock().unwrap().iter().map(|w| w.status()).collect()
     }
+
+    /// Every worker's passes, errors, state and totals, for `--metrics`.
+    pub fn sample(&self, s: &mut Samples) {
+        for w in self.list.lock().unwrap().iter() {
+            let i = w.inner.lock().unwrap();
+            let name = [("worker", w.name.as_str())];
+            s.counter("worker_passes", "Passes a background worker finished", &name, i.passes);
+            s.counter("worker_errors", "Passes of a background worker that failed", &name, i.errors);
+            s.gauge("worker_running", "Passes of a background worker under way now", &name, i.running as i64);
+            s.gauge("worker_last_pass_milliseconds", "How long a background worker's last pass took", &name, i.last_duration.as_millis() as i64);
+            for (what, n) in &i.tally {
+                s.counter("worker_items", "What background workers' passes did (item: copies_deleted, blocks_checked, ...)", &[("worker", w.name.as_str()), ("item", what)], *n);
+            }
+        }
+    }
 }
 
 pub struct Worker {
@@ -57,11 +73,17 @@ struct Inner {
     last_duration: Duration,
     last_error: Option<String>,
     progress: String,
+    /// Totals of the passes' [`Outcome::tally`], in the order first seen.
+    tally: Vec<(&'static str, u64)>,
 }
 
 /// What a pass tells about its success; a failed pass is counted and its error kept.
 pub trait Outcome {
     fn error(&self) -> Option<String>;
+    /// What the pass did, as counts to add to the worker's totals (`tessera_worker_items_total`).
+    fn tally(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 impl Outcome for () {
@@ -80,11 +102,17 @@ impl Outcome for GcReport {
     fn error(&self) -> Option<String> {
         (self.unreachable > 0).then(|| format!("{} server(s) could not be listed", self.unreachable))
     }
+    fn tally(&self) -> Vec<(&'static str, u64)> {
+        vec![("copies_scanned", self.scanned), ("copies_deleted", self.deleted)]
+    }
 }
 
 impl Outcome for ScrubReport {
     fn error(&self) -> Option<String> {
         (self.corrupt > self.repaired).then(|| format!("{} corrupt copies found no good copy elsewhere", self.corrupt - self.repaired))
+    }
+    fn tally(&self) -> Vec<(&'static str, u64)> {
+        vec![("blocks_checked", self.checked), ("bytes_checked", self.bytes), ("corrupt_found", self.corrupt), ("corrupt_repaired", self.repaired)]
     }
 }
 
@@ -126,6 +154,12 @@ impl Worker {
         let mut i = self.inner.lock().unwrap();
         i.passes += 1;
         i.last_duration = start.elapsed();
+        for (what, n) in out.tally() {
+            match i.tally.iter_mut().find(|t| t.0 == what) {
+                Some(t) => t.1 += n,
+                None => i.tally.push((what, n)),
+            }
+        }
         match out.error() {
             Some(e) => {
                 i.errors += 1;

@@ -27,6 +27,11 @@ impl Leases {
         Leases { lease, started: Instant::now(), seen: Mutex::new(HashMap::new()) }
     }
 
+    /// Sessions heard from within their lease.
+    pub fn live(&self) -> usize {
+        self.seen.lock().unwrap().values().filter(|s| s.at.elapsed() <= self.lease).count()
+    }
+
     /// `session` was heard from, at `addr`.
     pub fn touch(&self, session: u64, addr: Option<std::net::SocketAddr>) {
         let addr = addr.map(|a| a.to_string()).unwrap_or_default();

@@ -6,6 +6,7 @@ pub mod claims;
 pub mod gc;
 pub mod leases;
 pub mod membership;
+pub mod metrics;
 pub mod namespace;
 pub mod store;
 
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tessera_common::metrics::{Metrics, RpcMetrics};
 use tessera_common::net::{self, Service};
 use tessera_common::proto::meta::{BackupInfo, ClusterStatus, LockSpec, MetaRequest, MetaResponse, MountStatus, Mutation, StatFs};
 use tessera_common::tls::{Identity, NodeCerts, Role};
@@ -43,6 +45,8 @@ pub struct MetaConfig {
     pub session_lease: Duration,
     /// Start from this backup (`tessera meta backup`); the data directory must hold no database.
     pub restore: Option<PathBuf>,
+    /// Serve Prometheus metrics on this TCP address (plain HTTP), if set.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for MetaConfig {
@@ -61,6 +65,7 @@ impl Default for MetaConfig {
             gc_interval: Duration::from_secs(600),
             session_lease: Duration::from_secs(30),
             restore: None,
+            metrics: None,
         }
     }
 }
@@ -96,6 +101,7 @@ struct MetaService {
     backups: backup::Backups,
     /// Background workers, for `Status`.
     workers: Arc<Workers>,
+    rpc_metrics: Option<Arc<RpcMetrics>>,
 }
 
 fn ns_state(ns: &Namespace) -> String {
@@ -298,6 +304,9 @@ impl MetaService {
 impl Service for MetaService {
     type Req = MetaRequest;
     type Resp = MetaResponse;
+    fn metrics(&self) -> Option<&RpcMetrics> {
+        self.rpc_metrics.as_deref()
+    }
 
     async fn handle(self: Arc<Self>, peer: Arc<Identity>, req: MetaRequest, _payload: Vec<u8>) -> (MetaResponse, Vec<u8>) {
         if let MetaRequest::Gc { wait } = req {
@@ -388,7 +397,18 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
         leases: leases.clone(),
         lock_changes: lock_changes.clone(),
         backups,
-        workers,
+        workers: workers.clone(),
+        rpc_metrics: match cfg.metrics {
+            Some(at) => {
+                let m = Metrics::new();
+                let rpc = RpcMetrics::new(&m);
+                metrics::register(&m, ns.clone(), members.clone(), leases.clone(), workers.clone());
+                let bound = tessera_common::metrics::serve(at, m).await.with_context(|| format!("--metrics {at}: cannot listen"))?;
+                info!(%bound, "metrics on http://{bound}/metrics");
+                Some(rpc)
+            }
+            None => None,
+        },
     });
     // Leader duty: expire sessions whose lease ran out, a few times per lease.
     let tick = (cfg.session_lease / 4).min(Duration::from_secs(1));

@@ -51,6 +51,10 @@ struct Args {
     /// hold a database yet. A one-off action, so a command-line flag only (no file key).
     #[arg(long, value_name = "BACKUP_DIR")]
     restore: Option<PathBuf>,
+    /// Serve Prometheus metrics on this TCP address, plain HTTP (`GET /metrics`); off unless
+    /// set. Use a loopback or private address: the page is not authenticated.
+    #[arg(long, env = "TESSERA_METRICS", value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -70,6 +74,7 @@ async fn main() {
         gc_interval: Duration::from_secs(a.gc_interval.max(1)),
         session_lease: Duration::from_secs(a.session_lease),
         restore: a.restore,
+        metrics: a.metrics,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = match tessera_meta::start(cfg, rx).await {

@@ -106,6 +106,20 @@ struct SyncState {
 pub struct Store {
     db: DB,
     sync: (Mutex<SyncState>, Condvar),
+    /// WAL syncs done since open (each covers every write before it).
+    wal_syncs: std::sync::atomic::AtomicU64,
+}
+
+/// What `--metrics` shows of the store.
+pub struct StoreStats {
+    pub writes: u64,
+    pub wal_syncs: u64,
+    pub failed: bool,
+    /// RocksDB's own view: writes stopped or slowed by compaction debt, live data.
+    pub write_stopped: u64,
+    pub delayed_write_rate: u64,
+    pub live_data_bytes: u64,
+    pub running_compactions: u64,
 }
 
 impl Store {
@@ -125,7 +139,7 @@ impl Store {
             fail_next_sync: false,
         };
         let sync = (Mutex::new(state), Condvar::new());
-        Ok(Store { db, sync })
+        Ok(Store { db, sync, wal_syncs: Default::default() })
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -216,7 +230,10 @@ impl Store {
                 s = m.lock().unwrap();
                 s.syncing = false;
                 match r {
-                    Ok(()) => s.synced = s.synced.max(target),
+                    Ok(()) => {
+                        s.synced = s.synced.max(target);
+                        self.wal_syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Err(e) => {
                         let why = format!("WAL sync failed at {}: {e}", utc_now());
                         tracing::error!("{why}; the metadata server refuses every change until it is restarted");
@@ -227,6 +244,24 @@ impl Store {
                 continue;
             }
             s = cv.wait(s).unwrap();
+        }
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let (writes, failed) = {
+            let s = self.sync.0.lock().unwrap();
+            (s.written, s.failed.is_some())
+        };
+        let int = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        let live = Cf::ALL.iter().map(|c| self.db.property_int_value_cf(self.cf(*c), "rocksdb.estimate-live-data-size").ok().flatten().unwrap_or(0)).sum();
+        StoreStats {
+            writes,
+            wal_syncs: self.wal_syncs.load(std::sync::atomic::Ordering::Relaxed),
+            failed,
+            write_stopped: int("rocksdb.is-write-stopped"),
+            delayed_write_rate: int("rocksdb.actual-delayed-write-rate"),
+            live_data_bytes: live,
+            running_compactions: int("rocksdb.num-running-compactions"),
         }
     }
 

@@ -48,6 +48,12 @@ pub fn free_port() -> u16 {
     s.local_addr().unwrap().port()
 }
 
+/// A TCP port on 127.0.0.1 that nothing listens on (for `--metrics`).
+pub fn free_tcp_port() -> u16 {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a TCP socket on 127.0.0.1:0");
+    s.local_addr().unwrap().port()
+}
+
 /// True when something listens on UDP 127.0.0.1:`port` (our own bind there fails).
 pub fn udp_port_in_use(port: u16) -> bool {
     UdpSocket::bind(("127.0.0.1", port)).is_err()
@@ -525,6 +531,11 @@ pub fn cert_issue(ca_dir: &Path, node_dir: &Path, name: &str, role: &str) {
 
 /// Start `tessera-meta` on `127.0.0.1:port` and wait until it listens.
 pub fn start_meta(data_dir: &Path, port: u16, certs: &Path, replicas: u32, log: &Path) -> Proc {
+    start_meta_with(data_dir, port, certs, replicas, log, &[])
+}
+
+/// [`start_meta`] with more flags for `tessera-meta`.
+pub fn start_meta_with(data_dir: &Path, port: u16, certs: &Path, replicas: u32, log: &Path, extra: &[&str]) -> Proc {
     let mut p = Proc::spawn(
         "tessera-meta",
         Command::new(bin("tessera-meta"))
@@ -535,7 +546,8 @@ pub fn start_meta(data_dir: &Path, port: u16, certs: &Path, replicas: u32, log: 
             .arg("--certs")
             .arg(certs)
             .arg("--replicas")
-            .arg(replicas.to_string()),
+            .arg(replicas.to_string())
+            .args(extra),
         log,
     );
     let up = wait_for(Duration::from_secs(30), || {
@@ -577,6 +589,11 @@ pub fn start_chunk(data_dir: &Path, port: u16, meta: &str, certs: &Path, log: &P
 /// Start `tessera mount --meta META --certs CERTS MOUNTPOINT --foreground` and wait (up to 60 s)
 /// until the mount point is a FUSE mount.
 pub fn start_mount(meta: &str, certs: &Path, mountpoint: &Path, log: &Path) -> Proc {
+    start_mount_with(meta, certs, mountpoint, log, &[])
+}
+
+/// [`start_mount`] with more flags for `tessera mount`.
+pub fn start_mount_with(meta: &str, certs: &Path, mountpoint: &Path, log: &Path, extra: &[&str]) -> Proc {
     // /proc/mounts shows canonical paths.
     let mountpoint = &mountpoint.canonicalize().unwrap_or_else(|e| panic!("mount point {}: {e}", mountpoint.display()));
     let mut p = Proc::spawn(
@@ -588,7 +605,8 @@ pub fn start_mount(meta: &str, certs: &Path, mountpoint: &Path, log: &Path) -> P
             .arg("--certs")
             .arg(certs)
             .arg(mountpoint)
-            .arg("--foreground"),
+            .arg("--foreground")
+            .args(extra),
         log,
     );
     p.mountpoint = Some(mountpoint.to_owned());
@@ -618,6 +636,11 @@ pub struct ManualCluster {
 
 impl ManualCluster {
     pub fn start(chunks: usize, replicas: u32) -> Self {
+        Self::start_with(chunks, replicas, &[], |_| Vec::new())
+    }
+
+    /// [`start`](Self::start) with more flags for the metadata server and for chunk server `i`.
+    pub fn start_with(chunks: usize, replicas: u32, meta_extra: &[&str], chunk_extra: impl Fn(usize) -> Vec<String>) -> Self {
         let root = tempfile::Builder::new().prefix("tessera-manual-").tempdir().expect("tempdir");
         let base = root.path().canonicalize().unwrap();
         let r = base.as_path();
@@ -628,20 +651,17 @@ impl ManualCluster {
         cert_issue(&ca, &r.join("certs/client"), "client-1", "client");
         let meta_port = free_port();
         let meta_addr = format!("127.0.0.1:{meta_port}");
-        let meta = start_meta(&r.join("meta"), meta_port, &r.join("certs/meta"), replicas, &r.join("meta.log"));
+        let meta = start_meta_with(&r.join("meta"), meta_port, &r.join("certs/meta"), replicas, &r.join("meta.log"), meta_extra);
         let mut procs = Vec::new();
         for i in 0..chunks {
             let certs = r.join(format!("certs/chunk{i}"));
             cert_issue(&ca, &certs, &format!("chunk-{i}"), "chunk");
             let cap = (64u64 << 30).to_string();
-            procs.push(start_chunk(
-                &r.join(format!("chunk{i}")),
-                free_port(),
-                &meta_addr,
-                &certs,
-                &r.join(format!("chunk{i}.log")),
-                &["--zone", &format!("z{i}"), "--capacity", &cap],
-            ));
+            let zone = format!("z{i}");
+            let more = chunk_extra(i);
+            let mut args = vec!["--zone", &zone, "--capacity", &cap];
+            args.extend(more.iter().map(String::as_str));
+            procs.push(start_chunk(&r.join(format!("chunk{i}")), free_port(), &meta_addr, &certs, &r.join(format!("chunk{i}.log")), &args));
         }
         let c = ManualCluster { ca, admin: r.join("certs/admin"), client: r.join("certs/client"), meta_addr, meta, chunks: procs, base: base.clone(), _root: root };
         let ready = wait_for(Duration::from_secs(30), || {

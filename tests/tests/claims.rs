@@ -53,6 +53,7 @@ async fn commit_of_a_block_no_server_holds_is_refused() {
             scan_interval: Duration::from_secs(3600),
             scrub_rate: 50.0,
             scrub_interval: Duration::from_secs(3600),
+            metrics: None,
         },
         rx,
     )

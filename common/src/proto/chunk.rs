@@ -21,7 +21,8 @@
 use crate::{BlockId, WireError};
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum ChunkRequest {
     /// Payload: the block. `age`: `None` for a client's write (counts as use); for a copy sent
     /// by another server, the seconds since the block's last use there. Reply: `Stored`, with
@@ -66,4 +67,10 @@ pub struct ScrubReport {
     pub corrupt: u64,
     pub repaired: u64,
     pub bytes: u64,
+}
+
+impl crate::metrics::OpName for ChunkRequest {
+    fn op_name(&self) -> &'static str {
+        self.into()
+    }
 }

@@ -78,7 +78,8 @@ pub struct SetAttr {
 pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 2;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Mutation {
     /// Create a file, directory, symlink (with `target`) or special node. Reply: `Attr`.
     /// `umask` is applied to `perm` unless the parent has a default ACL, which the new inode
@@ -205,7 +206,8 @@ pub struct MountStatus {
 pub const XATTR_CREATE: u32 = 1;
 pub const XATTR_REPLACE: u32 = 2;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum MetaRequest {
     /// Register a client session. Reply: `Session`.
     OpenSession { client: String },
@@ -456,4 +458,14 @@ pub enum MetaResponse {
     BackupStarted(BackupInfo),
     /// Reply of `BackupRead`; the bytes are the payload.
     BackupData,
+}
+
+impl crate::metrics::OpName for MetaRequest {
+    /// A mutation is counted under its own name (`create`, `rename`, ...).
+    fn op_name(&self) -> &'static str {
+        match self {
+            MetaRequest::Mutate { op, .. } => op.into(),
+            other => other.into(),
+        }
+    }
 }

@@ -94,13 +94,16 @@ pub fn encode_head<T: Serialize>(header: &T, payload_len: usize) -> Result<Vec<u
     Ok(out)
 }
 
-/// Write one frame. The payload is written separately so a block is not copied.
-pub async fn write_frame<W, T>(w: &mut W, header: &T, payload: &[u8]) -> Result<(), FrameError>
+/// Write one frame; returns its length. The payload is written separately so a block is not
+/// copied.
+pub async fn write_frame<W, T>(w: &mut W, header: &T, payload: &[u8]) -> Result<usize, FrameError>
 where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    write_head(w, &encode_head(header, payload.len())?, payload).await
+    let head = encode_head(header, payload.len())?;
+    write_head(w, &head, payload).await?;
+    Ok(head.len() + payload.len())
 }
 
 /// Write a frame whose head [`encode_head`] made.
