@@ -6,10 +6,12 @@ set -euo pipefail
 need=()
 # The second line: what the end-to-end tests run on a mount (tests/tests/programs.rs, sqlite.rs,
 # xattr.rs) and pjdfstest's build (libacl1-dev, listed in its README); the third: what the fault
-# scripts use (scripts/fault, scripts/chaos).
+# scripts use (scripts/fault, scripts/chaos); the fourth: the browser that opens `tessera web`'s
+# page in its test (tests/tests/web.rs).
 for pkg in fuse3 libclang-dev clang g++ pkg-config make \
            gcc rsync sqlite3 python3 libacl1-dev acl attr \
-           nftables conntrack iproute2 e2fsprogs faketime; do
+           nftables conntrack iproute2 e2fsprogs faketime \
+           chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 command -v git >/dev/null || need+=(git)

@@ -27,67 +27,67 @@ pub struct BlockCounts {
 }
 
 #[derive(Serialize, Debug)]
-struct NodeJson {
-    id: String,
-    zone: String,
-    addr: String,
-    state: String,
-    capacity: u64,
-    used: u64,
-    blocks: u64,
-    last_heartbeat_ms: u64,
-    draining: bool,
-    repair_pending: u64,
+pub struct NodeJson {
+    pub id: String,
+    pub zone: String,
+    pub addr: String,
+    pub state: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub blocks: u64,
+    pub last_heartbeat_ms: u64,
+    pub draining: bool,
+    pub repair_pending: u64,
     /// Bytes it may still take, above its reserve.
-    free: u64,
-    full: bool,
+    pub free: u64,
+    pub full: bool,
 }
 
 #[derive(Serialize, Debug)]
-struct Bytes {
-    logical: u64,
-    stored: u64,
-    dedup_ratio: f64,
+pub struct Bytes {
+    pub logical: u64,
+    pub stored: u64,
+    pub dedup_ratio: f64,
 }
 
 #[derive(Serialize, Debug)]
-struct StatusJson {
-    nodes: Vec<NodeJson>,
-    blocks: BlockCounts,
-    bytes: Bytes,
-    files: u64,
-    replicas: u32,
-    ring_version: u64,
+pub struct StatusJson {
+    pub nodes: Vec<NodeJson>,
+    pub blocks: BlockCounts,
+    pub bytes: Bytes,
+    pub files: u64,
+    pub replicas: u32,
+    pub ring_version: u64,
     /// `ok`, or `failed: why` when the metadata server stopped accepting changes.
-    meta_state: String,
+    pub meta_state: String,
     /// Copies the servers found missing in their last scan and have not sent yet.
-    repair_pending: u64,
+    pub repair_pending: u64,
     /// Client sessions (mounts).
-    mounts: Vec<MountJson>,
+    pub mounts: Vec<MountJson>,
     /// Background workers: the metadata server's (`node` "meta"), then each chunk server's.
-    workers: Vec<WorkerJson>,
+    pub workers: Vec<WorkerJson>,
 }
 
 #[derive(Serialize, Debug)]
-struct WorkerJson {
+pub struct WorkerJson {
     /// `meta`, or the chunk server's id.
-    node: String,
+    pub node: String,
     #[serde(flatten)]
-    status: WorkerStatus,
+    pub status: WorkerStatus,
 }
 
 #[derive(Serialize, Debug)]
-struct MountJson {
-    session: u64,
-    cert: String,
-    client: String,
-    addr: String,
+pub struct MountJson {
+    pub session: u64,
+    pub cert: String,
+    pub client: String,
+    pub addr: String,
     /// When the session was opened (`YYYY-MM-DD HH:MM:SS UTC`).
-    since: String,
-    last_heartbeat_ms: u64,
-    open_files: u64,
-    orphans: u64,
-    locks: u64,
+    pub since: String,
+    pub last_heartbeat_ms: u64,
+    pub open_files: u64,
+    pub orphans: u64,
+    pub locks: u64,
 }
 
 impl Admin {
@@ -227,6 +227,17 @@ impl Admin {
     }
 
     pub async fn status(&self, json: bool) -> anyhow::Result<()> {
+        let out = self.report().await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
+        print_status(&out);
+        Ok(())
+    }
+
+    /// What `tessera status` (and `tessera web`) shows, block scan included.
+    pub async fn report(&self) -> anyhow::Result<StatusJson> {
         let s = self.cluster_status().await?;
         let blocks = self.block_counts(&s).await?;
         let stored: u64 = s.nodes.iter().filter(|n| n.state != "out").map(|n| n.used).sum();
@@ -279,64 +290,64 @@ impl Admin {
                 .map(|(node, w)| WorkerJson { node, status: w.clone() })
                 .collect(),
         };
-        if json {
-            println!("{}", serde_json::to_string_pretty(&out)?);
-            return Ok(());
-        }
-        println!("{:<16}  {:<10} {:<22} {:<8} {:>10} {:>10} {:>10} {:>8} {:>8}", "ID", "ZONE", "ADDRESS", "STATE", "CAPACITY", "USED", "FREE", "BLOCKS", "LAST HB");
-        for n in &out.nodes {
-            println!(
-                "{:<16}  {:<10} {:<22} {:<8} {:>10} {:>10} {:>10} {:>8} {:>7.1}s",
-                n.id,
-                n.zone,
-                n.addr,
-                match (n.draining && n.state != "out", n.full && n.state == "up") {
-                    (true, _) => format!("{}/drain", n.state),
-                    (false, true) => "up/full".to_string(),
-                    (false, false) => n.state.clone(),
-                },
-                human(n.capacity),
-                human(n.used),
-                human(n.free),
-                n.blocks,
-                n.last_heartbeat_ms as f64 / 1000.0
-            );
-        }
-        println!();
-        println!("metadata: {}", out.meta_state);
-        println!("files: {}   replicas: {}   ring version: {}", out.files, out.replicas, out.ring_version);
-        println!(
-            "bytes: {} logical, {} stored ({} copies; dedup ratio {:.2})",
-            human(out.bytes.logical),
-            human(out.bytes.stored),
-            out.replicas,
-            out.bytes.dedup_ratio
-        );
-        println!(
-            "blocks: {} total, {} under-replicated, {} missing, {} misplaced",
-            out.blocks.total, out.blocks.under_replicated, out.blocks.missing, out.blocks.misplaced
-        );
-        println!("repair: {} copies waiting to be sent", out.repair_pending);
-        println!();
-        println!("{:<8} {:<12} {:<12} {:<22} {:<20} {:>8} {:>6} {:>8} {:>6}", "SESSION", "CERT", "CLIENT", "ADDRESS", "SINCE", "LAST HB", "OPEN", "ORPHANS", "LOCKS");
-        for m in &out.mounts {
-            println!(
-                "{:<8} {:<12} {:<12} {:<22} {:<20} {:>7.1}s {:>6} {:>8} {:>6}",
-                m.session,
-                m.cert,
-                m.client,
-                if m.addr.is_empty() { "-" } else { &m.addr },
-                m.since,
-                m.last_heartbeat_ms as f64 / 1000.0,
-                m.open_files,
-                m.orphans,
-                m.locks
-            );
-        }
-        println!();
-        print_workers(&out.workers);
-        Ok(())
+        Ok(out)
     }
+}
+
+/// The text form of `tessera status`.
+fn print_status(out: &StatusJson) {
+    println!("{:<16}  {:<10} {:<22} {:<8} {:>10} {:>10} {:>10} {:>8} {:>8}", "ID", "ZONE", "ADDRESS", "STATE", "CAPACITY", "USED", "FREE", "BLOCKS", "LAST HB");
+    for n in &out.nodes {
+        println!(
+            "{:<16}  {:<10} {:<22} {:<8} {:>10} {:>10} {:>10} {:>8} {:>7.1}s",
+            n.id,
+            n.zone,
+            n.addr,
+            match (n.draining && n.state != "out", n.full && n.state == "up") {
+                (true, _) => format!("{}/drain", n.state),
+                (false, true) => "up/full".to_string(),
+                (false, false) => n.state.clone(),
+            },
+            human(n.capacity),
+            human(n.used),
+            human(n.free),
+            n.blocks,
+            n.last_heartbeat_ms as f64 / 1000.0
+        );
+    }
+    println!();
+    println!("metadata: {}", out.meta_state);
+    println!("files: {}   replicas: {}   ring version: {}", out.files, out.replicas, out.ring_version);
+    println!(
+        "bytes: {} logical, {} stored ({} copies; dedup ratio {:.2})",
+        human(out.bytes.logical),
+        human(out.bytes.stored),
+        out.replicas,
+        out.bytes.dedup_ratio
+    );
+    println!(
+        "blocks: {} total, {} under-replicated, {} missing, {} misplaced",
+        out.blocks.total, out.blocks.under_replicated, out.blocks.missing, out.blocks.misplaced
+    );
+    println!("repair: {} copies waiting to be sent", out.repair_pending);
+    println!();
+    println!("{:<8} {:<12} {:<12} {:<22} {:<20} {:>8} {:>6} {:>8} {:>6}", "SESSION", "CERT", "CLIENT", "ADDRESS", "SINCE", "LAST HB", "OPEN", "ORPHANS", "LOCKS");
+    for m in &out.mounts {
+        println!(
+            "{:<8} {:<12} {:<12} {:<22} {:<20} {:>7.1}s {:>6} {:>8} {:>6}",
+            m.session,
+            m.cert,
+            m.client,
+            if m.addr.is_empty() { "-" } else { &m.addr },
+            m.since,
+            m.last_heartbeat_ms as f64 / 1000.0,
+            m.open_files,
+            m.orphans,
+            m.locks
+        );
+    }
+    println!();
+    print_workers(&out.workers);
 }
 
 /// The workers table of `tessera status`: when each last ran, how long, and what it says.

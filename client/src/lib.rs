@@ -15,6 +15,7 @@ pub mod meta;
 pub mod metrics;
 pub mod mount;
 pub mod open_table;
+pub mod web;
 pub mod xattr;
 pub mod page_cache;
 pub mod room;

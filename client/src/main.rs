@@ -74,6 +74,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a read-only status page (what `status` shows, refreshed every 5 s) until Ctrl-C.
+    Web {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// TCP address of the page, loopback only (it has no authentication of its own).
+        #[arg(long, env = "TESSERA_WEB_LISTEN", default_value = "127.0.0.1:7180")]
+        listen: std::net::SocketAddr,
+    },
     /// Run a garbage-collection pass now: delete blocks no file references, once unused for the
     /// grace period.
     Gc {
@@ -234,6 +242,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Status { cluster, json } => cluster.run(|a| async move { a.status(json).await }),
+        Cmd::Web { cluster, listen } => cluster.run(|a| async move {
+            let bound = tessera_client::web::serve(a, listen).await?;
+            println!("tessera web: the status page is at http://{bound}/ (Ctrl-C stops it)");
+            tessera_common::wait_for_signal().await;
+            Ok(())
+        }),
         Cmd::Fsck { cluster, repair, deep, json } => {
             let r = cluster.run(|a| async move { a.fsck(deep, repair).await })?;
             if json {

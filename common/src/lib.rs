@@ -6,6 +6,7 @@ pub mod block;
 pub mod config;
 pub mod durable;
 pub mod error;
+pub mod http;
 pub mod metalink;
 pub mod metrics;
 pub mod names;

@@ -12,7 +12,7 @@ use prometheus_client::registry::{Metric, Registry};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::http::Reply;
 
 /// A registry, and what is read from elsewhere at each scrape.
 pub struct Metrics {
@@ -199,43 +199,17 @@ impl RpcMetrics {
 /// Bind `addr` and serve `m` there (`GET /metrics`) for as long as the runtime runs. Binding
 /// errors are returned, so a bad `--metrics` is a one-line startup error.
 pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else { continue };
-            let m = m.clone();
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(10), answer(conn, &m)).await;
-            });
+    crate::http::serve(addr, move |path| {
+        let m = m.clone();
+        async move {
+            match path.as_str() {
+                "/metrics" => Reply::ok("text/plain; version=0.0.4; charset=utf-8", m.render()),
+                "/" => Reply::ok("text/plain; charset=utf-8", "Tessera metrics: GET /metrics\n".into()),
+                _ => Reply::not_found("try /metrics"),
+            }
         }
-    });
-    Ok(bound)
-}
-
-/// One HTTP/1.1 request, one answer, then close.
-async fn answer(mut conn: tokio::net::TcpStream, m: &Metrics) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 || buf.len() + n > 16 << 10 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut words = head.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", m.render()),
-        ("GET", "/") => ("200 OK", "text/plain; charset=utf-8", "Tessera metrics: GET /metrics\n".to_string()),
-        ("GET", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found: try /metrics\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET\n".to_string()),
-    };
-    let reply = format!("HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-    conn.write_all(reply.as_bytes()).await?;
-    conn.shutdown().await
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -629,6 +629,8 @@ pub struct ManualCluster {
     pub meta_addr: String,
     pub meta: Proc,
     pub chunks: Vec<Proc>,
+    /// Each chunk server's port and flags, to start it again.
+    chunk_starts: Vec<(u16, Vec<String>)>,
     /// Canonical path of `root`.
     base: PathBuf,
     _root: TempDir,
@@ -653,17 +655,18 @@ impl ManualCluster {
         let meta_addr = format!("127.0.0.1:{meta_port}");
         let meta = start_meta_with(&r.join("meta"), meta_port, &r.join("certs/meta"), replicas, &r.join("meta.log"), meta_extra);
         let mut procs = Vec::new();
+        let mut chunk_starts = Vec::new();
         for i in 0..chunks {
             let certs = r.join(format!("certs/chunk{i}"));
             cert_issue(&ca, &certs, &format!("chunk-{i}"), "chunk");
-            let cap = (64u64 << 30).to_string();
-            let zone = format!("z{i}");
-            let more = chunk_extra(i);
-            let mut args = vec!["--zone", &zone, "--capacity", &cap];
-            args.extend(more.iter().map(String::as_str));
-            procs.push(start_chunk(&r.join(format!("chunk{i}")), free_port(), &meta_addr, &certs, &r.join(format!("chunk{i}.log")), &args));
+            let mut args = vec!["--zone".to_string(), format!("z{i}"), "--capacity".into(), (64u64 << 30).to_string()];
+            args.extend(chunk_extra(i));
+            let port = free_port();
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            procs.push(start_chunk(&r.join(format!("chunk{i}")), port, &meta_addr, &certs, &r.join(format!("chunk{i}.log")), &a));
+            chunk_starts.push((port, args));
         }
-        let c = ManualCluster { ca, admin: r.join("certs/admin"), client: r.join("certs/client"), meta_addr, meta, chunks: procs, base: base.clone(), _root: root };
+        let c = ManualCluster { ca, admin: r.join("certs/admin"), client: r.join("certs/client"), meta_addr, meta, chunks: procs, chunk_starts, base: base.clone(), _root: root };
         let ready = wait_for(Duration::from_secs(30), || {
             let out = c.status_output(&c.admin);
             if !out.status.success() {
@@ -685,6 +688,14 @@ impl ManualCluster {
 
     pub fn root(&self) -> &Path {
         &self.base
+    }
+
+    /// Start chunk server `i` again (after a stop or a crash) on its data, port and flags.
+    pub fn restart_chunk(&mut self, i: usize) {
+        let (port, args) = &self.chunk_starts[i];
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = &self.base;
+        self.chunks[i] = start_chunk(&r.join(format!("chunk{i}")), *port, &self.meta_addr, &r.join(format!("certs/chunk{i}")), &r.join(format!("chunk{i}-2.log")), &a);
     }
 
     /// Panic (with its log) if the metadata server or a chunk server has exited.
