@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod backup;
+pub mod bench;
 pub mod blocks;
 pub mod dev;
 pub mod error;
@@ -19,3 +20,4 @@ pub mod web;
 pub mod xattr;
 pub mod page_cache;
 pub mod room;
+pub mod stats;

@@ -74,6 +74,36 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Time a mount: a big file written and read, small files created, read, stat'ed and
+    /// removed, in a directory of its own under DIR that is removed after.
+    Bench {
+        dir: PathBuf,
+        /// MiB in the big file (0: skip).
+        #[arg(long, default_value_t = 1024)]
+        big_file_size: u64,
+        /// Small files to create (0: skip).
+        #[arg(long, default_value_t = 100)]
+        small_files: u64,
+        /// KiB in each small file.
+        #[arg(long, default_value_t = 128)]
+        small_file_size: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A line per second of what mounts and servers are doing, read from their --metrics pages.
+    Stats {
+        /// Their --metrics addresses, comma-separated (HOST:PORT,...); the lines sum them.
+        #[arg(value_name = "ADDRS")]
+        metrics: String,
+        /// Seconds between lines.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many lines (default: until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve a read-only status page (what `status` shows, refreshed every 5 s) until Ctrl-C.
     Web {
         #[command(flatten)]
@@ -242,6 +272,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Status { cluster, json } => cluster.run(|a| async move { a.status(json).await }),
+        Cmd::Bench { dir, big_file_size, small_files, small_file_size, json } => {
+            let o = tessera_client::bench::BenchOptions { dir, big_file_mib: big_file_size, small_files, small_file_kib: small_file_size };
+            let rows = tessera_client::bench::run(&o, json)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                tessera_client::bench::print(&rows, &o.dir);
+            }
+            Ok(())
+        }
+        Cmd::Stats { metrics, interval, count, json } => {
+            if !(interval > 0.0 && interval.is_finite()) {
+                bail!("--interval must be a positive number of seconds");
+            }
+            let addrs: Vec<String> = metrics.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+            tessera_client::stats::run(&addrs, Duration::from_secs_f64(interval), count, json)
+        }
         Cmd::Web { cluster, listen } => cluster.run(|a| async move {
             let bound = tessera_client::web::serve(a, listen).await?;
             println!("tessera web: the status page is at http://{bound}/ (Ctrl-C stops it)");
