@@ -66,6 +66,16 @@ pub struct StatusJson {
     pub mounts: Vec<MountJson>,
     /// Background workers: the metadata server's (`node` "meta"), then each chunk server's.
     pub workers: Vec<WorkerJson>,
+    /// What happened lately, oldest first, as the metadata server saw it.
+    pub events: Vec<EventJson>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct EventJson {
+    /// `YYYY-MM-DD HH:MM:SS UTC`.
+    pub at: String,
+    pub at_ms: u64,
+    pub what: String,
 }
 
 #[derive(Serialize, Debug)]
@@ -289,6 +299,7 @@ impl Admin {
                 .chain(s.nodes.iter().flat_map(|n| n.workers.iter().map(move |w| (format!("{:016x}", n.id), w))))
                 .map(|(node, w)| WorkerJson { node, status: w.clone() })
                 .collect(),
+            events: s.events.iter().map(|e| EventJson { at: tessera_common::utc_time((e.at_ms / 1000) as i64), at_ms: e.at_ms, what: e.what.clone() }).collect(),
         };
         Ok(out)
     }
@@ -348,6 +359,11 @@ fn print_status(out: &StatusJson) {
     }
     println!();
     print_workers(&out.workers);
+    println!();
+    println!("recent events (the last 10 of {}):", out.events.len());
+    for e in out.events.iter().rev().take(10).rev() {
+        println!("  {}  {}", e.at, e.what);
+    }
 }
 
 /// The workers table of `tessera status`: when each last ran, how long, and what it says.

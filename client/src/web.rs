@@ -1,6 +1,6 @@
 //! `tessera web --listen ADDR`: a small read-only status page (what `tessera status` shows:
 //! health, servers with state and fill, replication and repair, mounts, workers and their last
-//! errors), refreshed every 5 s, and the same as JSON at `/status.json`. Plain HTTP on loopback
+//! errors, recent events), refreshed every 5 s, and the same as JSON at `/status.json`. Plain HTTP on loopback
 //! only: the page has no authentication of its own (the admin certificate is this command's).
 
 use crate::admin::{human, Admin, StatusJson};
@@ -159,6 +159,10 @@ fn render(s: &StatusJson) -> String {
             if st.consecutive_errors > 0 { "bad" } else { "small" },
             esc(&err)
         );
+    }
+    b += "</table><h2>Recent events</h2><table id=\"events\"><tr><th>when</th><th>what</th></tr>";
+    for e in s.events.iter().rev().take(30) {
+        let _ = write!(b, "<tr><td class=\"small\">{}</td><td>{}</td></tr>", esc(&e.at), esc(&e.what));
     }
     b += "</table><p class=\"small\">Refreshed every 5 s · the same data: <a href=\"/status.json\">/status.json</a> · <code>tessera status</code></p>";
     page("Tessera", &b)

@@ -51,27 +51,35 @@ impl Leases {
         self.last(session).1 > self.lease
     }
 
-    /// Expire every stored session whose lease ran out. Returns how many were expired.
-    pub fn expire_overdue(&self, ns: &Arc<Namespace>) -> usize {
+    /// Expire every stored session whose lease ran out. Returns a line on each one expired.
+    pub fn expire_overdue(&self, ns: &Arc<Namespace>) -> Vec<String> {
         let sessions = match ns.sessions() {
             Ok(s) => s,
             Err(e) => {
                 warn!("listing sessions for lease expiry failed: {e}");
-                return 0;
+                return Vec::new();
             }
         };
-        let mut n = 0;
+        let mut expired = Vec::new();
         for s in sessions.into_iter().filter(|s| self.overdue(s.id)) {
             match ns.expire_session(s.id, crate::namespace::now_ns()) {
                 Ok(_) => {
                     info!(session = s.id, client = %s.client, cert = %s.cert, open_files = s.open_files, locks = s.locks, "session lease expired; its locks and open files were released");
                     self.seen.lock().unwrap().remove(&s.id);
-                    n += 1;
+                    expired.push(format!(
+                        "mount session {} of {} ({}) expired after {} s without a heartbeat: {} open files and {} locks released",
+                        s.id,
+                        s.cert,
+                        s.client,
+                        self.lease.as_secs(),
+                        s.open_files,
+                        s.locks
+                    ));
                 }
                 Err(e) => warn!(session = s.id, "expiring a session failed: {e}"),
             }
         }
-        n
+        expired
     }
 
     pub fn forget(&self, session: u64) {

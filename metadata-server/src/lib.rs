@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod claims;
+pub mod events;
 pub mod gc;
 pub mod leases;
 pub mod membership;
@@ -102,6 +103,7 @@ struct MetaService {
     /// Background workers, for `Status`.
     workers: Arc<Workers>,
     rpc_metrics: Option<Arc<RpcMetrics>>,
+    events: Arc<events::Events>,
 }
 
 fn ns_state(ns: &Namespace) -> String {
@@ -124,6 +126,8 @@ impl MetaService {
         match req {
             MetaRequest::OpenSession { client } => r(ns.open_session(&peer.into(), &client).map(|session| {
                 self.leases.touch(session, peer.addr);
+                let from = peer.addr.map(|a| a.to_string()).unwrap_or_default();
+                self.events.note(format!("mount session {session} opened by {} ({client}) from {from}", peer.name));
                 session
             }).map(|session| MetaResponse::Session {
                 session,
@@ -162,6 +166,7 @@ impl MetaService {
             MetaRequest::CloseSession { session } => match peer.role {
                 Role::Client | Role::Admin => r(ns.session_alive(&peer.into(), session).and_then(|()| ns.expire_session(session, namespace::now_ns())).map(|_| {
                     self.leases.forget(session);
+                    self.events.note(format!("mount session {session} closed (unmounted)"));
                     self.lock_changes.send_modify(|v| *v += 1);
                     MetaResponse::Done
                 })),
@@ -173,7 +178,13 @@ impl MetaService {
             },
             MetaRequest::GetRing => MetaResponse::Ring(self.members.ring()),
             MetaRequest::RegisterChunk { node_id, addr, zone, capacity } => match peer.role {
-                Role::Chunk => r(self.members.register(node_id, addr, zone, capacity).map(MetaResponse::Ring)),
+                Role::Chunk => {
+                    let what = format!("chunk server {node_id:016x} registered at {addr} (zone {zone})");
+                    r(self.members.register(node_id, addr, zone, capacity).map(|ring| {
+                        self.events.note(what);
+                        MetaResponse::Ring(ring)
+                    }))
+                }
                 role => denied(role, "register a chunk server"),
             },
             MetaRequest::Heartbeat { node_id, load } => match peer.role {
@@ -181,7 +192,10 @@ impl MetaService {
                 role => denied(role, "send heartbeats"),
             },
             MetaRequest::NodeAdmin { node_id, action } => match peer.role {
-                Role::Admin => r(self.members.admin(node_id, action).map(|_| MetaResponse::Done)),
+                Role::Admin => r(self.members.admin(node_id, action).map(|_| {
+                    self.events.note(format!("chunk server {node_id:016x}: {action:?} asked by {}", peer.name));
+                    MetaResponse::Done
+                })),
                 role => denied(role, "change membership"),
             },
             MetaRequest::Status => match peer.role {
@@ -238,6 +252,7 @@ impl MetaService {
             meta_state: ns_state(&self.ns),
             mounts: self.mounts()?,
             workers: self.workers.status(),
+            events: self.events.recent(),
         }))
     }
 
@@ -387,6 +402,8 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     let leases = Arc::new(leases::Leases::new(cfg.session_lease));
     let (lock_changes, _) = watch::channel(0u64);
     let backups = backup::Backups::new(&cfg.data_dir)?;
+    let events = Arc::new(events::Events::default());
+    events.note(format!("metadata server started on {addr}"));
     let svc = Arc::new(MetaService {
         ns: ns.clone(),
         members: members.clone(),
@@ -409,14 +426,16 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
             }
             None => None,
         },
+        events: events.clone(),
     });
     // Leader duty: expire sessions whose lease ran out, a few times per lease.
     let tick = (cfg.session_lease / 4).min(Duration::from_secs(1));
     let expired = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (lease_events, gc_events) = (events.clone(), events.clone());
     let lease_task = worker::spawn(lease_worker.clone(), Schedule::every(tick), shutdown.clone(), move || {
-        let (l, ns, changes, expired, w) = (leases.clone(), ns.clone(), lock_changes.clone(), expired.clone(), lease_worker.clone());
+        let (l, ns, changes, expired, w, ev) = (leases.clone(), ns.clone(), lock_changes.clone(), expired.clone(), lease_worker.clone(), lease_events.clone());
         async move {
-            let n = tokio::task::spawn_blocking(move || {
+            let gone = tokio::task::spawn_blocking(move || {
                 // Also a leader duty: finish dropping large files, a bounded command at a time.
                 if let Err(e) = ns.reap_pending() {
                     tracing::warn!("dropping unlinked large files: {e}");
@@ -424,8 +443,12 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
                 l.expire_overdue(&ns)
             })
             .await?;
+            let n = gone.len();
             if n > 0 {
                 changes.send_modify(|v| *v += 1);
+            }
+            for what in gone {
+                ev.note(what);
             }
             let total = expired.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed) + n as u64;
             w.set_progress(format!("{total} sessions expired since start"));
@@ -433,13 +456,22 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
         }
     });
     let gc_task = worker::spawn(gc.worker.clone(), Schedule::every(cfg.gc_interval), shutdown.clone(), move || {
-        let gc = gc.clone();
-        async move { gc.collect().await }
+        let (gc, ev) = (gc.clone(), gc_events.clone());
+        async move {
+            let r = gc.collect().await;
+            if r.deleted > 0 {
+                ev.note(format!("gc deleted {} unreferenced copies ({} scanned)", r.deleted, r.scanned));
+            }
+            r
+        }
     });
     let ticker = worker::spawn(members_worker.clone(), Schedule::every(Duration::from_secs(1)), shutdown.clone(), move || {
-        let (m, w) = (members.clone(), members_worker.clone());
+        let (m, w, ev) = (members.clone(), members_worker.clone(), events.clone());
         async move {
-            let ring = tokio::task::spawn_blocking(move || m.refresh()).await.map_err(|e| e.to_string())?.map_err(|e| e.message)?;
+            let (ring, changes) = tokio::task::spawn_blocking(move || m.refresh().map(|r| (r, m.state_changes()))).await.map_err(|e| e.to_string())?.map_err(|e| e.message)?;
+            for (id, addr, before, now) in changes {
+                ev.note(format!("chunk server {id:016x} ({addr}) is now {now} (was {before})"));
+            }
             w.set_progress(format!("ring version {}: {} of {} servers up", ring.version, ring.nodes.iter().filter(|n| n.up).count(), ring.nodes.len()));
             Ok::<_, String>(())
         }

@@ -11,7 +11,7 @@
 use crate::namespace::{enc, Command, Namespace, Op, Outcome};
 use crate::store::{Batch, Cf};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tessera_common::proto::meta::{ChunkLoad, NodeStatus};
@@ -69,6 +69,8 @@ pub struct Membership {
     ring: Mutex<Ring>,
     pub down_after: Duration,
     pub out_after: Duration,
+    /// Each server's state when [`Membership::state_changes`] last looked.
+    seen_states: Mutex<HashMap<u64, &'static str>>,
 }
 
 /// Before rings were stored whole: the version only (read once, on upgrade).
@@ -148,7 +150,7 @@ impl Membership {
             // Until a first heartbeat after a restart, give every server the benefit of the doubt.
             .map(|rec| (rec.id, Node { rec, load: ChunkLoad::default(), heard: false, last_heartbeat: now }))
             .collect();
-        let m = Membership { ns, replicas, nodes: Mutex::new(nodes), ring: Mutex::new(Ring::new(0, replicas, vec![])), down_after, out_after };
+        let m = Membership { ns, replicas, nodes: Mutex::new(nodes), ring: Mutex::new(Ring::new(0, replicas, vec![])), down_after, out_after, seen_states: Mutex::default() };
         let ring = Ring::new(0, replicas, m.members());
         let version = m.publish(&ring.nodes)?;
         *m.ring.lock().unwrap() = Ring::new(version, replicas, ring.nodes);
@@ -207,6 +209,25 @@ impl Membership {
 
     pub fn ring(&self) -> Ring {
         self.ring.lock().unwrap().clone()
+    }
+
+    /// Servers whose state (up, down, out) changed since the last call: (id, address, before,
+    /// now). The first call only remembers.
+    pub fn state_changes(&self) -> Vec<(u64, String, &'static str, &'static str)> {
+        let now = Instant::now();
+        let nodes = self.nodes.lock().unwrap();
+        let mut seen = self.seen_states.lock().unwrap();
+        let first = seen.is_empty();
+        let mut out = Vec::new();
+        for n in nodes.values() {
+            let state = self.state(n, now).as_str();
+            match seen.insert(n.rec.id, state) {
+                Some(before) if before != state => out.push((n.rec.id, n.rec.addr.clone(), before, state)),
+                None if !first => out.push((n.rec.id, n.rec.addr.clone(), "new", state)),
+                _ => {}
+            }
+        }
+        out
     }
 
     pub fn register(&self, id: u64, addr: String, zone: String, capacity: u64) -> Result<Ring, WireError> {

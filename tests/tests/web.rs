@@ -64,6 +64,9 @@ fn the_status_page_shows_servers_mounts_and_health_in_a_browser() {
     });
     let dom = down.expect("the page did not show the server down within 60 s");
     assert!(dom.contains("<td class=\"bad\">down</td>"), "{dom}");
+    let gone = status["nodes"].as_array().unwrap().iter().find(|n| n["zone"] == "z2").unwrap()["addr"].as_str().unwrap().to_string();
+    assert!(dom.contains(&format!("({gone}) is now down (was up)</td>")), "the event is listed\n{dom}");
+    assert!(dom.contains("mount session 1 opened by client-1"), "{dom}");
 
     // The page has no authentication: it listens on loopback only.
     let out = run_timeout(Command::new(bin("tessera")).args(["web", "--listen", "0.0.0.0:7181", "--meta", &c.meta_addr, "--certs"]).arg(&c.admin), Duration::from_secs(30));

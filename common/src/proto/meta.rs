@@ -427,6 +427,16 @@ pub struct ClusterStatus {
     pub mounts: Vec<MountStatus>,
     /// The metadata server's background workers (the chunk servers' are in `nodes`).
     pub workers: Vec<WorkerStatus>,
+    /// What happened lately, oldest first (kept in the metadata server's memory).
+    pub events: Vec<Event>,
+}
+
+/// One event of the cluster (a server went down, a mount's session expired, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    pub what: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,7 +37,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// 3: metadata backup (`BackupStart`, `BackupRead`, `BackupEnd`).
 /// 4: `Mutation::CopyBlocks` (copy_file_range by reference).
 /// 5: `ChunkResponse::Stored` carries the server's free space.
-pub const ALPN: &[u8] = b"tessera/5";
+/// 6: `ClusterStatus.events`.
+pub const ALPN: &[u8] = b"tessera/6";
 /// Bound on an encoded header (directory listings are paged to stay below it).
 pub const MAX_HEADER: u32 = 4 * 1024 * 1024;
 /// Bound on a payload: one block at most.
