@@ -110,6 +110,13 @@ fn ns_state(ns: &Namespace) -> String {
     ns.store().failure().map(|why| format!("failed: {why}")).unwrap_or_else(|| "ok".into())
 }
 
+/// One event for each chunk server whose state (up, down, out) changed since the last look.
+fn note_state_changes(members: &Membership, events: &events::Events) {
+    for (id, addr, before, now) in members.state_changes() {
+        events.note(format!("chunk server {id:016x} ({addr}) is now {now} (was {before})"));
+    }
+}
+
 fn denied(role: Role, what: &str) -> MetaResponse {
     MetaResponse::Error(WireError::new(ErrorCode::PermissionDenied, format!("role {role} may not {what}")))
 }
@@ -242,8 +249,11 @@ impl MetaService {
     fn status(&self) -> Result<MetaResponse, WireError> {
         let stats = self.ns.stats()?;
         let ring = self.members.ring();
+        let nodes = self.members.status();
+        // So that a server shown down here has its event listed too, not only after the next tick.
+        note_state_changes(&self.members, &self.events);
         Ok(MetaResponse::Status(ClusterStatus {
-            nodes: self.members.status(),
+            nodes,
             ring_version: ring.version,
             replicas: self.replicas,
             files: stats.files,
@@ -468,10 +478,14 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     let ticker = worker::spawn(members_worker.clone(), Schedule::every(Duration::from_secs(1)), shutdown.clone(), move || {
         let (m, w, ev) = (members.clone(), members_worker.clone(), events.clone());
         async move {
-            let (ring, changes) = tokio::task::spawn_blocking(move || m.refresh().map(|r| (r, m.state_changes()))).await.map_err(|e| e.to_string())?.map_err(|e| e.message)?;
-            for (id, addr, before, now) in changes {
-                ev.note(format!("chunk server {id:016x} ({addr}) is now {now} (was {before})"));
-            }
+            let ring = tokio::task::spawn_blocking(move || {
+                let ring = m.refresh()?;
+                note_state_changes(&m, &ev);
+                Ok::<_, WireError>(ring)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.message)?;
             w.set_progress(format!("ring version {}: {} of {} servers up", ring.version, ring.nodes.iter().filter(|n| n.up).count(), ring.nodes.len()));
             Ok::<_, String>(())
         }
