@@ -6,9 +6,14 @@
 use crate::net::{NetError, RpcClient};
 use crate::proto::meta::{MetaRequest, MetaResponse};
 use crate::tls::Role;
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long a server may take to answer before the next address is asked as well.
+pub const HEDGE: Duration = Duration::from_millis(500);
 
 pub struct MetaLink {
     ep: quinn::Endpoint,
@@ -49,48 +54,99 @@ impl MetaLink {
         (c[i].clone(), c.len())
     }
 
-    /// Call the leader. Retries over the address list once per address.
+    /// Call the leader, following it across the address list until `timeout`.
     pub async fn call(&self, req: &MetaRequest) -> Result<MetaResponse, NetError> {
         Ok(self.call_payload(req).await?.0)
     }
 
     /// [`call`](Self::call), keeping the reply's payload.
+    ///
+    /// With several addresses: the request goes to the server that answered last; a
+    /// `NotLeader` reply sends it to the leader it names (or, while none is known, to the next
+    /// address after a pause). A server that has not answered within [`HEDGE`] (a leader that
+    /// died keeps its connection until the idle timeout) is not waited for alone: the next
+    /// address is asked too, and the first real answer wins. Asking twice is safe: mutations
+    /// carry their `(session, seq)`, so a second delivery is answered from the retry cache.
     pub async fn call_payload(&self, req: &MetaRequest) -> Result<(MetaResponse, Vec<u8>), NetError> {
-        let start = self.current.load(Ordering::Relaxed);
-        let (_, n) = self.client(start);
+        let (only, n) = self.client(0);
+        if n == 1 {
+            return only.call::<_, MetaResponse>(req, &[]).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let ask = |idx: usize, delay: Duration| {
+            let (c, _) = self.client(idx);
+            async move {
+                tokio::time::sleep(delay).await;
+                (idx, c.call::<_, MetaResponse>(req, &[]).await)
+            }
+        };
+        let mut inflight = FuturesUnordered::new();
+        let mut asking: HashSet<usize> = HashSet::new();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        inflight.push(ask(first, Duration::ZERO));
+        asking.insert(first);
+        let mut next_hedge = first + 1;
+        let mut hedge = tokio::time::interval_at(tokio::time::Instant::now() + HEDGE, HEDGE);
         let mut last = None;
-        for k in 0..n.max(1) + 1 {
-            let i = start + k;
-            let (c, _) = self.client(i);
-            match c.call::<_, MetaResponse>(req, &[]).await {
-                Ok((MetaResponse::NotLeader { leader }, _)) => {
-                    if let Some(l) = leader {
-                        let mut cs = self.clients.lock().unwrap();
-                        let idx = match cs.iter().position(|c| c.addr() == l) {
-                            Some(p) => p,
-                            None => {
-                                cs.push(meta_client(&self.ep, &l, self.timeout));
-                                cs.len() - 1
-                            }
-                        };
-                        self.current.store(idx, Ordering::Relaxed);
-                    } else {
-                        self.current.store(i + 1, Ordering::Relaxed);
-                    }
-                    last = Some(NetError::Lost { addr: c.addr().to_string(), reason: "not the leader".into() });
+        loop {
+            tokio::select! {
+                Some((idx, r)) = inflight.next() => {
+                    asking.remove(&idx);
+                    let n = self.len();
+                    let (retry, delay) = match r {
+                        Ok((MetaResponse::NotLeader { leader: Some(l) }, _)) => {
+                            last = Some(NetError::Lost { addr: self.client(idx).0.addr().to_string(), reason: format!("not the leader (the leader is {l})") });
+                            let to = self.index_of(&l);
+                            // A stale hint (the server it names says otherwise): ask again shortly.
+                            (to, if to == idx { Duration::from_millis(50) } else { Duration::ZERO })
+                        }
+                        Ok((MetaResponse::NotLeader { leader: None }, _)) => {
+                            last = Some(NetError::Lost { addr: self.client(idx).0.addr().to_string(), reason: "not the leader (an election is under way)".into() });
+                            ((idx + 1) % n, Duration::from_millis(50))
+                        }
+                        Ok(answer) => {
+                            self.current.store(idx, Ordering::Relaxed);
+                            return Ok(answer);
+                        }
+                        Err(e) => {
+                            last = Some(e);
+                            ((idx + 1) % n, Duration::from_millis(50))
+                        }
+                    };
+                    // Already waiting on the server named (a leader that may have died): ask
+                    // this one again shortly, to learn the new leader once it is elected.
+                    let (to, delay) = if asking.contains(&retry) { (idx, Duration::from_millis(50)) } else { (retry, delay) };
+                    asking.insert(to);
+                    inflight.push(ask(to, delay));
                 }
-                Ok((resp, payload)) => {
-                    self.current.store(i % n.max(1), Ordering::Relaxed);
-                    return Ok((resp, payload));
-                }
-                Err(e) => {
-                    if n == 1 {
-                        return Err(e);
+                _ = hedge.tick() => {
+                    let n = self.len();
+                    if let Some(idx) = (0..n).map(|k| (next_hedge + k) % n).find(|i| !asking.contains(i)) {
+                        next_hedge = idx + 1;
+                        asking.insert(idx);
+                        inflight.push(ask(idx, Duration::ZERO));
                     }
-                    last = Some(e);
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(last.unwrap_or_else(|| NetError::Timeout { addr: self.client(first).0.addr().to_string(), secs: self.timeout.as_secs() }));
                 }
             }
         }
-        Err(last.unwrap())
+    }
+
+    fn len(&self) -> usize {
+        self.clients.lock().unwrap().len()
+    }
+
+    /// The index of `addr`, added to the list if it is not there (a leader named by a peer).
+    fn index_of(&self, addr: &str) -> usize {
+        let mut cs = self.clients.lock().unwrap();
+        match cs.iter().position(|c| c.addr() == addr) {
+            Some(p) => p,
+            None => {
+                cs.push(meta_client(&self.ep, addr, self.timeout));
+                cs.len() - 1
+            }
+        }
     }
 }

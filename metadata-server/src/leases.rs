@@ -18,13 +18,14 @@ struct Seen {
 
 pub struct Leases {
     pub lease: Duration,
-    started: Instant,
+    /// Since when sessions not heard from are counted (start, or the last election won).
+    started: Mutex<Instant>,
     seen: Mutex<HashMap<u64, Seen>>,
 }
 
 impl Leases {
     pub fn new(lease: Duration) -> Self {
-        Leases { lease, started: Instant::now(), seen: Mutex::new(HashMap::new()) }
+        Leases { lease, started: Mutex::new(Instant::now()), seen: Mutex::new(HashMap::new()) }
     }
 
     /// Sessions heard from within their lease.
@@ -43,7 +44,7 @@ impl Leases {
     pub fn last(&self, session: u64) -> (String, Duration) {
         match self.seen.lock().unwrap().get(&session) {
             Some(s) => (s.addr.clone(), s.at.elapsed()),
-            None => (String::new(), self.started.elapsed()),
+            None => (String::new(), self.started.lock().unwrap().elapsed()),
         }
     }
 
@@ -80,6 +81,13 @@ impl Leases {
             }
         }
         expired
+    }
+
+    /// A new leader: every session starts a full lease now (the old leader heard the
+    /// heartbeats, this one did not).
+    pub fn restart(&self) {
+        *self.started.lock().unwrap() = Instant::now();
+        self.seen.lock().unwrap().clear();
     }
 
     pub fn forget(&self, session: u64) {

@@ -9,6 +9,7 @@ pub mod leases;
 pub mod membership;
 pub mod metrics;
 pub mod namespace;
+pub mod raft;
 pub mod store;
 
 use anyhow::{bail, Context};
@@ -16,7 +17,7 @@ use membership::Membership;
 use namespace::{FsParams, Namespace};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tessera_common::metrics::{Metrics, RpcMetrics};
 use tessera_common::net::{self, Service};
@@ -48,6 +49,17 @@ pub struct MetaConfig {
     pub restore: Option<PathBuf>,
     /// Serve Prometheus metrics on this TCP address (plain HTTP), if set.
     pub metrics: Option<SocketAddr>,
+    /// One of several metadata servers under Raft (`--id`, `--peers`); alone if unset.
+    pub raft: Option<RaftGroup>,
+}
+
+/// This server's place in a replicated metadata group.
+#[derive(Clone, Debug)]
+pub struct RaftGroup {
+    pub id: u64,
+    /// Every server of the group, this one included: id → the address clients and the other
+    /// servers reach it at.
+    pub peers: std::collections::BTreeMap<u64, String>,
 }
 
 impl Default for MetaConfig {
@@ -67,6 +79,7 @@ impl Default for MetaConfig {
             session_lease: Duration::from_secs(30),
             restore: None,
             metrics: None,
+            raft: None,
         }
     }
 }
@@ -81,6 +94,14 @@ impl MetaConfig {
         }
         if self.session_lease < Duration::from_secs(1) {
             bail!("--session-lease must be at least 1 second");
+        }
+        if let Some(g) = &self.raft {
+            if !g.peers.contains_key(&g.id) {
+                bail!("--peers must name this server's --id {}", g.id);
+            }
+            if g.peers.len() < 3 || g.peers.len() % 2 == 0 {
+                bail!("--peers must name an odd number of servers, at least 3 (a majority must survive the loss of one)");
+            }
         }
         if self.block_size < 4096 || self.block_size > tessera_common::MAX_BLOCK_SIZE || !self.block_size.is_power_of_two() {
             bail!("--block-size must be a power of two between 4 KiB and 16 MiB");
@@ -104,6 +125,8 @@ struct MetaService {
     workers: Arc<Workers>,
     rpc_metrics: Option<Arc<RpcMetrics>>,
     events: Arc<events::Events>,
+    /// Set under Raft: only the leader answers.
+    replica: Option<Arc<raft::Replica>>,
 }
 
 fn ns_state(ns: &Namespace) -> String {
@@ -138,7 +161,7 @@ impl MetaService {
                 session
             }).map(|session| MetaResponse::Session {
                 session,
-                block_size: ns.params.block_size,
+                block_size: ns.params().block_size,
                 replicas: self.replicas,
                 write_quorum: self.write_quorum,
                 ring: self.members.ring(),
@@ -219,7 +242,7 @@ impl MetaService {
             },
             MetaRequest::GetXattr { ino, name } => r(ns.get_xattr(ino, &name).map(MetaResponse::Xattr)),
             MetaRequest::ListXattr { ino } => r(ns.list_xattr(ino).map(MetaResponse::XattrNames)),
-            MetaRequest::Gc { .. } | MetaRequest::WaitLock { .. } | MetaRequest::BackupStart | MetaRequest::BackupRead { .. } | MetaRequest::BackupEnd { .. } => unreachable!("answered in handle"),
+            MetaRequest::Gc { .. } | MetaRequest::WaitLock { .. } | MetaRequest::BackupStart | MetaRequest::BackupRead { .. } | MetaRequest::BackupEnd { .. } | MetaRequest::Raft { .. } => unreachable!("answered in handle"),
         }
     }
 
@@ -242,7 +265,7 @@ impl MetaService {
             total_bytes: cap / r,
             free_bytes: free.min(cap / r),
             files: self.ns.stats()?.files,
-            block_size: self.ns.params.block_size,
+            block_size: self.ns.params().block_size,
         }))
     }
 
@@ -292,7 +315,7 @@ impl MetaService {
     fn backup(&self, req: MetaRequest) -> (MetaResponse, Vec<u8>) {
         let r = match req {
             MetaRequest::BackupStart => self.backups.start(self.ns.store()).map(|(id, files)| {
-                let info = BackupInfo { id, files, block_size: self.ns.params.block_size, replicas: self.replicas, ring_version: self.members.ring().version };
+                let info = BackupInfo { id, files, block_size: self.ns.params().block_size, replicas: self.replicas, ring_version: self.members.ring().version };
                 (MetaResponse::BackupStarted(info), vec![])
             }),
             MetaRequest::BackupRead { id, name, offset, len } => self.backups.read(id, &name, offset, len).map(|data| (MetaResponse::BackupData, data)),
@@ -333,7 +356,42 @@ impl Service for MetaService {
         self.rpc_metrics.as_deref()
     }
 
-    async fn handle(self: Arc<Self>, peer: Arc<Identity>, req: MetaRequest, _payload: Vec<u8>) -> (MetaResponse, Vec<u8>) {
+    async fn handle(self: Arc<Self>, peer: Arc<Identity>, req: MetaRequest, payload: Vec<u8>) -> (MetaResponse, Vec<u8>) {
+        let Some(replica) = self.replica.clone() else { return self.serve(peer, req, payload).await };
+        if !replica.is_leader() {
+            return (MetaResponse::NotLeader { leader: replica.leader_addr() }, vec![]);
+        }
+        if is_read(&req) {
+            if let Err(e) = replica.ensure_linearizable().await {
+                return (leader_error(&replica, e), vec![]);
+            }
+        }
+        match self.serve(peer, req, payload).await {
+            // Lost the lead while answering: the caller retries at the new leader (with the same
+            // session and sequence number, so a change that did commit is not made twice).
+            (MetaResponse::Error(e), _) if e.code == ErrorCode::NotLeader => (leader_error(&replica, e), vec![]),
+            r => r,
+        }
+    }
+}
+
+/// Requests that only read (answered after the leader confirms it still leads).
+fn is_read(req: &MetaRequest) -> bool {
+    matches!(
+        req,
+        MetaRequest::Lookup { .. } | MetaRequest::GetAttr { .. } | MetaRequest::ReadDir { .. } | MetaRequest::ReadLink { .. } | MetaRequest::GetBlocks { .. } | MetaRequest::GetXattr { .. } | MetaRequest::ListXattr { .. } | MetaRequest::GetLock { .. } | MetaRequest::ListBlocks { .. }
+    )
+}
+
+fn leader_error(replica: &raft::Replica, e: WireError) -> MetaResponse {
+    match e.code {
+        ErrorCode::NotLeader => MetaResponse::NotLeader { leader: replica.leader_addr() },
+        _ => MetaResponse::Error(e),
+    }
+}
+
+impl MetaService {
+    async fn serve(self: Arc<Self>, peer: Arc<Identity>, req: MetaRequest, _payload: Vec<u8>) -> (MetaResponse, Vec<u8>) {
         if let MetaRequest::Gc { wait } = req {
             if peer.role != Role::Admin {
                 return (denied(peer.role, "start garbage collection"), vec![]);
@@ -397,11 +455,32 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     // Durable names: a power cut right after the first start must not lose the database.
     tessera_common::durable::create_dir_all(&db_dir).with_context(|| format!("creating {}", db_dir.display()))?;
     let store = store::Store::open(&db_dir).with_context(|| format!("opening {}", db_dir.display()))?;
-    let ns = Arc::new(Namespace::open(store, FsParams { block_size: cfg.block_size })?);
-    let members = Arc::new(Membership::load(ns.clone(), cfg.replicas, cfg.down_after, cfg.out_after)?);
     let ep = net::server_endpoint(&certs, cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = ep.local_addr()?;
-    info!(%addr, block_size = ns.params.block_size, replicas = cfg.replicas, "metadata server listening");
+    // Served from now on: under Raft the other servers must reach this one while the group
+    // forms; clients are told to wait until the rest is set up.
+    let front = Arc::new(Front { replica: OnceLock::new(), svc: OnceLock::new() });
+    let task = tokio::spawn(net::serve(ep.clone(), front.clone(), shutdown.clone()));
+    let params = FsParams { block_size: cfg.block_size };
+    let (ns, replica) = match &cfg.raft {
+        None => (Arc::new(Namespace::open(store, params)?), None),
+        Some(g) => {
+            let ns = Arc::new(Namespace::unopened(store));
+            let replica = raft::Replica::start(g.id, g.peers.clone(), ns.clone(), ep.clone()).await?;
+            let _ = front.replica.set(replica.clone());
+            ns.replicate_through(replica.clone());
+            formed(&ns, &replica, params).await?;
+            (ns, Some(replica))
+        }
+    };
+    let ns2 = ns.clone();
+    let members = Arc::new(tokio::task::spawn_blocking(move || Membership::load(ns2, cfg.replicas, cfg.down_after, cfg.out_after)).await??);
+    info!(%addr, block_size = ns.params().block_size, replicas = cfg.replicas, raft = ?cfg.raft.as_ref().map(|g| g.id), "metadata server listening");
+    // Leader duties run where the leader is (`leads()` is checked by each).
+    let leads = {
+        let r = replica.clone();
+        move || r.as_ref().is_none_or(|r| r.is_leader())
+    };
     // One pool of connections to the chunk servers, for GC and for the commit check.
     let chunks = net::ClientPool::new(ep.clone(), 1, Duration::from_secs(60), tessera_common::tls::Role::Chunk);
     let workers = Workers::new();
@@ -437,14 +516,23 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
             None => None,
         },
         events: events.clone(),
+        replica: replica.clone(),
     });
+    if let Some(r) = &replica {
+        tokio::spawn(follow_leadership(r.clone(), members.clone(), leases.clone(), events.clone()));
+    }
     // Leader duty: expire sessions whose lease ran out, a few times per lease.
     let tick = (cfg.session_lease / 4).min(Duration::from_secs(1));
     let expired = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (lease_events, gc_events) = (events.clone(), events.clone());
+    let lease_leads = leads.clone();
     let lease_task = worker::spawn(lease_worker.clone(), Schedule::every(tick), shutdown.clone(), move || {
         let (l, ns, changes, expired, w, ev) = (leases.clone(), ns.clone(), lock_changes.clone(), expired.clone(), lease_worker.clone(), lease_events.clone());
+        let leads = lease_leads();
         async move {
+            if !leads {
+                return Ok(());
+            }
             let gone = tokio::task::spawn_blocking(move || {
                 // Also a leader duty: finish dropping large files, a bounded command at a time.
                 if let Err(e) = ns.reap_pending() {
@@ -465,9 +553,21 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
             Ok::<_, tokio::task::JoinError>(())
         }
     });
+    let gc_leads = leads.clone();
+    let gc_replica = replica.clone();
     let gc_task = worker::spawn(gc.worker.clone(), Schedule::every(cfg.gc_interval), shutdown.clone(), move || {
-        let (gc, ev) = (gc.clone(), gc_events.clone());
+        let (gc, ev, r) = (gc.clone(), gc_events.clone(), gc_replica.clone());
+        let leads = gc_leads();
         async move {
+            // A leader cut off from the others may not know yet that it was deposed: it
+            // confirms its lead with a majority before it deletes anything.
+            let confirmed = match &r {
+                Some(r) => leads && r.ensure_linearizable().await.is_ok(),
+                None => leads,
+            };
+            if !confirmed {
+                return Default::default();
+            }
             let r = gc.collect().await;
             if r.deleted > 0 {
                 ev.note(format!("gc deleted {} unreferenced copies ({} scanned)", r.deleted, r.scanned));
@@ -477,7 +577,12 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     });
     let ticker = worker::spawn(members_worker.clone(), Schedule::every(Duration::from_secs(1)), shutdown.clone(), move || {
         let (m, w, ev) = (members.clone(), members_worker.clone(), events.clone());
+        let leads = leads();
         async move {
+            if !leads {
+                w.set_progress("following the leader".to_string());
+                return Ok(());
+            }
             let ring = tokio::task::spawn_blocking(move || {
                 let ring = m.refresh()?;
                 note_state_changes(&m, &ev);
@@ -490,11 +595,97 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
             Ok::<_, String>(())
         }
     });
+    let _ = front.svc.set(svc);
     let task = tokio::spawn(async move {
-        net::serve(ep, svc, shutdown).await;
+        let _ = task.await;
         ticker.abort();
         gc_task.abort();
         lease_task.abort();
+        if let Some(r) = replica {
+            r.shutdown().await;
+        }
     });
     Ok(MetaServer { addr, task })
+}
+
+/// Under Raft, until the group has applied `Init`: the leader proposes it (a no-op if the
+/// namespace exists), every server waits to see it applied.
+async fn formed(ns: &Namespace, replica: &raft::Replica, params: FsParams) -> anyhow::Result<()> {
+    let since = std::time::Instant::now();
+    let mut said = since;
+    while !ns.load_params()? {
+        if replica.is_leader() {
+            if let Err(e) = replica.propose_async(&namespace::Command::new(namespace::Op::Init { params })).await {
+                tracing::debug!("proposing init: {e}");
+            }
+            continue;
+        }
+        if said.elapsed() > Duration::from_secs(5) {
+            info!(waited_s = since.elapsed().as_secs(), "waiting for the metadata group to elect a leader (a majority of --peers must run)");
+            said = std::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Each time this server becomes leader: what a leader knows only from its own memory starts
+/// afresh. Chunk servers count as up until their heartbeats say otherwise (after `--down-after`
+/// without one they are down), and every session gets a full lease, as after a restart.
+async fn follow_leadership(replica: Arc<raft::Replica>, members: Arc<Membership>, leases: Arc<leases::Leases>, events: Arc<events::Events>) {
+    let mut metrics = replica.metrics();
+    let mut led = None;
+    loop {
+        let term = replica.leading_term();
+        if term.is_some() && term != led {
+            let m = members.clone();
+            match tokio::task::spawn_blocking(move || m.reload()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("reloading chunk servers after election: {e}"),
+                Err(e) => tracing::warn!("reloading chunk servers after election: {e}"),
+            }
+            leases.restart();
+            events.note(format!("metadata server {} leads (term {})", replica.id(), term.unwrap_or(0)));
+        }
+        led = term;
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What the endpoint serves: Raft messages at once, everything else once the server is set up.
+struct Front {
+    replica: OnceLock<Arc<raft::Replica>>,
+    svc: OnceLock<Arc<MetaService>>,
+}
+
+impl Service for Front {
+    type Req = MetaRequest;
+    type Resp = MetaResponse;
+    fn metrics(&self) -> Option<&RpcMetrics> {
+        self.svc.get().and_then(|s| s.rpc_metrics.as_deref())
+    }
+
+    async fn handle(self: Arc<Self>, peer: Arc<Identity>, req: MetaRequest, payload: Vec<u8>) -> (MetaResponse, Vec<u8>) {
+        if let MetaRequest::Raft { rpc } = req {
+            if peer.role != Role::Meta {
+                return (denied(peer.role, "send raft messages"), vec![]);
+            }
+            let Some(r) = self.replica.get() else {
+                return (MetaResponse::Error(WireError::new(ErrorCode::InvalidArgument, "this metadata server runs alone (no --peers)")), vec![]);
+            };
+            return match r.handle(rpc, &payload).await {
+                Ok(body) => (MetaResponse::Raft, body),
+                Err(e) => (MetaResponse::Error(WireError::new(ErrorCode::InvalidArgument, e)), vec![]),
+            };
+        }
+        match self.svc.get() {
+            Some(svc) => svc.clone().handle(peer, req, payload).await,
+            None => match self.replica.get() {
+                Some(r) if !r.is_leader() => (MetaResponse::NotLeader { leader: r.leader_addr() }, vec![]),
+                _ => (MetaResponse::Error(WireError::new(ErrorCode::Unavailable, "starting up; try again shortly")), vec![]),
+            },
+        }
+    }
 }

@@ -55,12 +55,29 @@ struct Args {
     /// set. Use a loopback or private address: the page is not authenticated.
     #[arg(long, env = "TESSERA_METRICS", value_name = "ADDR:PORT")]
     metrics: Option<std::net::SocketAddr>,
+    /// This server's id in a replicated metadata group (with --peers; docs/raft.md).
+    #[arg(long, env = "TESSERA_ID", requires = "peers")]
+    id: Option<u64>,
+    /// Every metadata server of the group, this one included, as ID=HOST:PORT,... (3 or 5
+    /// servers): the commands are replicated through Raft and the leader answers. Alone if unset.
+    #[arg(long, env = "TESSERA_PEERS", requires = "id", value_name = "ID=ADDR,...")]
+    peers: Option<String>,
 }
 
 #[tokio::main]
 async fn main() {
     tessera_common::init_logging();
     let a: Args = tessera_common::config::parse();
+    let raft = match (a.id, &a.peers) {
+        (Some(id), Some(list)) => match tessera_meta::raft::parse_peers(list) {
+            Ok(peers) => Some(tessera_meta::RaftGroup { id, peers }),
+            Err(e) => {
+                eprintln!("tessera-meta: {e}");
+                std::process::exit(2);
+            }
+        },
+        _ => None,
+    };
     let cfg = MetaConfig {
         data_dir: a.data_dir,
         listen: a.listen,
@@ -75,6 +92,7 @@ async fn main() {
         session_lease: Duration::from_secs(a.session_lease),
         restore: a.restore,
         metrics: a.metrics,
+        raft,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = match tessera_meta::start(cfg, rx).await {

@@ -143,18 +143,32 @@ pub(crate) fn apply_ring(ns: &Namespace, b: &mut Batch, nodes: &[RingNode]) -> R
 
 impl Membership {
     pub fn load(ns: Arc<Namespace>, replicas: u32, down_after: Duration, out_after: Duration) -> Result<Self, WireError> {
+        let replicated = ns.is_replicated();
+        let m = Membership { ns, replicas, nodes: Mutex::default(), ring: Mutex::new(Ring::new(0, replicas, vec![])), down_after, out_after, seen_states: Mutex::default() };
+        // Under Raft only the leader publishes (see `reload`); a follower serves no ring.
+        if !replicated {
+            m.reload()?;
+        }
+        Ok(m)
+    }
+
+    /// Reload the stored servers and publish the ring they make: at start, and on each
+    /// election won. Until a first heartbeat, every server gets the benefit of the doubt: up,
+    /// and down after `down_after` without a heartbeat.
+    pub fn reload(&self) -> Result<(), WireError> {
         let now = Instant::now();
-        let nodes = ns
+        let nodes = self
+            .ns
             .cluster_scan::<NodeRecord>(NODE_PREFIX)?
             .into_iter()
-            // Until a first heartbeat after a restart, give every server the benefit of the doubt.
             .map(|rec| (rec.id, Node { rec, load: ChunkLoad::default(), heard: false, last_heartbeat: now }))
             .collect();
-        let m = Membership { ns, replicas, nodes: Mutex::new(nodes), ring: Mutex::new(Ring::new(0, replicas, vec![])), down_after, out_after, seen_states: Mutex::default() };
-        let ring = Ring::new(0, replicas, m.members());
-        let version = m.publish(&ring.nodes)?;
-        *m.ring.lock().unwrap() = Ring::new(version, replicas, ring.nodes);
-        Ok(m)
+        *self.nodes.lock().unwrap() = nodes;
+        self.seen_states.lock().unwrap().clear();
+        let ring = Ring::new(0, self.replicas, self.members());
+        let version = self.publish(&ring.nodes)?;
+        *self.ring.lock().unwrap() = Ring::new(version, self.replicas, ring.nodes);
+        Ok(())
     }
 
     /// The version of ring `nodes` (sorted by id), stored durably before it is published.

@@ -33,10 +33,17 @@ pub enum Cf {
     Opens,
     /// Lock table per inode: ino → the locks held on it.
     Locks,
+    /// Under Raft: the log, index (big-endian) → entry.
+    RaftLog,
+    /// Under Raft: the vote, the commit index, the last purged and the last applied log id, the
+    /// membership (see `raft::log`, `raft::machine`).
+    RaftState,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 12] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans, Cf::Xattrs, Cf::Opens, Cf::Locks];
+    pub const ALL: [Cf; 14] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans, Cf::Xattrs, Cf::Opens, Cf::Locks, Cf::RaftLog, Cf::RaftState];
+    /// What commands change: the state a Raft snapshot carries.
+    pub const STATE: [Cf; 12] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans, Cf::Xattrs, Cf::Opens, Cf::Locks];
     pub fn name(self) -> &'static str {
         match self {
             Cf::Inodes => "inodes",
@@ -51,6 +58,8 @@ impl Cf {
             Cf::Xattrs => "xattrs",
             Cf::Opens => "opens",
             Cf::Locks => "locks",
+            Cf::RaftLog => "raft_log",
+            Cf::RaftState => "raft_state",
         }
     }
 }
@@ -84,6 +93,9 @@ impl Batch {
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+    pub fn append(&mut self, other: Batch) {
+        self.ops.extend(other.ops);
     }
     /// Every change is in one of `cfs`.
     pub fn only_in(&self, cfs: &[Cf]) -> bool {
@@ -157,6 +169,30 @@ impl Store {
         for item in self.db.iterator_cf(self.cf(cf), IteratorMode::From(start, Direction::Forward)) {
             let (k, v) = item?;
             if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The last entry of `cf`.
+    pub fn last(&self, cf: Cf) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        match self.db.iterator_cf(self.cf(cf), IteratorMode::End).next() {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The entries of `cf` with keys in `[from, to)`.
+    pub fn range(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::From(from, Direction::Forward)) {
+            let (k, v) = item?;
+            if &*k >= to {
                 break;
             }
             out.push((k.to_vec(), v.to_vec()));

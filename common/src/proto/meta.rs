@@ -273,6 +273,17 @@ pub enum MetaRequest {
     BackupRead { id: u64, name: String, offset: u64, len: u32 },
     /// Admin only: delete checkpoint `id` (unknown ids are fine). Reply: `Done`.
     BackupEnd { id: u64 },
+    /// Metadata servers only, to each other: one Raft message, whose body (openraft's request,
+    /// bincode) is the payload. Reply: `Raft`, with openraft's reply as the payload.
+    Raft { rpc: RaftRpc },
+}
+
+/// The Raft messages between metadata servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRpc {
+    Append,
+    Vote,
+    Snapshot,
 }
 
 /// Most bytes one `BackupRead` returns.
@@ -468,6 +479,8 @@ pub enum MetaResponse {
     BackupStarted(BackupInfo),
     /// Reply of `BackupRead`; the bytes are the payload.
     BackupData,
+    /// Reply of `Raft`; openraft's reply is the payload.
+    Raft,
 }
 
 impl crate::metrics::OpName for MetaRequest {

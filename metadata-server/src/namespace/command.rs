@@ -54,7 +54,7 @@ pub enum Op {
 }
 
 /// What applying a command produced (besides its batch).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     /// A mutation's reply; `again` when it was answered from the retry cache.
     Reply { reply: MetaResponse, again: bool },
@@ -105,12 +105,31 @@ impl Namespace {
     /// Apply `cmd` and write its batch (not yet durable: wait on the ticket). Commands are
     /// applied one at a time, in the order of this lock.
     pub fn submit(&self, cmd: &Command) -> Result<Written, WireError> {
+        if let Some(r) = self.replica.get() {
+            // Durable on a majority once applied; ticket 0 needs no wait.
+            return Ok(Written { out: r.propose(cmd)?, ticket: 0, soft: false });
+        }
         let _g = self.lock.lock().unwrap();
         #[cfg(test)]
         self.log.lock().unwrap().push(cmd.encode());
         let (batch, out) = self.apply(cmd)?;
         let soft = batch.only_in(&[Cf::Opens, Cf::Sessions]);
         Ok(Written { out, ticket: self.store.apply(batch)?, soft })
+    }
+
+    /// Under Raft: apply the command of a committed entry (none for a blank or membership
+    /// entry) and write its batch with `extra` (the applied log id) in one write. Not synced:
+    /// the log is, and a replica that loses this write applies the entry again.
+    /// Returns the write's ticket (for `Store::wait_durable`) and the command's outcome.
+    pub(crate) fn apply_logged(&self, cmd: Option<&Command>, extra: Batch) -> Result<(u64, Result<Outcome, WireError>), StoreError> {
+        let _g = self.lock.lock().unwrap();
+        let (mut batch, out) = match cmd.map(|c| self.apply(c)) {
+            Some(Ok((b, out))) => (b, Ok(out)),
+            Some(Err(e)) => (Batch::default(), Err(e)),
+            None => (Batch::default(), Ok(Outcome::Done)),
+        };
+        batch.append(extra);
+        Ok((self.store.apply(batch)?, out))
     }
 
     /// `submit`, then wait until it is durable.

@@ -8,7 +8,7 @@ impl Namespace {
     /// set, and every reference change goes through the command's overlay (`Txn::set_block`),
     /// so a block named several times, or by both files, is counted once per entry.
     pub(super) fn copy_blocks(&self, tx: &mut Txn, (src, src_first): (u64, u64), (dst, dst_first): (u64, u64), count: u64, end: u64) -> Result<MetaResponse, WireError> {
-        let bs = self.params.block_size as u64;
+        let bs = tx.block_size;
         let bad = |m: String| err(ErrorCode::InvalidArgument, m);
         let s = tx.inode(src)?;
         let mut d = tx.inode(dst)?;

@@ -34,7 +34,7 @@ mod xattr_tests;
 use crate::store::{Batch, Cf, Store, StoreError};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use tessera_common::names::{check_name, MAX_SYMLINK_LEN};
 use tessera_common::proto::meta::*;
 use tessera_common::{BlockId, ErrorCode, WireError, ROOT_INO};
@@ -74,12 +74,20 @@ pub fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
+/// Where commands go under Raft instead of being applied here at once (`crate::raft`): the
+/// leader's log, which applies them on every replica. Called off the async threads.
+pub trait Replicate: Send + Sync {
+    fn propose(&self, cmd: &Command) -> Result<Outcome, WireError>;
+}
+
 pub struct Namespace {
     store: Store,
     /// Held while a command is applied and written: one at a time, in this order.
     lock: Mutex<()>,
-    /// As stored at creation (apply reads the stored record, not this copy).
-    pub params: FsParams,
+    /// As stored at creation (apply reads the stored record, not this copy); see [`Self::params`].
+    params: OnceLock<FsParams>,
+    /// Set under Raft: commands are proposed there, and applied by [`Self::apply_logged`].
+    replica: OnceLock<Arc<dyn Replicate>>,
     /// Every command submitted, encoded: what a Raft log would hold.
     #[cfg(test)]
     pub(crate) log: Mutex<Vec<Vec<u8>>>,
@@ -90,8 +98,34 @@ impl Namespace {
     pub fn open(store: Store, params: FsParams) -> Result<Self, WireError> {
         let ns = Self::unopened(store);
         ns.submit_durable(&Command::new(Op::Init { params }))?;
-        let params = ns.cluster_get(KEY_FS)?.ok_or_else(|| err(ErrorCode::Internal, "file-system parameters missing after init"))?;
-        Ok(Namespace { params, ..ns })
+        ns.load_params()?;
+        Ok(ns)
+    }
+
+    /// Read the stored parameters for [`Self::params`]; `false` while `Init` was not applied.
+    pub fn load_params(&self) -> Result<bool, WireError> {
+        match self.cluster_get::<FsParams>(KEY_FS)? {
+            Some(p) => {
+                let _ = self.params.set(p);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The file system's parameters (loaded by `open`, or `load_params` under Raft).
+    pub fn params(&self) -> FsParams {
+        self.params.get().copied().unwrap_or(FsParams { block_size: 0 })
+    }
+
+    /// Whether commands go through Raft.
+    pub fn is_replicated(&self) -> bool {
+        self.replica.get().is_some()
+    }
+
+    /// Send every later command to `replica` (see [`Replicate`]).
+    pub fn replicate_through(&self, replica: Arc<dyn Replicate>) {
+        let _ = self.replica.set(replica);
     }
 
     /// The namespace on `store` as it is, without `Init` (a replica that replays a log).
@@ -99,7 +133,8 @@ impl Namespace {
         Namespace {
             store,
             lock: Mutex::new(()),
-            params: FsParams { block_size: 0 },
+            params: OnceLock::new(),
+            replica: OnceLock::new(),
             #[cfg(test)]
             log: Mutex::new(Vec::new()),
         }

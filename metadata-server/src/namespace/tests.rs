@@ -466,7 +466,7 @@ fn state_survives_reopen() {
         c.mk(ROOT_INO, "keep", FileKind::File)
     };
     let ns = Namespace::open(Store::open(d.path()).unwrap(), FsParams { block_size: 1 << 20 }).unwrap();
-    assert_eq!(ns.params.block_size, 4096, "block size is fixed at creation");
+    assert_eq!(ns.params().block_size, 4096, "block size is fixed at creation");
     assert_eq!(ns.lookup(ROOT_INO, b"keep").unwrap().ino, ino);
     let mut c = C::new(&ns);
     assert!(c.mk(ROOT_INO, "next", FileKind::File) > ino, "inode numbers are never reused");

@@ -1,0 +1,198 @@
+//! The state machine: the namespace. A committed entry's command is applied by
+//! [`Namespace::apply_logged`], and its log id (and a membership entry's membership) is written
+//! in the same batch, so the applied state and the applied id never disagree.
+//!
+//! A snapshot is every record of the state's column families as of one RocksDB snapshot (a
+//! point-in-time view, what a checkpoint would hold), with the log id it reflects, followed by
+//! its BLAKE3. It is held in memory and sent in chunks to a follower that is new or behind the
+//! purged log; installing it replaces the follower's state in one synced batch.
+
+use super::log::{dec, enc};
+use super::{io_err, Applied, TypeConfig};
+use crate::namespace::{Command, Namespace};
+use crate::store::{Batch, Cf};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{BasicNode, Entry, EntryPayload, LogId, StorageError, StorageIOError, StoredMembership};
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+
+type Meta = SnapshotMeta<u64, BasicNode>;
+
+#[derive(Clone)]
+pub struct StateMachine {
+    ns: Arc<Namespace>,
+    current: Arc<Mutex<Option<(Meta, Arc<Vec<u8>>)>>>,
+}
+
+impl StateMachine {
+    pub fn new(ns: Arc<Namespace>) -> Self {
+        StateMachine { ns, current: Arc::default() }
+    }
+}
+
+/// The state as one byte string: `cf u8 | key len u32 | key | value len u32 | value`, repeated,
+/// then the BLAKE3 of all that.
+fn dump(ns: &Namespace) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>, Vec<u8>), String> {
+    let view = ns.store().view();
+    let applied = match view.get(Cf::RaftState, KEY_APPLIED).map_err(|e| e.to_string())? {
+        Some(v) => dec(&v)?,
+        None => None,
+    };
+    let membership = match view.get(Cf::RaftState, KEY_MEMBERSHIP).map_err(|e| e.to_string())? {
+        Some(v) => dec(&v)?,
+        None => StoredMembership::default(),
+    };
+    let mut out = Vec::new();
+    for (i, cf) in Cf::STATE.iter().enumerate() {
+        view.for_each::<crate::store::StoreError>(*cf, |k, v| {
+            out.push(i as u8);
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(k);
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(v);
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+    }
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    Ok((applied, membership, out))
+}
+
+/// The records of a snapshot made by [`dump`], checked against its BLAKE3.
+fn parse(data: &[u8]) -> Result<Vec<(Cf, &[u8], &[u8])>, String> {
+    let body_len = data.len().checked_sub(32).ok_or("snapshot too short")?;
+    let (body, sum) = data.split_at(body_len);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err("snapshot does not match its BLAKE3".into());
+    }
+    let mut out = Vec::new();
+    let mut rest = body;
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+        if rest.len() < n {
+            return Err("snapshot truncated".into());
+        }
+        let (a, b) = rest.split_at(n);
+        *rest = b;
+        Ok(a)
+    }
+    while !rest.is_empty() {
+        let cf = *Cf::STATE.get(take(&mut rest, 1)?[0] as usize).ok_or("snapshot names an unknown column family")?;
+        let kl = u32::from_le_bytes(take(&mut rest, 4)?.try_into().unwrap()) as usize;
+        let k = take(&mut rest, kl)?;
+        let vl = u32::from_le_bytes(take(&mut rest, 4)?.try_into().unwrap()) as usize;
+        let v = take(&mut rest, vl)?;
+        out.push((cf, k, v));
+    }
+    Ok(out)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let ns = self.ns.clone();
+        let (applied, membership, data) = tokio::task::spawn_blocking(move || dump(&ns))
+            .await
+            .map_err(|e| io_err(StorageIOError::read_state_machine, e.to_string()))?
+            .map_err(|e| io_err(StorageIOError::read_state_machine, e))?;
+        let id = format!("{}-{}", applied.map(|l| l.index).unwrap_or(0), crate::namespace::now_ns());
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id: id };
+        let data = Arc::new(data);
+        *self.current.lock().unwrap() = Some((meta.clone(), data.clone()));
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new((*data).clone())) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+        let store = self.ns.store();
+        let get = |k| store.get(Cf::RaftState, k).map_err(|e| io_err(StorageIOError::read_state_machine, e.to_string()));
+        let applied = match get(KEY_APPLIED)? {
+            Some(v) => dec(&v).map_err(|e| io_err(StorageIOError::read_state_machine, e))?,
+            None => None,
+        };
+        let membership = match get(KEY_MEMBERSHIP)? {
+            Some(v) => dec(&v).map_err(|e| io_err(StorageIOError::read_state_machine, e))?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let ns = self.ns.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(entries.len());
+            for e in entries {
+                let mut extra = Batch::default();
+                extra.put(Cf::RaftState, KEY_APPLIED.to_vec(), enc(&Some(e.log_id)));
+                let cmd = match e.payload {
+                    EntryPayload::Blank => None,
+                    EntryPayload::Normal(p) => Some(Command::decode(&p.0).map_err(|err| io_err(|a| StorageIOError::apply(e.log_id, a), err.message))?),
+                    EntryPayload::Membership(m) => {
+                        extra.put(Cf::RaftState, KEY_MEMBERSHIP.to_vec(), enc(&StoredMembership::new(Some(e.log_id), m)));
+                        None
+                    }
+                };
+                let (_, r) = ns.apply_logged(cmd.as_ref(), extra).map_err(|err| io_err(|a| StorageIOError::apply(e.log_id, a), err.to_string()))?;
+                out.push(Applied(r));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| io_err(StorageIOError::write_state_machine, e.to_string()))?
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<u64>> {
+        let data = Arc::new(snapshot.into_inner());
+        let (ns, d, m) = (self.ns.clone(), data.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let records = parse(&d)?;
+            let mut b = Batch::default();
+            {
+                let view = ns.store().view();
+                for cf in Cf::STATE {
+                    view.for_each::<crate::store::StoreError>(cf, |k, _| {
+                        b.delete(cf, k.to_vec());
+                        Ok(())
+                    })
+                    .map_err(|e| e.to_string())?;
+                }
+            }
+            for (cf, k, v) in records {
+                b.put(cf, k.to_vec(), v.to_vec());
+            }
+            b.put(Cf::RaftState, KEY_APPLIED.to_vec(), enc(&m.last_log_id));
+            b.put(Cf::RaftState, KEY_MEMBERSHIP.to_vec(), enc(&m.last_membership));
+            let (ticket, _) = ns.apply_logged(None, b).map_err(|e| e.to_string())?;
+            ns.store().wait_durable(ticket).map_err(|e| e.to_string())?;
+            ns.load_params().map_err(|e| e.message)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| io_err(|a| StorageIOError::write_snapshot(Some(meta.signature()), a), e.to_string()))?
+        .map_err(|e| io_err(|a| StorageIOError::write_snapshot(Some(meta.signature()), a), e))?;
+        *self.current.lock().unwrap() = Some((meta.clone(), data));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        Ok(self.current.lock().unwrap().as_ref().map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new((**data).clone())) }))
+    }
+}

@@ -1,0 +1,150 @@
+//! Three metadata servers under Raft (docs/raft.md): a mount and the chunk servers hold the
+//! list of them; killing the leader with SIGKILL loses no acknowledged file, and the mount goes
+//! on through the new leader. A killed server restarted on its data catches up and can carry
+//! the group again.
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tessera_tests::cluster::{drop_page_cache, write_file_synced};
+use tessera_tests::*;
+
+struct Group {
+    root: PathBuf,
+    ports: Vec<u16>,
+    metas: Vec<Option<Proc>>,
+    admin: PathBuf,
+    list: String,
+}
+
+impl Group {
+    fn peers(&self) -> String {
+        self.ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",")
+    }
+
+    fn start_meta(&mut self, i: usize, log: &str) {
+        let (id, peers) = ((i + 1).to_string(), self.peers());
+        let r = &self.root;
+        self.metas[i] = Some(start_meta_with(&r.join(format!("meta{i}")), self.ports[i], &r.join(format!("certs/meta{i}")), 3, &r.join(log), &["--id", &id, "--peers", &peers]));
+    }
+
+    fn tessera(&self, args: &[&str], meta: &str) -> std::process::Output {
+        run_timeout(Command::new(bin("tessera")).args(args).args(["--meta", meta, "--certs"]).arg(&self.admin).env_remove("TESSERA_META"), Duration::from_secs(30))
+    }
+
+    /// The server that leads: the only one whose own address answers `tessera status`.
+    fn leader(&self) -> usize {
+        let found = wait_for(Duration::from_secs(30), || {
+            (0..self.ports.len()).filter(|i| self.metas[*i].is_some()).find(|i| self.tessera(&["status", "--json"], &format!("127.0.0.1:{}", self.ports[*i])).status.success())
+        });
+        found.expect("no metadata server leads within 30 s")
+    }
+
+    fn kill9(&mut self, i: usize) {
+        let mut p = self.metas[i].take().expect("running");
+        kill(Pid::from_raw(p.pid().unwrap() as i32), Signal::SIGKILL).unwrap();
+        assert!(wait_for(Duration::from_secs(10), || p.exited()).is_some(), "meta{i} still runs after SIGKILL");
+    }
+}
+
+fn check(files: &[(PathBuf, Vec<u8>)]) {
+    for (path, data) in files {
+        assert_eq!(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())), data, "{} reads back as written", path.display());
+    }
+}
+
+/// Create, write and fsync one file; the time it took.
+fn write_one(mnt: &Path, name: &str, rng: &mut impl rand::RngCore, files: &mut Vec<(PathBuf, Vec<u8>)>) -> Duration {
+    let len = 100_000 + (rng.next_u32() % 3_000_000) as usize;
+    let data = random_bytes(rng, len);
+    let path = mnt.join(name);
+    let t = Instant::now();
+    write_file_synced(&path, &data).unwrap_or_else(|e| panic!("writing {name}: {e}"));
+    files.push((path, data));
+    t.elapsed()
+}
+
+#[test]
+fn killing_the_leader_loses_nothing_and_the_mount_goes_on() {
+    let dir = tempfile::Builder::new().prefix("tessera-raft-").tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let ca = root.join("ca");
+    cert_init(&ca);
+    for i in 0..3 {
+        cert_issue(&ca, &root.join(format!("certs/meta{i}")), &format!("meta-{i}"), "meta");
+    }
+    cert_issue(&ca, &root.join("certs/admin"), "admin", "admin");
+    cert_issue(&ca, &root.join("certs/client"), "client-1", "client");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    // The leader is most often the first server: list it last, so a mount starts at a follower.
+    let list = ports.iter().rev().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let mut g = Group { root: root.clone(), ports, metas: vec![None, None, None], admin: root.join("certs/admin"), list };
+    for i in 0..3 {
+        g.start_meta(i, &format!("meta{i}.log"));
+    }
+    let mut chunks = Vec::new();
+    for i in 0..3 {
+        let certs = root.join(format!("certs/chunk{i}"));
+        cert_issue(&ca, &certs, &format!("chunk-{i}"), "chunk");
+        let zone = format!("z{i}");
+        chunks.push(start_chunk(&root.join(format!("chunk{i}")), free_port(), &g.list, &certs, &root.join(format!("chunk{i}.log")), &["--zone", &zone]));
+    }
+    let up = wait_for(Duration::from_secs(30), || {
+        let out = g.tessera(&["status", "--json"], &g.list);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["nodes"].as_array()?.iter().filter(|n| n["state"] == "up").count() == 3).then_some(())
+    });
+    assert!(up.is_some(), "three chunk servers up within 30 s: {:?}", g.tessera(&["status"], &g.list));
+
+    let mnt = root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut m = start_mount(&g.list, &root.join("certs/client"), &mnt, &root.join("mount.log"));
+    let mut rng = seeded_rng();
+    let mut files = Vec::new();
+    for k in 0..10 {
+        write_one(&mnt, &format!("before-{k}"), &mut rng, &mut files);
+    }
+    std::fs::create_dir(mnt.join("dir")).unwrap();
+    std::fs::rename(mnt.join("before-0"), mnt.join("dir/renamed")).unwrap();
+    files[0].0 = mnt.join("dir/renamed");
+
+    // Kill the leader; the next write goes through the new one.
+    let first = g.leader();
+    g.kill9(first);
+    let took = write_one(&mnt, "after-kill", &mut rng, &mut files);
+    eprintln!("the first write after killing the leader (meta{first}) took {took:?}");
+    let second = g.leader();
+    assert_ne!(second, first, "a new leader was elected");
+    check(&files);
+    assert!(!mnt.join("before-0").exists(), "the rename before the kill holds");
+    for k in 0..5 {
+        write_one(&mnt, &format!("after-{k}"), &mut rng, &mut files);
+    }
+
+    // The killed server comes back on its data and catches up; then the second leader is
+    // killed too, and the group of the restarted server and the third still serves.
+    g.start_meta(first, &format!("meta{first}-2.log"));
+    std::thread::sleep(Duration::from_secs(2));
+    g.kill9(second);
+    let took = write_one(&mnt, "after-second-kill", &mut rng, &mut files);
+    eprintln!("the first write after killing the second leader (meta{second}) took {took:?}");
+    check(&files);
+    let names: Vec<String> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names.len(), 9 + 1 + 1 + 5 + 1, "every file once, nothing else: {names:?}");
+
+    // All three again; everything is there, and fsck finds the namespace and blocks agree.
+    g.start_meta(second, &format!("meta{second}-2.log"));
+    drop_page_cache();
+    check(&files);
+    m.stop();
+    let out = g.tessera(&["fsck"], &g.list);
+    assert!(out.status.success(), "fsck: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    for c in &mut chunks {
+        c.assert_running();
+    }
+    for p in g.metas.iter_mut().flatten() {
+        p.assert_running();
+    }
+}
