@@ -60,6 +60,8 @@ pub struct RaftGroup {
     /// Every server of the group, this one included: id → the address clients and the other
     /// servers reach it at.
     pub peers: std::collections::BTreeMap<u64, String>,
+    /// Log entries between snapshots (the log behind a snapshot is compacted).
+    pub snapshot_every: u64,
 }
 
 impl Default for MetaConfig {
@@ -466,7 +468,7 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
         None => (Arc::new(Namespace::open(store, params)?), None),
         Some(g) => {
             let ns = Arc::new(Namespace::unopened(store));
-            let replica = raft::Replica::start(g.id, g.peers.clone(), ns.clone(), ep.clone()).await?;
+            let replica = raft::Replica::start(g, ns.clone(), ep.clone()).await?;
             let _ = front.replica.set(replica.clone());
             ns.replicate_through(replica.clone());
             formed(&ns, &replica, params).await?;

@@ -62,6 +62,10 @@ struct Args {
     /// servers): the commands are replicated through Raft and the leader answers. Alone if unset.
     #[arg(long, env = "TESSERA_PEERS", requires = "id", value_name = "ID=ADDR,...")]
     peers: Option<String>,
+    /// Under Raft: log entries between snapshots; the log behind a snapshot is dropped, and a
+    /// server further behind than that receives the snapshot.
+    #[arg(long, env = "TESSERA_RAFT_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    raft_snapshot_every: u64,
 }
 
 #[tokio::main]
@@ -70,7 +74,7 @@ async fn main() {
     let a: Args = tessera_common::config::parse();
     let raft = match (a.id, &a.peers) {
         (Some(id), Some(list)) => match tessera_meta::raft::parse_peers(list) {
-            Ok(peers) => Some(tessera_meta::RaftGroup { id, peers }),
+            Ok(peers) => Some(tessera_meta::RaftGroup { id, peers, snapshot_every: a.raft_snapshot_every }),
             Err(e) => {
                 eprintln!("tessera-meta: {e}");
                 std::process::exit(2);

@@ -17,6 +17,9 @@ struct Group {
     metas: Vec<Option<Proc>>,
     admin: PathBuf,
     list: String,
+    extra: Vec<String>,
+    chunks: Vec<Proc>,
+    _dir: tempfile::TempDir,
 }
 
 impl Group {
@@ -25,9 +28,11 @@ impl Group {
     }
 
     fn start_meta(&mut self, i: usize, log: &str) {
-        let (id, peers) = ((i + 1).to_string(), self.peers());
+        let mut args = vec!["--id".to_string(), (i + 1).to_string(), "--peers".into(), self.peers()];
+        args.extend(self.extra.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let r = &self.root;
-        self.metas[i] = Some(start_meta_with(&r.join(format!("meta{i}")), self.ports[i], &r.join(format!("certs/meta{i}")), 3, &r.join(log), &["--id", &id, "--peers", &peers]));
+        self.metas[i] = Some(start_meta_with(&r.join(format!("meta{i}")), self.ports[i], &r.join(format!("certs/meta{i}")), 3, &r.join(log), &args));
     }
 
     fn tessera(&self, args: &[&str], meta: &str) -> std::process::Output {
@@ -40,6 +45,58 @@ impl Group {
             (0..self.ports.len()).filter(|i| self.metas[*i].is_some()).find(|i| self.tessera(&["status", "--json"], &format!("127.0.0.1:{}", self.ports[*i])).status.success())
         });
         found.expect("no metadata server leads within 30 s")
+    }
+
+    /// Three metadata servers (with `extra` flags), three chunk servers and a mount, listing the
+    /// metadata servers leader-last (the first is most often elected: a mount starts at a
+    /// follower).
+    fn start(extra: &[&str]) -> (Group, Proc, PathBuf) {
+        let dir = tempfile::Builder::new().prefix("tessera-raft-").tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let ca = root.join("ca");
+        cert_init(&ca);
+        for i in 0..3 {
+            cert_issue(&ca, &root.join(format!("certs/meta{i}")), &format!("meta-{i}"), "meta");
+        }
+        cert_issue(&ca, &root.join("certs/admin"), "admin", "admin");
+        cert_issue(&ca, &root.join("certs/client"), "client-1", "client");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let list = ports.iter().rev().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut g = Group { root: root.clone(), ports, metas: vec![None, None, None], admin: root.join("certs/admin"), list, extra, chunks: vec![], _dir: dir };
+        for i in 0..3 {
+            g.start_meta(i, &format!("meta{i}.log"));
+        }
+        for i in 0..3 {
+            let certs = root.join(format!("certs/chunk{i}"));
+            cert_issue(&ca, &certs, &format!("chunk-{i}"), "chunk");
+            let zone = format!("z{i}");
+            let c = start_chunk(&root.join(format!("chunk{i}")), free_port(), &g.list, &certs, &root.join(format!("chunk{i}.log")), &["--zone", &zone]);
+            g.chunks.push(c);
+        }
+        let up = wait_for(Duration::from_secs(30), || {
+            let out = g.tessera(&["status", "--json"], &g.list);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["nodes"].as_array()?.iter().filter(|n| n["state"] == "up").count() == 3).then_some(())
+        });
+        assert!(up.is_some(), "three chunk servers up within 30 s: {:?}", g.tessera(&["status"], &g.list));
+        let mnt = root.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let m = start_mount(&g.list, &root.join("certs/client"), &mnt, &root.join("mount.log"));
+        (g, m, mnt)
+    }
+
+    /// Unmount, fsck clean, nothing crashed but what was killed.
+    fn finish(mut self, mut m: Proc) {
+        m.stop();
+        let out = self.tessera(&["fsck"], &self.list);
+        assert!(out.status.success(), "fsck: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        for c in &mut self.chunks {
+            c.assert_running();
+        }
+        for p in self.metas.iter_mut().flatten() {
+            p.assert_running();
+        }
     }
 
     fn kill9(&mut self, i: usize) {
@@ -68,39 +125,7 @@ fn write_one(mnt: &Path, name: &str, rng: &mut impl rand::RngCore, files: &mut V
 
 #[test]
 fn killing_the_leader_loses_nothing_and_the_mount_goes_on() {
-    let dir = tempfile::Builder::new().prefix("tessera-raft-").tempdir().unwrap();
-    let root = dir.path().canonicalize().unwrap();
-    let ca = root.join("ca");
-    cert_init(&ca);
-    for i in 0..3 {
-        cert_issue(&ca, &root.join(format!("certs/meta{i}")), &format!("meta-{i}"), "meta");
-    }
-    cert_issue(&ca, &root.join("certs/admin"), "admin", "admin");
-    cert_issue(&ca, &root.join("certs/client"), "client-1", "client");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    // The leader is most often the first server: list it last, so a mount starts at a follower.
-    let list = ports.iter().rev().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-    let mut g = Group { root: root.clone(), ports, metas: vec![None, None, None], admin: root.join("certs/admin"), list };
-    for i in 0..3 {
-        g.start_meta(i, &format!("meta{i}.log"));
-    }
-    let mut chunks = Vec::new();
-    for i in 0..3 {
-        let certs = root.join(format!("certs/chunk{i}"));
-        cert_issue(&ca, &certs, &format!("chunk-{i}"), "chunk");
-        let zone = format!("z{i}");
-        chunks.push(start_chunk(&root.join(format!("chunk{i}")), free_port(), &g.list, &certs, &root.join(format!("chunk{i}.log")), &["--zone", &zone]));
-    }
-    let up = wait_for(Duration::from_secs(30), || {
-        let out = g.tessera(&["status", "--json"], &g.list);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v["nodes"].as_array()?.iter().filter(|n| n["state"] == "up").count() == 3).then_some(())
-    });
-    assert!(up.is_some(), "three chunk servers up within 30 s: {:?}", g.tessera(&["status"], &g.list));
-
-    let mnt = root.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mut m = start_mount(&g.list, &root.join("certs/client"), &mnt, &root.join("mount.log"));
+    let (mut g, m, mnt) = Group::start(&[]);
     let mut rng = seeded_rng();
     let mut files = Vec::new();
     for k in 0..10 {
@@ -138,13 +163,42 @@ fn killing_the_leader_loses_nothing_and_the_mount_goes_on() {
     g.start_meta(second, &format!("meta{second}-2.log"));
     drop_page_cache();
     check(&files);
-    m.stop();
-    let out = g.tessera(&["fsck"], &g.list);
-    assert!(out.status.success(), "fsck: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    for c in &mut chunks {
-        c.assert_running();
+    g.finish(m);
+}
+
+#[test]
+fn a_server_behind_the_compacted_log_gets_a_snapshot_and_can_lead() {
+    let (mut g, m, mnt) = Group::start(&["--raft-snapshot-every", "40"]);
+    let mut rng = seeded_rng();
+    let mut files = Vec::new();
+    write_one(&mnt, "first", &mut rng, &mut files);
+    let leader = g.leader();
+    let behind = (leader + 1) % 3;
+    let third = (leader + 2) % 3;
+    g.kill9(behind);
+    // Each file is several commands (create, open, commit, close): far more than 40 entries,
+    // so the log the stopped server needs is compacted away.
+    for k in 0..40 {
+        write_one(&mnt, &format!("while-down-{k}"), &mut rng, &mut files);
     }
-    for p in g.metas.iter_mut().flatten() {
-        p.assert_running();
+    std::fs::remove_file(mnt.join("while-down-0")).unwrap();
+    files.retain(|(p, _)| !p.ends_with("while-down-0"));
+    g.start_meta(behind, &format!("meta{behind}-2.log"));
+    let caught_up = wait_for(Duration::from_secs(30), || tail(&g.root.join(format!("meta{behind}-2.log")), 400).contains("installed a snapshot from the leader").then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    // Only the server that was behind has everything now besides the leader: stop the third,
+    // write on, then kill the leader and bring the third back, which missed the last writes.
+    // The server that got the snapshot must lead, and serve every file.
+    g.kill9(third);
+    for k in 0..3 {
+        write_one(&mnt, &format!("after-snapshot-{k}"), &mut rng, &mut files);
     }
+    g.kill9(leader);
+    g.start_meta(third, &format!("meta{third}-2.log"));
+    drop_page_cache();
+    check(&files);
+    assert!(!mnt.join("while-down-0").exists(), "the unlink made while the server was down holds");
+    assert_eq!(g.leader(), behind, "the server that installed the snapshot leads (the other one missed writes)");
+    assert!(caught_up.is_some(), "the restarted server's log mentions a snapshot install:\n{}", tail(&g.root.join(format!("meta{behind}-2.log")), 60));
+    g.finish(m);
 }

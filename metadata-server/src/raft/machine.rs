@@ -175,6 +175,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .map_err(|e| e.to_string())?;
                 }
             }
+            let n = records.len();
             for (cf, k, v) in records {
                 b.put(cf, k.to_vec(), v.to_vec());
             }
@@ -183,6 +184,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (ticket, _) = ns.apply_logged(None, b).map_err(|e| e.to_string())?;
             ns.store().wait_durable(ticket).map_err(|e| e.to_string())?;
             ns.load_params().map_err(|e| e.message)?;
+            tracing::info!(records = n, index = m.last_log_id.map(|l| l.index), "installed a snapshot from the leader");
             Ok(())
         })
         .await

@@ -85,7 +85,8 @@ fn not_leader(leader: Option<String>) -> WireError {
 impl Replica {
     /// Start this server's Raft node on `ns` (whose store holds the log too). The server with
     /// the lowest id forms the group the first time; the others join when it reaches them.
-    pub async fn start(id: u64, peers: BTreeMap<u64, String>, ns: Arc<Namespace>, ep: quinn::Endpoint) -> anyhow::Result<Arc<Replica>> {
+    pub async fn start(group: &crate::RaftGroup, ns: Arc<Namespace>, ep: quinn::Endpoint) -> anyhow::Result<Arc<Replica>> {
+        let (id, peers) = (group.id, group.peers.clone());
         anyhow::ensure!(peers.contains_key(&id), "--peers does not name this server's --id {id}");
         let config = openraft::Config {
             cluster_name: "tessera".into(),
@@ -94,8 +95,10 @@ impl Replica {
             election_timeout_max: ELECTION_MS.1,
             // An append stays well below the largest frame (a block-map commit is ~400 KiB).
             max_payload_entries: 32,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(group.snapshot_every.max(1)),
+            // Kept behind a snapshot, so that a follower a little behind gets entries, not the
+            // whole state.
+            max_in_snapshot_log_to_keep: (group.snapshot_every / 10).min(1_000),
             install_snapshot_timeout: 3_000,
             ..Default::default()
         }
