@@ -9,7 +9,7 @@ use tessera_common::metalink::MetaLink;
 use tessera_common::net::{self, RpcClient};
 use tessera_common::paging::{next_after, Pager};
 use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
-use tessera_common::proto::meta::{ClusterStatus, MetaRequest, MetaResponse, WorkerStatus};
+use tessera_common::proto::meta::{ClusterStatus, MetaRequest, MetaResponse, MetaServerStatus, WorkerStatus};
 use tessera_common::tls::NodeCerts;
 use tessera_common::BlockId;
 
@@ -68,6 +68,8 @@ pub struct StatusJson {
     pub workers: Vec<WorkerJson>,
     /// What happened lately, oldest first, as the metadata server saw it.
     pub events: Vec<EventJson>,
+    /// The metadata servers of a Raft group, as the leader sees them (empty when one runs alone).
+    pub meta_servers: Vec<MetaServerStatus>,
 }
 
 #[derive(Serialize, Debug)]
@@ -300,6 +302,7 @@ impl Admin {
                 .map(|(node, w)| WorkerJson { node, status: w.clone() })
                 .collect(),
             events: s.events.iter().map(|e| EventJson { at: tessera_common::utc_time((e.at_ms / 1000) as i64), at_ms: e.at_ms, what: e.what.clone() }).collect(),
+            meta_servers: s.meta_servers.clone(),
         };
         Ok(out)
     }
@@ -328,6 +331,13 @@ fn print_status(out: &StatusJson) {
     }
     println!();
     println!("metadata: {}", out.meta_state);
+    if !out.meta_servers.is_empty() {
+        println!("{:<4} {:<22} {:<9} {:>6} {:>10} {:>10} {:>10} {:>6}", "ID", "ADDRESS", "ROLE", "TERM", "LOG", "COMMIT", "APPLIED", "LAG");
+        for m in &out.meta_servers {
+            let applied = m.applied_index.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+            println!("{:<4} {:<22} {:<9} {:>6} {:>10} {:>10} {:>10} {:>6}", m.id, m.addr, m.role, m.term, m.log_index, m.commit_index, applied, m.lag);
+        }
+    }
     println!("files: {}   replicas: {}   ring version: {}", out.files, out.replicas, out.ring_version);
     println!(
         "bytes: {} logical, {} stored ({} copies; dedup ratio {:.2})",

@@ -127,6 +127,25 @@ fn render(s: &StatusJson) -> String {
         "<h2>Replication</h2><p id=\"replication\">{} copies of each block · {} blocks: {} under-replicated, {} missing, {} misplaced · repair: {} copies waiting to be sent</p>",
         s.replicas, s.blocks.total, s.blocks.under_replicated, s.blocks.missing, s.blocks.misplaced, s.repair_pending
     );
+    if !s.meta_servers.is_empty() {
+        b += "<h2>Metadata servers</h2><table id=\"meta\"><tr><th>id</th><th>address</th><th>role</th><th>term</th><th>log</th><th>commit</th><th>applied</th><th>lag</th></tr>";
+        for m in &s.meta_servers {
+            let applied = m.applied_index.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                m.id,
+                esc(&m.addr),
+                esc(&m.role),
+                m.term,
+                m.log_index,
+                m.commit_index,
+                applied,
+                m.lag
+            );
+        }
+        b += "</table>";
+    }
     b += "<h2>Mounts</h2><table id=\"mounts\"><tr><th>session</th><th>certificate</th><th>client</th><th>address</th><th>since</th><th>last heartbeat</th><th>open files</th><th>locks</th></tr>";
     for m in &s.mounts {
         let _ = write!(

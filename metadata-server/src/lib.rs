@@ -288,6 +288,7 @@ impl MetaService {
             mounts: self.mounts()?,
             workers: self.workers.status(),
             events: self.events.recent(),
+            meta_servers: self.replica.as_ref().map(|r| r.group_status()).unwrap_or_default(),
         }))
     }
 

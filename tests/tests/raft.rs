@@ -39,12 +39,29 @@ impl Group {
         run_timeout(Command::new(bin("tessera")).args(args).args(["--meta", meta, "--certs"]).arg(&self.admin).env_remove("TESSERA_META"), Duration::from_secs(30))
     }
 
-    /// The server that leads: the only one whose own address answers `tessera status`.
+    /// The metadata servers as `tessera status --json` lists them (through the leader).
+    fn group(&self) -> Option<Vec<serde_json::Value>> {
+        let out = self.tessera(&["status", "--json"], &self.list);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["meta_servers"].as_array().cloned()
+    }
+
+    /// The server that leads, as `tessera status` shows it, once the other running servers
+    /// follow it with nothing missing.
     fn leader(&self) -> usize {
         let found = wait_for(Duration::from_secs(30), || {
-            (0..self.ports.len()).filter(|i| self.metas[*i].is_some()).find(|i| self.tessera(&["status", "--json"], &format!("127.0.0.1:{}", self.ports[*i])).status.success())
+            let rows = self.group()?;
+            assert_eq!(rows.len(), 3, "three metadata servers listed: {rows:?}");
+            let lead = rows.iter().find(|r| r["role"] == "leader")?;
+            let addr = lead["addr"].as_str()?;
+            let i = self.ports.iter().position(|p| addr.ends_with(&format!(":{p}")))?;
+            let settled = rows.iter().all(|r| {
+                let j = self.ports.iter().position(|p| r["addr"].as_str().unwrap_or("").ends_with(&format!(":{p}"))).unwrap();
+                self.metas[j].is_none() || r["lag"] == 0
+            });
+            settled.then_some(i)
         });
-        found.expect("no metadata server leads within 30 s")
+        found.expect("no metadata server leads with the others caught up within 30 s")
     }
 
     /// Three metadata servers (with `extra` flags), three chunk servers and a mount, listing the
@@ -137,6 +154,9 @@ fn killing_the_leader_loses_nothing_and_the_mount_goes_on() {
 
     // Kill the leader; the next write goes through the new one.
     let first = g.leader();
+    let text = String::from_utf8_lossy(&g.tessera(&["status"], &g.list).stdout).into_owned();
+    eprintln!("{text}");
+    assert!(text.contains(" leader ") && text.matches(" follower ").count() == 2, "tessera status lists the group:\n{text}");
     g.kill9(first);
     let took = write_one(&mnt, "after-kill", &mut rng, &mut files);
     eprintln!("the first write after killing the leader (meta{first}) took {took:?}");

@@ -440,6 +440,28 @@ pub struct ClusterStatus {
     pub workers: Vec<WorkerStatus>,
     /// What happened lately, oldest first (kept in the metadata server's memory).
     pub events: Vec<Event>,
+    /// The metadata servers of a replicated group, as the leader sees them (empty when the
+    /// metadata server runs alone).
+    pub meta_servers: Vec<MetaServerStatus>,
+}
+
+/// One metadata server of a Raft group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaServerStatus {
+    pub id: u64,
+    pub addr: String,
+    /// `leader` or `follower`.
+    pub role: String,
+    /// The leader's term.
+    pub term: u64,
+    /// The highest log index the server is known to hold (for a follower: what it acknowledged).
+    pub log_index: u64,
+    /// Entries behind the leader's log.
+    pub lag: u64,
+    /// The commit index (what a majority holds); the same for every row.
+    pub commit_index: u64,
+    /// The highest index applied to its state: known for the leader only.
+    pub applied_index: Option<u64>,
 }
 
 /// One event of the cluster (a server went down, a mount's session expired, ...).

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
-use tessera_common::proto::meta::RaftRpc;
+use tessera_common::proto::meta::{MetaServerStatus, RaftRpc};
 use tessera_common::{ErrorCode, WireError};
 
 /// An encoded [`Command`] (see `Command::encode`): what a log entry holds.
@@ -168,6 +168,37 @@ impl Replica {
             RaftRpc::Vote => log::enc(&self.raft.vote(log::dec(body)?).await),
             RaftRpc::Snapshot => log::enc(&self.raft.install_snapshot(log::dec(body)?).await),
         })
+    }
+
+    /// The group as this server (the leader) sees it, for `tessera status`.
+    pub fn group_status(&self) -> Vec<MetaServerStatus> {
+        let m = self.raft.metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let matched: BTreeMap<u64, u64> = m
+            .membership_config
+            .nodes()
+            .map(|(id, _)| {
+                let known = if *id == self.id { Some(last) } else { m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.as_ref()).map(|l| l.index) };
+                (*id, known.unwrap_or(0))
+            })
+            .collect();
+        // The highest index a majority holds.
+        let mut held: Vec<u64> = matched.values().copied().collect();
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        let commit = held.get(held.len() / 2).copied().unwrap_or(0);
+        matched
+            .iter()
+            .map(|(id, idx)| MetaServerStatus {
+                id: *id,
+                addr: self.peers.get(id).cloned().unwrap_or_default(),
+                role: if *id == self.id { "leader".into() } else { "follower".into() },
+                term: m.current_term,
+                log_index: *idx,
+                lag: last.saturating_sub(*idx),
+                commit_index: commit,
+                applied_index: (*id == self.id).then(|| m.last_applied.map(|l| l.index).unwrap_or(0)),
+            })
+            .collect()
     }
 
     pub async fn shutdown(&self) {
