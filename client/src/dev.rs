@@ -15,13 +15,15 @@ pub struct DevOptions {
     pub mountpoint: PathBuf,
     pub data_dir: Option<PathBuf>,
     pub chunk_servers: usize,
+    /// 1, or 3 or 5 under Raft.
+    pub meta_servers: usize,
     pub replicas: u32,
     /// Seconds before an unreferenced block is collected.
     pub gc_grace: u64,
     /// Seconds a mount's session lives without a heartbeat.
     pub session_lease: u64,
-    /// Metrics of the metadata server on this address, of chunk server i on its port + i, of
-    /// the mount on its port + N + 1.
+    /// Metrics of metadata server k (from 0) on this address's port + k, then of each chunk
+    /// server and of the mount on the ports after.
     pub metrics: Option<std::net::SocketAddr>,
 }
 
@@ -38,13 +40,14 @@ pub fn default_data_dir() -> PathBuf {
     dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("tessera-dev")
 }
 
-fn ensure_certs(dir: &Path, chunk_servers: usize) -> anyhow::Result<()> {
+fn ensure_certs(dir: &Path, meta_servers: usize, chunk_servers: usize) -> anyhow::Result<()> {
     let ca = dir.join("ca");
     if !ca.join("ca.key").exists() {
         tls::init_ca(&ca)?;
     }
     let hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
     let mut want = vec![("meta".to_string(), Role::Meta), ("client".into(), Role::Client), ("admin".into(), Role::Admin)];
+    want.extend((2..=meta_servers).map(|i| (format!("meta-{i}"), Role::Meta)));
     want.extend((1..=chunk_servers).map(|i| (format!("chunk-{i}"), Role::Chunk)));
     for (name, role) in want {
         if !dir.join(&name).join("node.key").exists() {
@@ -65,25 +68,33 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
     let data = std::fs::canonicalize(&data)?;
     println!("tessera dev: data directory {}", data.display());
     let certs = data.join("certs");
-    ensure_certs(&certs, o.chunk_servers)?;
+    ensure_certs(&certs, o.meta_servers, o.chunk_servers)?;
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let meta = tessera_meta::start(
-        MetaConfig {
-            data_dir: data.join("meta"),
-            certs: certs.join("meta"),
+    let group = meta_group(&data, o.meta_servers)?;
+    let configs = (0..o.meta_servers).map(|k| {
+        let name = if k == 0 { "meta".to_string() } else { format!("meta-{}", k + 1) };
+        Ok(MetaConfig {
+            data_dir: data.join(if group.is_some() { format!("meta-{}", k + 1) } else { "meta".into() }),
+            listen: match &group {
+                Some(g) => g.peers[&(k as u64 + 1)].parse().context("meta-group")?,
+                None => "127.0.0.1:0".parse().unwrap(),
+            },
+            certs: certs.join(name),
             replicas: o.replicas,
             gc_grace: Duration::from_secs(o.gc_grace),
             gc_interval: Duration::from_secs(o.gc_grace.clamp(1, 600)),
             session_lease: Duration::from_secs(o.session_lease),
-            metrics: metrics_at(o.metrics, 0)?,
+            metrics: metrics_at(o.metrics, k)?,
+            raft: group.as_ref().map(|g| tessera_meta::RaftGroup { id: k as u64 + 1, ..g.clone() }),
             ..Default::default()
-        },
-        stop_rx.clone(),
-    )
-    .await
-    .context("starting the metadata server")?;
-    let meta_addr = meta.addr.to_string();
+        })
+    });
+    let configs = configs.collect::<anyhow::Result<Vec<_>>>()?;
+    // Together: under Raft each start waits for the group to elect a leader.
+    let metas = futures::future::try_join_all(configs.into_iter().map(|c| tessera_meta::start(c, stop_rx.clone()))).await.context("starting the metadata server")?;
+    let meta_addrs: Vec<String> = metas.iter().map(|m| m.addr.to_string()).collect();
+    let meta_addr = meta_addrs.join(",");
     let mut chunks = Vec::new();
     for i in 1..=o.chunk_servers {
         let c = tessera_chunk::start(
@@ -91,7 +102,7 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
                 data_dir: data.join(format!("chunk-{i}")),
                 listen: "127.0.0.1:0".parse().unwrap(),
                 advertise: None,
-                meta: vec![meta_addr.clone()],
+                meta: meta_addrs.clone(),
                 certs: certs.join(format!("chunk-{i}")),
                 zone: format!("zone-{i}"),
                 capacity: None,
@@ -101,7 +112,7 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
                 scan_interval: Duration::from_secs(10),
                 scrub_rate: 50.0,
                 scrub_interval: Duration::from_secs(24 * 3600),
-                metrics: metrics_at(o.metrics, i)?,
+                metrics: metrics_at(o.metrics, o.meta_servers - 1 + i)?,
             },
             stop_rx.clone(),
         )
@@ -109,15 +120,15 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
         .with_context(|| format!("starting chunk server {i}"))?;
         chunks.push(c);
     }
-    wait_for_ring(&certs.join("admin"), &meta_addr, &chunks).await?;
+    wait_for_ring(&certs.join("admin"), &meta_addrs, &chunks).await?;
 
     let env = data.join("cluster.env");
     std::fs::write(&env, format!("TESSERA_META={meta_addr}\nTESSERA_CERTS={}\n", certs.join("admin").display()))
         .with_context(|| format!("writing {}", env.display()))?;
 
     let client = NodeCerts::load(&certs.join("client"))?;
-    let fs = mount::connect(&client, std::slice::from_ref(&meta_addr)).await?;
-    if let Some(at) = metrics_at(o.metrics, o.chunk_servers + 1)? {
+    let fs = mount::connect(&client, &meta_addrs).await?;
+    if let Some(at) = metrics_at(o.metrics, o.meta_servers + o.chunk_servers)? {
         mount::serve_metrics(&fs, at).await?;
     }
     let mounted = mount::mount(fs, &mountpoint, "tessera", &[], tokio::runtime::Handle::current())?;
@@ -126,7 +137,7 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
          tessera dev: for admin commands run: set -a; . {}; set +a   (then: tessera status)\n\
          tessera dev: press Ctrl-C to unmount and stop",
         mountpoint.display(),
-        meta_addr,
+        if o.meta_servers > 1 { format!("{meta_addr} under Raft") } else { meta_addr.clone() },
         o.chunk_servers,
         o.replicas,
         env.display()
@@ -136,15 +147,50 @@ pub async fn run(o: DevOptions) -> anyhow::Result<()> {
     for c in chunks {
         let _ = c.task.await;
     }
-    let _ = meta.task.await;
+    for m in metas {
+        let _ = m.task.await;
+    }
     println!("tessera dev: stopped");
     r
 }
 
+/// The Raft group of a dev cluster with several metadata servers: loopback ports picked on the
+/// first run and kept in `DATA/meta-group` (ids and addresses must stay the same across
+/// restarts). A data directory keeps the number of metadata servers it was created with.
+fn meta_group(data: &Path, n: usize) -> anyhow::Result<Option<tessera_meta::RaftGroup>> {
+    let file = data.join("meta-group");
+    let single = data.join("meta").exists();
+    match n {
+        1 if file.exists() => bail!("{} was created with several metadata servers (see {}); pass the same --meta-servers, or use a new --data-dir", data.display(), file.display()),
+        1 => return Ok(None),
+        3 | 5 if single => bail!("{} was created with one metadata server; use a new --data-dir for --meta-servers {n}", data.display()),
+        3 | 5 => {}
+        _ => bail!("--meta-servers must be 1, 3 or 5"),
+    }
+    let list = match std::fs::read_to_string(&file) {
+        Ok(s) => s.trim().to_string(),
+        Err(_) => {
+            let mut ports = Vec::new();
+            for _ in 0..n {
+                // Held until all are picked, so that they differ.
+                ports.push(std::net::UdpSocket::bind("127.0.0.1:0")?);
+            }
+            let list = ports.iter().enumerate().map(|(i, s)| Ok(format!("{}={}", i + 1, s.local_addr()?))).collect::<std::io::Result<Vec<_>>>()?.join(",");
+            tessera_common::durable::write_file(&file, list.as_bytes()).with_context(|| format!("writing {}", file.display()))?;
+            list
+        }
+    };
+    let peers = tessera_meta::raft::parse_peers(&list).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if peers.len() != n {
+        bail!("{} lists {} metadata servers; pass --meta-servers {}, or use a new --data-dir", file.display(), peers.len(), peers.len());
+    }
+    Ok(Some(tessera_meta::RaftGroup { id: 1, peers, snapshot_every: 10_000 }))
+}
+
 /// Wait until the published ring lists every chunk server at its current address.
-async fn wait_for_ring(admin: &Path, meta: &str, chunks: &[tessera_chunk::ChunkServer]) -> anyhow::Result<()> {
+async fn wait_for_ring(admin: &Path, meta: &[String], chunks: &[tessera_chunk::ChunkServer]) -> anyhow::Result<()> {
     let certs = NodeCerts::load(admin)?;
-    let link = MetaLink::new(net::client_endpoint(&certs)?, &[meta.to_string()], Duration::from_secs(5));
+    let link = MetaLink::new(net::client_endpoint(&certs)?, meta, Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(MetaResponse::Ring(r)) = link.call(&MetaRequest::GetRing).await {

@@ -52,6 +52,10 @@ enum Cmd {
         /// Chunk servers to run.
         #[arg(long, env = "TESSERA_DEV_CHUNK_SERVERS", default_value_t = 3)]
         chunk_servers: usize,
+        /// Metadata servers to run: 1, or 3 or 5 under Raft (docs/raft.md). Fixed when the data
+        /// directory is created.
+        #[arg(long, env = "TESSERA_DEV_META_SERVERS", default_value_t = 1)]
+        meta_servers: usize,
         /// Copies of every block.
         #[arg(long, env = "TESSERA_DEV_REPLICAS", default_value_t = 3)]
         replicas: u32,
@@ -62,8 +66,9 @@ enum Cmd {
         /// and open files are released.
         #[arg(long, env = "TESSERA_DEV_SESSION_LEASE", default_value_t = 30)]
         session_lease: u64,
-        /// Serve Prometheus metrics from ADDR:PORT on: the metadata server there, chunk server
-        /// i on PORT+i, the mount on PORT+N+1 (plain HTTP, `GET /metrics`; off unless set).
+        /// Serve Prometheus metrics from ADDR:PORT on: metadata server k (from 0) on PORT+k,
+        /// then each chunk server, then the mount, on the ports after (plain HTTP,
+        /// `GET /metrics`; off unless set).
         #[arg(long, env = "TESSERA_DEV_METRICS", value_name = "ADDR:PORT")]
         metrics: Option<std::net::SocketAddr>,
     },
@@ -349,8 +354,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Dev { mountpoint, data_dir, chunk_servers, replicas, gc_grace, session_lease, metrics } => {
-            runtime()?.block_on(dev::run(dev::DevOptions { mountpoint, data_dir, chunk_servers, replicas, gc_grace, session_lease, metrics }))
+        Cmd::Dev { mountpoint, data_dir, chunk_servers, meta_servers, replicas, gc_grace, session_lease, metrics } => {
+            runtime()?.block_on(dev::run(dev::DevOptions { mountpoint, data_dir, chunk_servers, meta_servers, replicas, gc_grace, session_lease, metrics }))
         }
         Cmd::Mount { meta: source, certs, mountpoint, options, foreground, metrics } => {
             let meta = meta_list(&source)?;

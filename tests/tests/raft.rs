@@ -222,3 +222,28 @@ fn a_server_behind_the_compacted_log_gets_a_snapshot_and_can_lead() {
     assert!(caught_up.is_some(), "the restarted server's log mentions a snapshot install:\n{}", tail(&g.root.join(format!("meta{behind}-2.log")), 60));
     g.finish(m);
 }
+
+#[test]
+fn tessera_dev_runs_three_metadata_servers_and_keeps_them_across_a_restart() {
+    let mut d = DevCluster::start_with(&["--meta-servers", "3"]);
+    let data = random_bytes(&mut seeded_rng(), 5 << 20);
+    write_file_synced(&d.path("f"), &data).unwrap();
+    let group = |d: &DevCluster| d.status_json()["meta_servers"].as_array().cloned().unwrap_or_default();
+    let rows = group(&d);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows.iter().filter(|r| r["role"] == "leader").count(), 1, "{rows:?}");
+    let before = std::fs::read_to_string(d.data_dir.join("meta-group")).unwrap();
+
+    d.restart();
+    assert_eq!(std::fs::read_to_string(d.data_dir.join("meta-group")).unwrap(), before, "the same ids and addresses");
+    assert_eq!(std::fs::read(d.path("f")).unwrap(), data);
+    assert_eq!(group(&d).len(), 3);
+    d.assert_fsck_clean();
+    d.stop();
+
+    // The data directory keeps its number of metadata servers.
+    let out = run_timeout(Command::new(bin("tessera")).arg("dev").arg(&d.mnt).arg("--data-dir").arg(&d.data_dir), Duration::from_secs(60));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("was created with several metadata servers") && err.trim().lines().count() == 1, "{err}");
+}
