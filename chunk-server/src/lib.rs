@@ -1,6 +1,7 @@
 //! Tessera chunk server: stores content-addressed blocks and serves put/get/has/delete over
 //! QUIC; registers with the metadata server and sends heartbeats.
 
+pub mod fence;
 pub mod repair;
 pub mod scrub;
 pub mod store;
@@ -69,6 +70,7 @@ struct ChunkService {
     scrubber: Arc<scrub::Scrubber>,
     space: Arc<Space>,
     rpc_metrics: Option<Arc<RpcMetrics>>,
+    fence: Arc<fence::Fence>,
 }
 
 /// Free space. The headroom is the smaller of the data disk's free space and what is left of
@@ -166,7 +168,7 @@ impl Service for ChunkService {
                 Ok((ChunkResponse::Stored { free: self.space.free(store.used()) }, vec![]))
             }
             ChunkRequest::Has { ids, touch } => blocking(move || Ok((ChunkResponse::Has(ids.iter().map(|i| store.has(i, touch)).collect()), vec![]))).await,
-            ChunkRequest::Delete { ids, min_idle_secs } => match admin_only(&peer, "delete blocks") {
+            ChunkRequest::Delete { ids, min_idle_secs, term } => match admin_only(&peer, "delete blocks").and_then(|()| self.fence.admit(term).map_err(|m| WireError::new(ErrorCode::NotLeader, m))) {
                 Err(e) => Err(e),
                 Ok(()) => {
                     blocking(move || {
@@ -281,7 +283,8 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
         }
         None => None,
     };
-    let svc = Arc::new(ChunkService { store: store.clone(), node_id, scrubber: scrubber.clone(), space: space.clone(), rpc_metrics });
+    let fence = Arc::new(fence::Fence::load(&cfg.data_dir).with_context(|| format!("reading {}", cfg.data_dir.join("fence").display()))?);
+    let svc = Arc::new(ChunkService { store: store.clone(), node_id, scrubber: scrubber.clone(), space: space.clone(), rpc_metrics, fence: fence.clone() });
     let scrub_task = worker::spawn(scrubber.worker.clone(), Schedule::every(cfg.scrub_interval), shutdown.clone(), move || {
         let s = scrubber.clone();
         async move { s.scrub().await }
@@ -313,6 +316,7 @@ pub async fn start(cfg: ChunkConfig, shutdown: watch::Receiver<bool>) -> anyhow:
         pending,
         registered: AtomicBool::new(false),
         was_full: AtomicBool::new(false),
+        fence,
         workers,
         worker: beat_worker.clone(),
     });
@@ -368,6 +372,7 @@ struct Heartbeat {
     pending: Arc<std::sync::atomic::AtomicU64>,
     registered: AtomicBool,
     was_full: AtomicBool,
+    fence: Arc<fence::Fence>,
     /// This server's workers, reported with each beat.
     workers: Arc<Workers>,
     worker: Arc<Worker>,
@@ -420,7 +425,10 @@ impl Heartbeat {
                 self.ring.send_replace(Arc::new(r));
                 Ok(())
             }
-            Ok(MetaResponse::HeartbeatAck { ring_version }) => {
+            Ok(MetaResponse::HeartbeatAck { ring_version, term }) => {
+                if let Err(e) = self.fence.raise(term) {
+                    warn!("storing the metadata term: {e}");
+                }
                 if ring_version != self.ring.borrow().version {
                     if let Ok(MetaResponse::Ring(r)) = self.meta.call(&MetaRequest::GetRing).await {
                         self.ring.send_replace(Arc::new(r));

@@ -29,11 +29,16 @@ pub struct Gc {
     running: tokio::sync::Mutex<()>,
     /// The `gc` worker: periodic passes and those asked for are counted there.
     pub worker: Arc<Worker>,
+    /// This server's term while it leads (0 when it runs alone), sent with each delete so that
+    /// chunk servers refuse a deposed leader's; `None` when it does not lead.
+    pub term: Term,
 }
 
+pub type Term = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+
 impl Gc {
-    pub fn new(ns: Arc<Namespace>, members: Arc<Membership>, clients: ClientPool, grace: Duration, worker: Arc<Worker>) -> Self {
-        Gc { ns, members, grace, clients, running: Default::default(), worker }
+    pub fn new(ns: Arc<Namespace>, members: Arc<Membership>, clients: ClientPool, grace: Duration, worker: Arc<Worker>, term: Term) -> Self {
+        Gc { ns, members, grace, clients, running: Default::default(), worker, term }
     }
 
     /// A pass asked for (`tessera gc`), counted as one of the worker's.
@@ -45,6 +50,7 @@ impl Gc {
     pub async fn collect(&self) -> GcReport {
         let _one = self.running.lock().await;
         let mut report = GcReport::default();
+        let Some(term) = (self.term)() else { return report };
         let grace = self.grace.as_secs();
         for node in self.members.status().into_iter().filter(|n| n.state == "up") {
             let c = &self.clients.get(&node.addr);
@@ -75,7 +81,7 @@ impl Gc {
                     Err(_) => break,
                 };
                 for chunk in garbage.chunks(4096) {
-                    match c.call::<_, ChunkResponse>(&ChunkRequest::Delete { ids: chunk.to_vec(), min_idle_secs: grace }, &[]).await {
+                    match c.call::<_, ChunkResponse>(&ChunkRequest::Delete { ids: chunk.to_vec(), min_idle_secs: grace, term }, &[]).await {
                         Ok((ChunkResponse::Deleted { count }, _)) => report.deleted += count,
                         other => warn!(server = %node.addr, "gc: delete failed: {other:?}"),
                     }

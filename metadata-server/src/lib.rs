@@ -220,7 +220,7 @@ impl MetaService {
                 role => denied(role, "register a chunk server"),
             },
             MetaRequest::Heartbeat { node_id, load } => match peer.role {
-                Role::Chunk => r(self.members.heartbeat(node_id, load).map(|ring_version| MetaResponse::HeartbeatAck { ring_version })),
+                Role::Chunk => r(self.members.heartbeat(node_id, load).map(|ring_version| MetaResponse::HeartbeatAck { ring_version, term: self.replica.as_ref().and_then(|r| r.leading_term()).unwrap_or(0) })),
                 role => denied(role, "send heartbeats"),
             },
             MetaRequest::NodeAdmin { node_id, action } => match peer.role {
@@ -488,7 +488,14 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     let chunks = net::ClientPool::new(ep.clone(), 1, Duration::from_secs(60), tessera_common::tls::Role::Chunk);
     let workers = Workers::new();
     let lease_worker = workers.add("lease-expiry");
-    let gc = Arc::new(gc::Gc::new(ns.clone(), members.clone(), chunks.clone(), cfg.gc_grace, workers.add("gc")));
+    let term: gc::Term = {
+        let r = replica.clone();
+        Arc::new(move || match &r {
+            Some(r) => r.leading_term(),
+            None => Some(0),
+        })
+    };
+    let gc = Arc::new(gc::Gc::new(ns.clone(), members.clone(), chunks.clone(), cfg.gc_grace, workers.add("gc"), term.clone()));
     let members_worker = workers.add("membership");
     let claims = claims::Claims { ns: ns.clone(), members: members.clone(), pool: chunks };
     let leases = Arc::new(leases::Leases::new(cfg.session_lease));

@@ -570,3 +570,67 @@ async fn oversized_xattrs_get_an_error_and_change_nothing() {
     assert_root_attr(&resp);
     s.stop().await;
 }
+
+/// Garbage-collection deletes carry the metadata leader's Raft term; a chunk server refuses one
+/// from an older term than it has seen (a deposed leader), and remembers the term across a
+/// restart. Raft messages are for metadata servers only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_from_a_deposed_leader_are_refused() {
+    let s = Server::start().await;
+    let data_dir = s.dir.path().join("chunk-data");
+    let start_chunk = |data_dir: std::path::PathBuf| {
+        let (stop, rx) = watch::channel(false);
+        let cfg = tessera_chunk::ChunkConfig {
+            data_dir,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: None,
+            meta: vec![s.addr.to_string()],
+            certs: s.dir.path().join("chunk"),
+            zone: "z".into(),
+            capacity: None,
+            reserve: None,
+            heartbeat: Duration::from_secs(1),
+            repair_rate: 100.0,
+            scan_interval: Duration::from_secs(600),
+            scrub_rate: 50.0,
+            scrub_interval: Duration::from_secs(24 * 3600),
+            metrics: None,
+        };
+        async move { (tessera_chunk::start(cfg, rx).await.expect("chunk server"), stop) }
+    };
+    let (chunk, stop) = start_chunk(data_dir.clone()).await;
+    let addr = chunk.addr;
+    let data = b"a block to collect".to_vec();
+    let id = BlockId::of(&data);
+    let call = |who: &'static str, req: ChunkRequest, payload: Vec<u8>, addr: SocketAddr| {
+        let c = RpcClient::new(net::client_endpoint(&s.certs(who)).unwrap(), &addr.to_string(), 1, Duration::from_secs(10), Role::Chunk);
+        async move { c.call::<_, ChunkResponse>(&req, &payload).await.unwrap().0 }
+    };
+    let delete = |term| ChunkRequest::Delete { ids: vec![id], min_idle_secs: 0, term };
+    assert!(matches!(call("client", ChunkRequest::Put { id, age: None }, data.clone(), addr).await, ChunkResponse::Stored { .. }));
+    assert_eq!(call("meta", delete(3), vec![], addr).await, ChunkResponse::Deleted { count: 1 });
+    assert!(matches!(call("client", ChunkRequest::Put { id, age: None }, data.clone(), addr).await, ChunkResponse::Stored { .. }));
+    let refused = |r: ChunkResponse| match r {
+        ChunkResponse::Error(e) => assert!(e.code == ErrorCode::NotLeader && e.message.contains("term 2 was refused"), "{e}"),
+        other => panic!("a delete from an older term answered {other:?}"),
+    };
+    refused(call("meta", delete(2), vec![], addr).await);
+    assert_eq!(call("client", ChunkRequest::Has { ids: vec![id], touch: false }, vec![], addr).await, ChunkResponse::Has(vec![true]), "the refused delete deleted nothing");
+
+    // Restarted on its data, the server still knows term 3.
+    stop.send(true).unwrap();
+    timeout(Duration::from_secs(10), chunk.task).await.unwrap().unwrap();
+    let (chunk, stop) = start_chunk(data_dir).await;
+    refused(call("meta", delete(2), vec![], chunk.addr).await);
+    assert_eq!(call("meta", delete(3), vec![], chunk.addr).await, ChunkResponse::Deleted { count: 1 });
+    stop.send(true).unwrap();
+    timeout(Duration::from_secs(10), chunk.task).await.unwrap().unwrap();
+
+    // Raft messages: a client is refused; a metadata server that runs alone has no group.
+    let (r, _) = s.rpc("client").call::<_, MetaResponse>(&MetaRequest::Raft { rpc: tessera_common::proto::meta::RaftRpc::Vote }, &[]).await.unwrap();
+    assert!(matches!(&r, MetaResponse::Error(e) if e.code == ErrorCode::PermissionDenied), "{r:?}");
+    let meta_peer = RpcClient::new(net::client_endpoint(&s.certs("meta")).unwrap(), &s.addr.to_string(), 1, Duration::from_secs(10), Role::Meta);
+    let (r, _) = meta_peer.call::<_, MetaResponse>(&MetaRequest::Raft { rpc: tessera_common::proto::meta::RaftRpc::Vote }, b"garbage").await.unwrap();
+    assert!(matches!(&r, MetaResponse::Error(e) if e.code == ErrorCode::InvalidArgument && e.message.contains("alone")), "{r:?}");
+    s.stop().await;
+}

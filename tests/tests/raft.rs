@@ -162,6 +162,13 @@ fn killing_the_leader_loses_nothing_and_the_mount_goes_on() {
     eprintln!("the first write after killing the leader (meta{first}) took {took:?}");
     let second = g.leader();
     assert_ne!(second, first, "a new leader was elected");
+    // The chunk servers learn the new term from their heartbeats: the old leader's deletes
+    // would be refused from now on.
+    let term = g.group().unwrap()[0]["term"].as_u64().unwrap();
+    let fenced = wait_for(Duration::from_secs(10), || {
+        (0..3).all(|i| std::fs::read_to_string(g.root.join(format!("chunk{i}/fence"))).ok().and_then(|t| t.trim().parse::<u64>().ok()) >= Some(term)).then_some(())
+    });
+    assert!(fenced.is_some(), "every chunk server stored term {term} within 10 s");
     check(&files);
     assert!(!mnt.join("before-0").exists(), "the rename before the kill holds");
     for k in 0..5 {

@@ -37,7 +37,9 @@ pub enum ChunkRequest {
     /// block found counts as used (see the module docs).
     Has { ids: Vec<BlockId>, touch: bool },
     /// Meta/admin only: delete blocks unused for at least `min_idle_secs`. Reply: `Deleted`.
-    Delete { ids: Vec<BlockId>, min_idle_secs: u64 },
+    /// `term` is the sending metadata leader's Raft term (0 when it runs alone): a delete from
+    /// an older term than the server has seen is refused (`NotLeader`).
+    Delete { ids: Vec<BlockId>, min_idle_secs: u64, term: u64 },
     /// Meta/admin only: stored blocks in id order after `after`, with seconds since last use.
     /// Reply: `List`.
     List { after: Option<BlockId>, limit: u32 },

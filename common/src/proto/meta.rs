@@ -482,7 +482,9 @@ pub enum MetaResponse {
     Blocks { size: u64, blocks: Vec<(u64, BlockRef)>, inline: Option<Vec<u8>> },
     Done,
     Ring(Ring),
-    HeartbeatAck { ring_version: u64 },
+    /// `term`: the leader's Raft term (0 when the metadata server runs alone), which fences
+    /// older leaders' deletes at the chunk server.
+    HeartbeatAck { ring_version: u64, term: u64 },
     Status(ClusterStatus),
     BlockList(Vec<(BlockId, u64)>),
     Gc(GcReport),

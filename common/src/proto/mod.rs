@@ -38,7 +38,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// 4: `Mutation::CopyBlocks` (copy_file_range by reference).
 /// 5: `ChunkResponse::Stored` carries the server's free space.
 /// 6: `ClusterStatus.events`.
-/// 7: `MetaRequest::Raft` between metadata servers; `ClusterStatus.meta_servers`.
+/// 7: `MetaRequest::Raft` between metadata servers; `ClusterStatus.meta_servers`; the leader's
+///    term in `HeartbeatAck` and `ChunkRequest::Delete`.
 pub const ALPN: &[u8] = b"tessera/7";
 /// Bound on an encoded header (directory listings are paged to stay below it).
 pub const MAX_HEADER: u32 = 4 * 1024 * 1024;
