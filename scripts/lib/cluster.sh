@@ -1,7 +1,8 @@
 # Shared by scripts/cluster, scripts/fault and scripts/chaos: where a scripted cluster keeps its
 # state, how its nodes are named and addressed, and how a node's process is started and stopped.
 #
-# A node is `meta`, `chunkN` or `clientN`. In namespace mode each node is a network namespace
+# A node is `meta` (metadata server 1; with several, `meta2`, `meta3`, ... under Raft), `chunkN`
+# or `clientN`. In namespace mode each node is a network namespace
 # `$NS_PREFIX-NODE` with one address on a bridge that lives in its own namespace
 # `$NS_PREFIX-net` (nothing is added to the host's interfaces); in local mode every node listens
 # on loopback with its own port.
@@ -34,6 +35,7 @@ node_ip() {
   if [[ "$MODE" == local ]]; then echo 127.0.0.1; return; fi
   case "$1" in
     meta) echo "$SUBNET.2" ;;
+    meta[0-9]*) echo "$SUBNET.$((4 + ${1#meta}))" ;;
     admin) echo "$SUBNET.3" ;;
     chunk*) echo "$SUBNET.$((10 + ${1#chunk}))" ;;
     client*) echo "$SUBNET.$((100 + ${1#client}))" ;;
@@ -43,15 +45,39 @@ node_ip() {
 node_port() {
   case "$1" in
     meta) if [[ "$MODE" == local ]]; then echo "$PORT_BASE"; else echo "$META_PORT"; fi ;;
+    meta[0-9]*) if [[ "$MODE" == local ]]; then echo $((PORT_BASE + 90 + ${1#meta})); else echo "$META_PORT"; fi ;;
     chunk*) if [[ "$MODE" == local ]]; then echo $((PORT_BASE + ${1#chunk})); else echo "$CHUNK_PORT"; fi ;;
     *) die "$1 has no port" ;;
   esac
 }
 node_addr() { echo "$(node_ip "$1"):$(node_port "$1")"; }
 
+# The metadata servers (METAS of them, from the state file): meta, meta2, ...
+meta_nodes() {
+  echo meta
+  local i
+  for ((i = 2; i <= ${METAS:-1}; i++)); do echo "meta$i"; done
+}
+# Their Raft ids: meta is 1, metaN is N.
+meta_id() { if [[ "$1" == meta ]]; then echo 1; else echo "${1#meta}"; fi; }
+# What --meta takes: every metadata server's address, comma-separated.
+meta_list() {
+  local n out=()
+  for n in $(meta_nodes); do out+=("$(node_addr "$n")"); done
+  local IFS=,; echo "${out[*]}"
+}
+# The metadata server that leads now (as `tessera status` shows it); `meta` when it runs alone.
+leader_node() {
+  [[ "${METAS:-1}" -gt 1 ]] || { echo meta; return 0; }
+  local addr n
+  addr=$(admin status --json 2>/dev/null | python3 -c 'import json,sys; print(next(m["addr"] for m in json.load(sys.stdin)["meta_servers"] if m["role"] == "leader"))' 2>/dev/null) || return 1
+  for n in $(meta_nodes); do [[ "$(node_addr "$n")" == "$addr" ]] && { echo "$n"; return 0; }; done
+  return 1
+}
+
 # Every node name of the cluster, servers first.
 all_nodes() {
-  echo meta
+  meta_nodes
   local i
   for ((i = 1; i <= HOSTS; i++)); do echo "chunk$i"; done
   for ((i = 1; i <= CLIENTS; i++)); do echo "client$i"; done
@@ -66,9 +92,9 @@ in_node() {
 # Admin commands (status, fsck, gc) run from the admin namespace with the admin certificate.
 admin() {
   if [[ "$MODE" == local ]]; then
-    TESSERA_META="$(node_addr meta)" TESSERA_CERTS="$CLUSTER_DIR/certs/admin" "$TESSERA_BIN/tessera" "$@"
+    TESSERA_META="$(meta_list)" TESSERA_CERTS="$CLUSTER_DIR/certs/admin" "$TESSERA_BIN/tessera" "$@"
   else
-    TESSERA_META="$(node_addr meta)" TESSERA_CERTS="$CLUSTER_DIR/certs/admin" in_node admin "$TESSERA_BIN/tessera" "$@"
+    TESSERA_META="$(meta_list)" TESSERA_CERTS="$CLUSTER_DIR/certs/admin" in_node admin "$TESSERA_BIN/tessera" "$@"
   fi
 }
 
