@@ -66,10 +66,13 @@ pub fn parse_peers(list: &str) -> Result<BTreeMap<u64, String>, String> {
     Ok(peers)
 }
 
-/// Timing (ms): a leader heartbeats every 100 ms; a follower that heard nothing for 400–800 ms
-/// stands for election. Failover therefore takes about 0.4–0.9 s after a leader dies.
+/// Timing (ms): a leader heartbeats every 100 ms. openraft's followers honour the leader's lease
+/// (the election timeout's maximum) before they grant a vote or stand, then wait their own
+/// election timeout: a dead leader is replaced 0.6–0.8 s after its last heartbeat. With
+/// 400–800 ms the same took 1.2–1.6 s, and a write stalled 1.5 s at the median
+/// (scripts/failover-bench.sh, docs/benchmarks.md).
 const HEARTBEAT_MS: u64 = 100;
-const ELECTION_MS: (u64, u64) = (400, 800);
+const ELECTION_MS: (u64, u64) = (200, 400);
 
 pub struct Replica {
     raft: Raft<TypeConfig>,
