@@ -254,3 +254,34 @@ fn tessera_dev_runs_three_metadata_servers_and_keeps_them_across_a_restart() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("was created with several metadata servers") && err.trim().lines().count() == 1, "{err}");
 }
+
+#[test]
+fn a_wiped_first_server_rejoins_the_group_instead_of_founding_a_new_one() {
+    let (mut g, m, mnt) = Group::start(&[]);
+    let mut rng = seeded_rng();
+    let mut files = Vec::new();
+    for k in 0..5 {
+        write_one(&mnt, &format!("f{k}"), &mut rng, &mut files);
+    }
+    // Server 1 (the one that forms a group on a first start) loses its disk.
+    g.kill9(0);
+    std::fs::remove_dir_all(g.root.join("meta0")).unwrap();
+    write_one(&mnt, "while-wiped", &mut rng, &mut files);
+    g.start_meta(0, "meta0-2.log");
+    let log = g.root.join("meta0-2.log");
+    let refused = wait_for(Duration::from_secs(20), || tail(&log, 200).contains("not forming a new group").then_some(()));
+    assert!(refused.is_some(), "the wiped server saw the group's log elsewhere:\n{}", tail(&log, 40));
+    // It is brought up to date (the leader shows no lag), and then carries the group: one
+    // other server goes down, files change, the last original one goes down and the first
+    // comes back behind, so only the wiped server has everything and must lead.
+    let _ = g.leader();
+    g.kill9(1);
+    write_one(&mnt, "after-1", &mut rng, &mut files);
+    g.kill9(2);
+    g.start_meta(1, "meta1-2.log");
+    drop_page_cache();
+    check(&files);
+    assert_eq!(g.leader(), 0, "the server that was wiped and brought up to date leads");
+    g.start_meta(2, "meta2-2.log");
+    g.finish(m);
+}

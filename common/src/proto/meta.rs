@@ -284,6 +284,8 @@ pub enum RaftRpc {
     Append,
     Vote,
     Snapshot,
+    /// Whether the server holds a log (a member of a group already), before a group is formed.
+    Probe,
 }
 
 /// Most bytes one `BackupRead` returns.

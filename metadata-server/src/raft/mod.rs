@@ -107,12 +107,9 @@ impl Replica {
         }
         .validate()
         .context("raft configuration")?;
-        let raft = Raft::new(id, Arc::new(config), network::Network { ep }, log::LogStore::new(ns.clone()), machine::StateMachine::new(ns)).await.context("starting raft")?;
+        let raft = Raft::new(id, Arc::new(config), network::Network { ep: ep.clone() }, log::LogStore::new(ns.clone()), machine::StateMachine::new(ns)).await.context("starting raft")?;
         if !raft.is_initialized().await.context("raft")? && peers.keys().next() == Some(&id) {
-            let members: BTreeMap<u64, BasicNode> = peers.iter().map(|(i, a)| (*i, BasicNode::new(a))).collect();
-            if let Err(e) = raft.initialize(members).await {
-                tracing::info!("raft group not formed here: {e}");
-            }
+            tokio::spawn(form_group(raft.clone(), id, peers.clone(), ep));
         }
         Ok(Arc::new(Replica { raft, id, peers, rt: tokio::runtime::Handle::current() }))
     }
@@ -170,6 +167,7 @@ impl Replica {
             RaftRpc::Append => log::enc(&self.raft.append_entries(log::dec(body)?).await),
             RaftRpc::Vote => log::enc(&self.raft.vote(log::dec(body)?).await),
             RaftRpc::Snapshot => log::enc(&self.raft.install_snapshot(log::dec(body)?).await),
+            RaftRpc::Probe => log::enc(&self.raft.is_initialized().await.map_err(|e| e.to_string())?),
         })
     }
 
@@ -206,6 +204,38 @@ impl Replica {
 
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+/// The first start of a group, on the server with the lowest id: it forms the group once every
+/// other server has answered that it holds no log. If one does, the group exists and this
+/// server lost its data: it waits for the leader to bring it up to date instead of founding a
+/// second group under the same ids.
+async fn form_group(raft: Raft<TypeConfig>, id: u64, peers: BTreeMap<u64, String>, ep: quinn::Endpoint) {
+    let others: Vec<&String> = peers.iter().filter(|(i, _)| **i != id).map(|(_, a)| a).collect();
+    let mut said = false;
+    loop {
+        if raft.is_initialized().await.unwrap_or(true) {
+            return;
+        }
+        let answers = futures::future::join_all(others.iter().map(|a| network::Peer::probe(&ep, a))).await;
+        if answers.contains(&Some(true)) {
+            tracing::warn!("another metadata server already holds the group's log: not forming a new group; waiting for the leader to bring this server up to date");
+            return;
+        }
+        if answers.iter().all(|a| *a == Some(false)) {
+            let members: BTreeMap<u64, BasicNode> = peers.iter().map(|(i, a)| (*i, BasicNode::new(a))).collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(servers = peers.len(), "formed the metadata group"),
+                Err(e) => tracing::info!("raft group not formed here: {e}"),
+            }
+            return;
+        }
+        if !said {
+            tracing::info!("waiting for every metadata server of --peers to answer before forming the group");
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
 }
 

@@ -39,6 +39,15 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 struct Garbled(String);
 
 impl Peer {
+    /// Whether `addr` holds a Raft log (`RaftRpc::Probe`); `None` if it cannot be asked.
+    pub async fn probe(ep: &quinn::Endpoint, addr: &str) -> Option<bool> {
+        let client = RpcClient::new(ep.clone(), addr, 1, RPC_TIMEOUT, Role::Meta);
+        match client.call::<_, MetaResponse>(&MetaRequest::Raft { rpc: RaftRpc::Probe }, &[]).await {
+            Ok((MetaResponse::Raft, body)) => dec::<bool>(&body).ok(),
+            _ => None,
+        }
+    }
+
     async fn call<Q: Serialize, R: DeserializeOwned, E: std::error::Error + DeserializeOwned>(&self, rpc: RaftRpc, req: &Q) -> Result<R, RPCError<u64, BasicNode, E>> {
         let (resp, body) = match self.client.call::<_, MetaResponse>(&MetaRequest::Raft { rpc }, &enc(req)).await {
             Ok(r) => r,
