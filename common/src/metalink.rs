@@ -70,8 +70,15 @@ impl MetaLink {
     pub async fn call_payload(&self, req: &MetaRequest) -> Result<(MetaResponse, Vec<u8>), NetError> {
         let (only, n) = self.client(0);
         if n == 1 {
-            return only.call::<_, MetaResponse>(req, &[]).await;
+            match only.call::<_, MetaResponse>(req, &[]).await {
+                // Given one server of a group, not its leader: follow the leader it names.
+                Ok((MetaResponse::NotLeader { leader: Some(l) }, _)) => {
+                    self.index_of(&l);
+                }
+                r => return r,
+            }
         }
+        let n = self.len();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let ask = |idx: usize, delay: Duration| {
             let (c, _) = self.client(idx);

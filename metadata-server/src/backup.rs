@@ -161,6 +161,7 @@ pub fn restore(backup_dir: &Path, db_dir: &Path, replicas: u32) -> anyhow::Resul
         let store = Store::open(&tmp).with_context(|| format!("opening the restored database in {}", tmp.display()))?;
         let ns = Namespace::open(store, FsParams { block_size: m.block_size })?;
         ns.raise_floor(floor)?;
+        forget_raft_state(ns.store())?;
     }
     // An empty directory left by an earlier start is replaced; a database never (checked above).
     if db_dir.exists() {
@@ -171,6 +172,21 @@ pub fn restore(backup_dir: &Path, db_dir: &Path, replicas: u32) -> anyhow::Resul
     tracing::info!(backup = %backup_dir.display(), taken = %m.created, files = m.files.len(), "metadata restored from backup");
     Ok(())
 }
+
+/// A backup of a group's leader holds its Raft log and vote: none of it belongs to the
+/// server being started.
+fn forget_raft_state(store: &Store) -> anyhow::Result<()> {
+    let mut b = crate::store::Batch::default();
+    for cf in [crate::store::Cf::RaftLog, crate::store::Cf::RaftState] {
+        for (k, _) in store.range(cf, b"", &[0xff; 9])? {
+            b.delete(cf, k);
+        }
+    }
+    let t = store.apply(b)?;
+    store.wait_durable(t)?;
+    Ok(())
+}
+
 
 #[cfg(test)]
 mod tests {

@@ -101,6 +101,9 @@ impl MetaConfig {
             if !g.peers.contains_key(&g.id) {
                 bail!("--peers must name this server's --id {}", g.id);
             }
+            if self.restore.is_some() {
+                bail!("--restore starts a single metadata server; restoring into a Raft group (--peers) is not supported yet (docs/raft.md)");
+            }
             if g.peers.len() < 3 || g.peers.len() % 2 == 0 {
                 bail!("--peers must name an odd number of servers, at least 3 (a majority must survive the loss of one)");
             }

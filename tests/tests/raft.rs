@@ -157,6 +157,10 @@ fn killing_the_leader_loses_nothing_and_the_mount_goes_on() {
     let text = String::from_utf8_lossy(&g.tessera(&["status"], &g.list).stdout).into_owned();
     eprintln!("{text}");
     assert!(text.contains(" leader ") && text.matches(" follower ").count() == 2, "tessera status lists the group:\n{text}");
+    // Given only a follower's address, a command follows it to the leader.
+    let follower = format!("127.0.0.1:{}", g.ports[(first + 1) % 3]);
+    let out = g.tessera(&["status", "--json"], &follower);
+    assert!(out.status.success(), "tessera status --meta FOLLOWER: {}", String::from_utf8_lossy(&out.stderr));
     g.kill9(first);
     let took = write_one(&mnt, "after-kill", &mut rng, &mut files);
     eprintln!("the first write after killing the leader (meta{first}) took {took:?}");
@@ -284,4 +288,28 @@ fn a_wiped_first_server_rejoins_the_group_instead_of_founding_a_new_one() {
     assert_eq!(g.leader(), 0, "the server that was wiped and brought up to date leads");
     g.start_meta(2, "meta2-2.log");
     g.finish(m);
+}
+
+#[test]
+fn bad_group_flags_get_a_one_line_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    cert_init(&ca);
+    cert_issue(&ca, &dir.path().join("meta"), "meta-1", "meta");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--id", "4", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3"], "must name this server's --id 4"),
+        (&["--id", "1", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2"], "odd number of servers, at least 3"),
+        (&["--id", "1", "--peers", "1=127.0.0.1:1,1=127.0.0.1:2,3=127.0.0.1:3"], "names id 1 twice"),
+        (&["--id", "1", "--peers", "1=127.0.0.1:1,2=nowhere,3=127.0.0.1:3"], "is not HOST:PORT"),
+        (&["--id", "1", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3", "--restore", "/nonexistent"], "restoring into a Raft group"),
+    ];
+    for (args, want) in cases {
+        let out = run_timeout(
+            Command::new(bin("tessera-meta")).args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path().join("data")).arg("--certs").arg(dir.path().join("meta")).args(*args),
+            Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want) && err.trim().lines().count() == 1, "{args:?}: {err}");
+    }
+    assert!(!dir.path().join("data/db").exists(), "a refused start created no database");
 }
