@@ -498,7 +498,7 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
             None => Some(0),
         })
     };
-    let gc = Arc::new(gc::Gc::new(ns.clone(), members.clone(), chunks.clone(), cfg.gc_grace, workers.add("gc"), term.clone()));
+    let gc = Arc::new(gc::Gc::new(ns.clone(), members.clone(), chunks.clone(), cfg.gc_grace, workers.add("gc"), term));
     let members_worker = workers.add("membership");
     let claims = claims::Claims { ns: ns.clone(), members: members.clone(), pool: chunks };
     let leases = Arc::new(leases::Leases::new(cfg.session_lease));
@@ -566,20 +566,16 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
             Ok::<_, tokio::task::JoinError>(())
         }
     });
-    let gc_leads = leads.clone();
     let gc_replica = replica.clone();
     let gc_task = worker::spawn(gc.worker.clone(), Schedule::every(cfg.gc_interval), shutdown.clone(), move || {
         let (gc, ev, r) = (gc.clone(), gc_events.clone(), gc_replica.clone());
-        let leads = gc_leads();
         async move {
-            // A leader cut off from the others may not know yet that it was deposed: it
-            // confirms its lead with a majority before it deletes anything.
-            let confirmed = match &r {
-                Some(r) => leads && r.ensure_linearizable().await.is_ok(),
-                None => leads,
-            };
-            if !confirmed {
-                return Default::default();
+            // Only a leader collects (`Gc::collect` asks its term). One cut off from the others
+            // may not know yet that it was deposed: it confirms its lead with a majority first.
+            if let Some(r) = &r {
+                if !r.is_leader() || r.ensure_linearizable().await.is_err() {
+                    return Default::default();
+                }
             }
             let r = gc.collect().await;
             if r.deleted > 0 {
@@ -628,10 +624,11 @@ async fn formed(ns: &Namespace, replica: &raft::Replica, params: FsParams) -> an
     let mut said = since;
     while !ns.load_params()? {
         if replica.is_leader() {
-            if let Err(e) = replica.propose_async(&namespace::Command::new(namespace::Op::Init { params })).await {
-                tracing::debug!("proposing init: {e}");
+            match replica.propose_async(&namespace::Command::new(namespace::Op::Init { params })).await {
+                Ok(_) => continue,
+                // Not again at once: a refusal that repeats would spin.
+                Err(e) => tracing::debug!("proposing init: {e}"),
             }
-            continue;
         }
         if said.elapsed() > Duration::from_secs(5) {
             info!(waited_s = since.elapsed().as_secs(), "waiting for the metadata group to elect a leader (a majority of --peers must run)");
