@@ -9,14 +9,19 @@ use tessera_common::metalink::MetaLink;
 use tessera_common::net::{self, RpcClient};
 use tessera_common::paging::{next_after, Pager};
 use tessera_common::proto::chunk::{ChunkRequest, ChunkResponse};
-use tessera_common::proto::meta::{ClusterStatus, MetaRequest, MetaResponse, MetaServerStatus, WorkerStatus};
+use tessera_common::proto::meta::{ClusterStatus, GroupChange, MetaRequest, MetaResponse, MetaServerStatus, WorkerStatus};
 use tessera_common::tls::NodeCerts;
 use tessera_common::BlockId;
 
 pub struct Admin {
     link: MetaLink,
     ep: quinn::Endpoint,
+    meta: Vec<String>,
 }
+
+/// How long `tessera meta add` waits: the new server catches up first (the server gives up
+/// after 60 s).
+const GROUP_CHANGE: Duration = Duration::from_secs(90);
 
 #[derive(Serialize, Default, Debug)]
 pub struct BlockCounts {
@@ -105,7 +110,17 @@ pub struct MountJson {
 impl Admin {
     pub fn connect(certs: &NodeCerts, meta: &[String]) -> anyhow::Result<Self> {
         let ep = net::client_endpoint(certs)?;
-        Ok(Admin { link: MetaLink::new(ep.clone(), meta, Duration::from_secs(15)), ep })
+        Ok(Admin { link: MetaLink::new(ep.clone(), meta, Duration::from_secs(15)), ep, meta: meta.to_vec() })
+    }
+
+    /// Add or remove one metadata server (`tessera meta add|remove`).
+    pub async fn meta_group(&self, change: GroupChange) -> anyhow::Result<()> {
+        let link = MetaLink::new(self.ep.clone(), &self.meta, GROUP_CHANGE);
+        match link.call(&MetaRequest::MetaGroup { change }).await.context("metadata server")? {
+            MetaResponse::Done => Ok(()),
+            MetaResponse::Error(e) => bail!("{}", e.message),
+            r => bail!("unexpected reply {r:?}"),
+        }
     }
 
     pub fn ep(&self) -> &quinn::Endpoint {

@@ -184,7 +184,7 @@ fn meta_group(data: &Path, n: usize) -> anyhow::Result<Option<tessera_meta::Raft
     if peers.len() != n {
         bail!("{} lists {} metadata servers; pass --meta-servers {}, or use a new --data-dir", file.display(), peers.len(), peers.len());
     }
-    Ok(Some(tessera_meta::RaftGroup { id: 1, peers, snapshot_every: 10_000 }))
+    Ok(Some(tessera_meta::RaftGroup { id: 1, peers, snapshot_every: 10_000, join: false }))
 }
 
 /// Wait until the published ring lists every chunk server at its current address.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tessera_client::{admin, dev, mount};
 use tessera_common::metalink::parse_meta_list;
-use tessera_common::proto::meta::NodeAction;
+use tessera_common::proto::meta::{GroupChange, NodeAction};
 use tessera_common::tls::{self, NodeCerts, Role};
 
 /// Tessera: a distributed block file system.
@@ -211,6 +211,22 @@ enum NodeCmd {
 
 #[derive(Subcommand)]
 enum MetaCmd {
+    /// Add metadata server ID, already running at ADDR with `--id ID --join`, to the group: it
+    /// catches up, then votes (docs/raft.md). One server at a time; an id once removed is
+    /// refused.
+    Add {
+        id: u64,
+        addr: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Remove metadata server ID from the group (stop it afterwards). Its id is never used
+    /// again. Removing the leader makes it step down; the others elect one of them.
+    Remove {
+        id: u64,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
     /// Copy a consistent checkpoint of the metadata (taken while the cluster serves) into DIR,
     /// a new or empty directory, with a manifest of sizes and BLAKE3 hashes. `tessera-meta
     /// --restore DIR` starts a metadata server from it.
@@ -342,6 +358,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let node_id = u64::from_str_radix(id.trim_start_matches("0x"), 16).map_err(|_| anyhow::anyhow!("'{id}' is not a server id (16 hex digits, see tessera status)"))?;
             cluster.run(|a| async move { a.node(node_id, action).await })?;
             println!("server {node_id:016x}: {}", if action == NodeAction::Remove { "removed from the ring" } else { "draining" });
+            Ok(())
+        }
+        Cmd::Meta { cmd: MetaCmd::Add { id, addr, cluster } } => {
+            if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                bail!("'{addr}' is not HOST:PORT");
+            }
+            cluster.run(|a| async move { a.meta_group(GroupChange::Add { id, addr: addr.clone() }).await.map(|()| addr) }).map(|addr| println!("metadata server {id} ({addr}) added to the group"))
+        }
+        Cmd::Meta { cmd: MetaCmd::Remove { id, cluster } } => {
+            cluster.run(|a| async move { a.meta_group(GroupChange::Remove { id }).await })?;
+            println!("metadata server {id} removed from the group; stop it now");
             Ok(())
         }
         Cmd::Meta { cmd: MetaCmd::Backup { dir, cluster, json } } => {

@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tessera_common::metrics::{Metrics, RpcMetrics};
 use tessera_common::net::{self, Service};
-use tessera_common::proto::meta::{BackupInfo, ClusterStatus, LockSpec, MetaRequest, MetaResponse, MountStatus, Mutation, StatFs};
+use tessera_common::proto::meta::{BackupInfo, ClusterStatus, GroupChange, LockSpec, MetaRequest, MetaResponse, MountStatus, Mutation, StatFs};
 use tessera_common::tls::{Identity, NodeCerts, Role};
 use tessera_common::worker::{self, Schedule, Workers};
 use tessera_common::{ErrorCode, WireError};
@@ -62,6 +62,8 @@ pub struct RaftGroup {
     pub peers: std::collections::BTreeMap<u64, String>,
     /// Log entries between snapshots (the log behind a snapshot is compacted).
     pub snapshot_every: u64,
+    /// A new server, to be added with `tessera meta add`: it never forms a group itself.
+    pub join: bool,
 }
 
 impl Default for MetaConfig {
@@ -101,11 +103,8 @@ impl MetaConfig {
             if !g.peers.contains_key(&g.id) {
                 bail!("--peers must name this server's --id {}", g.id);
             }
-            if self.restore.is_some() {
-                bail!("--restore starts a single metadata server; restoring into a Raft group (--peers) is not supported yet (docs/raft.md)");
-            }
-            if g.peers.len() < 3 || g.peers.len() % 2 == 0 {
-                bail!("--peers must name an odd number of servers, at least 3 (a majority must survive the loss of one)");
+            if self.restore.is_some() && (g.peers.len() != 1 || g.join) {
+                bail!("--restore starts a group of one: --peers must name only this server (add the others with tessera meta add; docs/raft.md)");
             }
         }
         if self.block_size < 4096 || self.block_size > tessera_common::MAX_BLOCK_SIZE || !self.block_size.is_power_of_two() {
@@ -247,7 +246,7 @@ impl MetaService {
             },
             MetaRequest::GetXattr { ino, name } => r(ns.get_xattr(ino, &name).map(MetaResponse::Xattr)),
             MetaRequest::ListXattr { ino } => r(ns.list_xattr(ino).map(MetaResponse::XattrNames)),
-            MetaRequest::Gc { .. } | MetaRequest::WaitLock { .. } | MetaRequest::BackupStart | MetaRequest::BackupRead { .. } | MetaRequest::BackupEnd { .. } | MetaRequest::Raft { .. } => unreachable!("answered in handle"),
+            MetaRequest::Gc { .. } | MetaRequest::WaitLock { .. } | MetaRequest::BackupStart | MetaRequest::BackupRead { .. } | MetaRequest::BackupEnd { .. } | MetaRequest::Raft { .. } | MetaRequest::MetaGroup { .. } => unreachable!("answered in handle"),
         }
     }
 
@@ -409,6 +408,25 @@ impl MetaService {
             tokio::spawn(async move { gc.pass().await });
             return (MetaResponse::Gc(Default::default()), vec![]);
         }
+        if let MetaRequest::MetaGroup { change } = req {
+            if peer.role != Role::Admin {
+                return (denied(peer.role, "change the metadata group"), vec![]);
+            }
+            let Some(replica) = self.replica.clone() else {
+                return (MetaResponse::Error(WireError::new(ErrorCode::InvalidArgument, "this metadata server runs alone (no --peers): there is no group to change")), vec![]);
+            };
+            let (done, what) = match &change {
+                GroupChange::Add { id, addr } => (replica.add_server(&self.ns, *id, addr).await, format!("metadata server {id} ({addr}) added")),
+                GroupChange::Remove { id } => (replica.remove_server(&self.ns, *id).await, format!("metadata server {id} removed")),
+            };
+            return match done {
+                Ok(()) => {
+                    self.events.note(format!("{what} by {}", peer.name));
+                    (MetaResponse::Done, vec![])
+                }
+                Err(e) => (MetaResponse::Error(e), vec![]),
+            };
+        }
         if let MetaRequest::WaitLock { ino, session, lock, timeout_ms } = req {
             if !matches!(peer.role, Role::Client | Role::Admin) {
                 return (denied(peer.role, "wait for locks"), vec![]);
@@ -457,6 +475,13 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     let db_dir = cfg.data_dir.join("db");
     if let Some(from) = &cfg.restore {
         backup::restore(from, &db_dir, cfg.replicas).with_context(|| format!("restoring from {}", from.display()))?;
+    }
+    // Forming a group needs an odd number (once formed, the members are in the log, and
+    // --peers may list servers added since).
+    if let Some(g) = cfg.raft.as_ref().filter(|g| !g.join && g.peers.len() % 2 == 0) {
+        if !db_dir.join("CURRENT").exists() {
+            bail!("--peers must name an odd number of servers to form a group: 3 or 5 (a majority must survive the loss of one), or 1 to add the others with tessera meta add ({} given)", g.peers.len());
+        }
     }
     // Durable names: a power cut right after the first start must not lose the database.
     tessera_common::durable::create_dir_all(&db_dir).with_context(|| format!("creating {}", db_dir.display()))?;

@@ -66,6 +66,11 @@ struct Args {
     /// server further behind than that receives the snapshot.
     #[arg(long, env = "TESSERA_RAFT_SNAPSHOT_EVERY", default_value_t = 10_000)]
     raft_snapshot_every: u64,
+    /// Under Raft: this is a new server, to be added to a running group with `tessera meta add
+    /// ID ADDR`; it waits for the leader instead of forming a group (--peers needs to name only
+    /// this server then).
+    #[arg(long, env = "TESSERA_JOIN", requires = "peers")]
+    join: bool,
 }
 
 #[tokio::main]
@@ -74,7 +79,7 @@ async fn main() {
     let a: Args = tessera_common::config::parse();
     let raft = match (a.id, &a.peers) {
         (Some(id), Some(list)) => match tessera_meta::raft::parse_peers(list) {
-            Ok(peers) => Some(tessera_meta::RaftGroup { id, peers, snapshot_every: a.raft_snapshot_every }),
+            Ok(peers) => Some(tessera_meta::RaftGroup { id, peers, snapshot_every: a.raft_snapshot_every, join: a.join }),
             Err(e) => {
                 eprintln!("tessera-meta: {e}");
                 std::process::exit(2);

@@ -58,7 +58,7 @@ meta_nodes() {
   local i
   for ((i = 2; i <= ${METAS:-1}; i++)); do echo "meta$i"; done
 }
-# Their Raft ids: meta is 1, metaN is N.
+# Their first Raft ids: meta is 1, metaN is N (`fault replace` gives a node a new one).
 meta_id() { if [[ "$1" == meta ]]; then echo 1; else echo "${1#meta}"; fi; }
 # What --meta takes: every metadata server's address, comma-separated.
 meta_list() {
@@ -72,6 +72,14 @@ leader_node() {
   local addr n
   addr=$(admin status --json 2>/dev/null | python3 -c 'import json,sys; print(next(m["addr"] for m in json.load(sys.stdin)["meta_servers"] if m["role"] == "leader"))' 2>/dev/null) || return 1
   for n in $(meta_nodes); do [[ "$(node_addr "$n")" == "$addr" ]] && { echo "$n"; return 0; }; done
+  return 1
+}
+
+# A metadata server that follows the leader now (running, not leading).
+follower_node() {
+  local lead n
+  lead=$(leader_node) || return 1
+  for n in $(meta_nodes); do [[ "$n" != "$lead" ]] && is_running "$n" && { echo "$n"; return 0; }; done
   return 1
 }
 

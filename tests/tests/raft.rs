@@ -19,6 +19,8 @@ struct Group {
     list: String,
     extra: Vec<String>,
     chunks: Vec<Proc>,
+    /// How many servers `tessera status` should list (3 unless the test changed the group).
+    members: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -51,7 +53,9 @@ impl Group {
     fn leader(&self) -> usize {
         let found = wait_for(Duration::from_secs(30), || {
             let rows = self.group()?;
-            assert_eq!(rows.len(), 3, "three metadata servers listed: {rows:?}");
+            if rows.len() != self.members {
+                return None;
+            }
             let lead = rows.iter().find(|r| r["role"] == "leader")?;
             let addr = lead["addr"].as_str()?;
             let i = self.ports.iter().position(|p| addr.ends_with(&format!(":{p}")))?;
@@ -61,7 +65,7 @@ impl Group {
             });
             settled.then_some(i)
         });
-        found.expect("no metadata server leads with the others caught up within 30 s")
+        found.unwrap_or_else(|| panic!("no metadata server leads with the others caught up within 30 s ({} expected): {:?}", self.members, self.group()))
     }
 
     /// Three metadata servers (with `extra` flags), three chunk servers and a mount, listing the
@@ -80,7 +84,7 @@ impl Group {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let list = ports.iter().rev().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut g = Group { root: root.clone(), ports, metas: vec![None, None, None], admin: root.join("certs/admin"), list, extra, chunks: vec![], _dir: dir };
+        let mut g = Group { root: root.clone(), ports, metas: vec![None, None, None], admin: root.join("certs/admin"), list, extra, chunks: vec![], members: 3, _dir: dir };
         for i in 0..3 {
             g.start_meta(i, &format!("meta{i}.log"));
         }
@@ -114,6 +118,14 @@ impl Group {
         for p in self.metas.iter_mut().flatten() {
             p.assert_running();
         }
+    }
+
+    fn id_of(&self, i: usize) -> String {
+        (i + 1).to_string()
+    }
+
+    fn addr_of(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[i])
     }
 
     fn kill9(&mut self, i: usize) {
@@ -298,10 +310,11 @@ fn bad_group_flags_get_a_one_line_reason() {
     cert_issue(&ca, &dir.path().join("meta"), "meta-1", "meta");
     let cases: &[(&[&str], &str)] = &[
         (&["--id", "4", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3"], "must name this server's --id 4"),
-        (&["--id", "1", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2"], "odd number of servers, at least 3"),
+        (&["--id", "1", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2"], "odd number of servers"),
         (&["--id", "1", "--peers", "1=127.0.0.1:1,1=127.0.0.1:2,3=127.0.0.1:3"], "names id 1 twice"),
         (&["--id", "1", "--peers", "1=127.0.0.1:1,2=nowhere,3=127.0.0.1:3"], "is not HOST:PORT"),
-        (&["--id", "1", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3", "--restore", "/nonexistent"], "restoring into a Raft group"),
+        (&["--id", "1", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3", "--restore", "/nonexistent"], "--restore starts a group of one"),
+        (&["--id", "4", "--peers", "4=127.0.0.1:4", "--join", "--restore", "/nonexistent"], "--restore starts a group of one"),
     ];
     for (args, want) in cases {
         let out = run_timeout(
@@ -312,4 +325,135 @@ fn bad_group_flags_get_a_one_line_reason() {
         assert!(!out.status.success() && err.contains(want) && err.trim().lines().count() == 1, "{args:?}: {err}");
     }
     assert!(!dir.path().join("data/db").exists(), "a refused start created no database");
+
+    // A server that ran alone keeps metadata in no log: it may become a group of one (and
+    // grow with `tessera meta add`), not form a group of three whose others would start empty.
+    let port = free_port();
+    let alone = dir.path().join("alone");
+    let mut p = start_meta_with(&alone, port, &dir.path().join("meta"), 3, &dir.path().join("alone.log"), &[]);
+    p.stop();
+    let peers = format!("1=127.0.0.1:{port},2=127.0.0.1:{},3=127.0.0.1:{}", free_port(), free_port());
+    let out = run_timeout(
+        Command::new(bin("tessera-meta")).args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(&alone).arg("--certs").arg(dir.path().join("meta")).args(["--id", "1", "--peers", &peers]),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("start it as a group of one") && err.trim().lines().count() == 1, "{err}");
+}
+
+#[test]
+fn meta_add_and_remove_change_the_group_one_server_at_a_time() {
+    let (mut g, m, mnt) = Group::start(&[]);
+    let mut rng = seeded_rng();
+    let mut files = Vec::new();
+    for k in 0..3 {
+        write_one(&mnt, &format!("f{k}"), &mut rng, &mut files);
+    }
+    let leader = g.leader();
+    let gone = (leader + 1) % 3;
+    let list = g.list.clone();
+    let fails = |g: &Group, args: &[&str], want: &str| {
+        let out = g.tessera(args, &list);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want) && err.trim().lines().count() == 1, "{args:?}: {err}");
+    };
+    // Bad changes get a one-line reason and change nothing.
+    fails(&g, &["meta", "remove", "9"], "no metadata server 9 in the group");
+    let nobody = format!("127.0.0.1:{}", free_port());
+    fails(&g, &["meta", "add", "4", &nobody], "no metadata server answers");
+    fails(&g, &["meta", "add", &g.id_of(gone), &nobody], "is a member already");
+    fails(&g, &["meta", "add", "4", "nowhere"], "is not HOST:PORT");
+    assert_eq!(g.group().unwrap().len(), 3, "nothing changed");
+
+    // Remove a follower, then stop it: two servers carry on.
+    let out = g.tessera(&["meta", "remove", &g.id_of(gone)], &list);
+    assert!(out.status.success(), "meta remove: {}", String::from_utf8_lossy(&out.stderr));
+    g.members = 2;
+    let _ = g.leader();
+    g.kill9(gone);
+    write_one(&mnt, "two-left", &mut rng, &mut files);
+    // A removed id is never used again.
+    fails(&g, &["meta", "add", &g.id_of(gone), &g.addr_of(gone)], "never used again");
+
+    // A new server (id 4) on an empty disk joins, catches up and votes.
+    let ca = g.root.join("ca");
+    cert_issue(&ca, &g.root.join("certs/meta3"), "meta-3", "meta");
+    let port = free_port();
+    g.ports.push(port);
+    let peers = format!("4=127.0.0.1:{port}");
+    g.metas.push(Some(start_meta_with(&g.root.join("meta3"), port, &g.root.join("certs/meta3"), 3, &g.root.join("meta3.log"), &["--id", "4", "--peers", &peers, "--join"])));
+    let out = g.tessera(&["meta", "add", "4", &g.addr_of(3)], &list);
+    assert!(out.status.success(), "meta add: {}\n{}", String::from_utf8_lossy(&out.stderr), tail(&g.root.join("meta3.log"), 30));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("metadata server 4 (127.0.0.1:"), "{}", String::from_utf8_lossy(&out.stdout));
+    // Asking again for a change that is done answers as done (a retry after a lost reply).
+    assert!(g.tessera(&["meta", "add", "4", &g.addr_of(3)], &list).status.success());
+    g.members = 3;
+    let leader = g.leader();
+    let rows = g.group().unwrap();
+    assert!(rows.iter().any(|r| r["id"] == 4 && r["role"] != "learner"), "server 4 votes: {rows:?}");
+    assert!(!rows.iter().any(|r| r["id"].as_u64() == Some(gone as u64 + 1)), "the removed server is not listed: {rows:?}");
+
+    // Server 4 counts: with the leader killed, the last original server and 4 are the majority.
+    g.kill9(leader);
+    write_one(&mnt, "after-leader-killed", &mut rng, &mut files);
+    check(&files);
+    g.start_meta(leader, &format!("meta{leader}-2.log"));
+    let now = g.leader();
+
+    // Removing the leader itself: it steps down, the other two elect one of them.
+    let out = g.tessera(&["meta", "remove", &g.id_of(now)], &list);
+    assert!(out.status.success(), "meta remove (the leader): {}", String::from_utf8_lossy(&out.stderr));
+    g.members = 2;
+    let next = g.leader();
+    assert_ne!(next, now, "a server that was not removed leads");
+    g.kill9(now);
+    write_one(&mnt, "after-leader-removed", &mut rng, &mut files);
+    drop_page_cache();
+    check(&files);
+    g.finish(m);
+}
+
+#[test]
+fn a_backup_restored_into_a_group_of_one_grows_to_three_and_outlives_its_first_server() {
+    let (mut g, mut m, mnt) = Group::start(&[]);
+    let mut rng = seeded_rng();
+    let mut files = Vec::new();
+    for k in 0..5 {
+        write_one(&mnt, &format!("f{k}"), &mut rng, &mut files);
+    }
+    let backup = g.root.join("backup");
+    let out = g.tessera(&["meta", "backup", backup.to_str().unwrap()], &g.list);
+    assert!(out.status.success(), "meta backup: {}", String::from_utf8_lossy(&out.stderr));
+    let mut later = Vec::new();
+    write_one(&mnt, "after-backup", &mut rng, &mut later);
+    m.stop();
+    // Every metadata server loses its disk.
+    for i in 0..3 {
+        g.kill9(i);
+        std::fs::remove_dir_all(g.root.join(format!("meta{i}"))).unwrap();
+    }
+    // Server 1 from the backup, alone; then 2 and 3 join on empty disks, one at a time.
+    let peers = format!("1={}", g.addr_of(0));
+    g.metas[0] = Some(start_meta_with(&g.root.join("meta0"), g.ports[0], &g.root.join("certs/meta0"), 3, &g.root.join("meta0-restored.log"), &["--id", "1", "--peers", &peers, "--restore", backup.to_str().unwrap()]));
+    for i in 1..3 {
+        let (id, addr) = (g.id_of(i), g.addr_of(i));
+        let peers = format!("{id}={addr}");
+        g.metas[i] = Some(start_meta_with(&g.root.join(format!("meta{i}")), g.ports[i], &g.root.join(format!("certs/meta{i}")), 3, &g.root.join(format!("meta{i}-joined.log")), &["--id", &id, "--peers", &peers, "--join"]));
+        let out = g.tessera(&["meta", "add", &id, &addr], &g.list);
+        assert!(out.status.success(), "meta add {id}: {}\n{}", String::from_utf8_lossy(&out.stderr), tail(&g.root.join("meta0-restored.log"), 30));
+    }
+    assert_eq!(g.leader(), 0, "the restored server leads the group it grew");
+    // The joined servers got the restored namespace (as a snapshot): without server 1 they
+    // serve every file of the backup, and not the one written after it.
+    assert!(tail(&g.root.join("meta1-joined.log"), 2000).contains("installed a snapshot from the leader"), "server 2 got the restored namespace as a snapshot:\n{}", tail(&g.root.join("meta1-joined.log"), 40));
+    g.kill9(0);
+    let m = start_mount(&g.list, &g.root.join("certs/client"), &mnt, &g.root.join("mount-2.log"));
+    drop_page_cache();
+    check(&files);
+    assert!(!mnt.join("after-backup").exists(), "a file written after the backup is not in it");
+    write_one(&mnt, "after-restore", &mut rng, &mut files);
+    g.start_meta(0, "meta0-2.log");
+    let _ = g.leader();
+    check(&files);
+    g.finish(m);
 }

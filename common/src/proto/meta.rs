@@ -276,6 +276,28 @@ pub enum MetaRequest {
     /// Metadata servers only, to each other: one Raft message, whose body (openraft's request,
     /// bincode) is the payload. Reply: `Raft`, with openraft's reply as the payload.
     Raft { rpc: RaftRpc },
+    /// Admin only, under Raft: add or remove one metadata server (`tessera meta add|remove`).
+    /// Reply: `Done` once the new membership is committed.
+    MetaGroup { change: GroupChange },
+}
+
+/// One change of the metadata group's membership.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupChange {
+    /// A new server, already running with `--id ID --join`: it catches up as a learner, then
+    /// votes. An id that was removed once is refused.
+    Add { id: u64, addr: String },
+    /// The server stops being a member; its id is never used again.
+    Remove { id: u64 },
+}
+
+/// Reply (in the payload) of `RaftRpc::Probe`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReply {
+    /// The server's `--id`.
+    pub id: u64,
+    /// Whether it holds a Raft log (it is or was a member of a group).
+    pub has_log: bool,
 }
 
 /// The Raft messages between metadata servers.
@@ -284,7 +306,8 @@ pub enum RaftRpc {
     Append,
     Vote,
     Snapshot,
-    /// Whether the server holds a log (a member of a group already), before a group is formed.
+    /// Who the server is and whether it holds a log (a member of a group already): asked
+    /// before a group is formed and before a server is added. Reply payload: [`ProbeReply`].
     Probe,
 }
 

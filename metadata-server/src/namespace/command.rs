@@ -51,6 +51,8 @@ pub enum Op {
     /// Drop up to `DROP_BOUND` block-map entries of a file being dropped in steps, and the
     /// inode with the last of them.
     Reap { ino: u64 },
+    /// `tessera meta remove ID`: the metadata server id is retired, never to be used again.
+    RetireMetaServer { id: u64 },
 }
 
 /// What applying a command produced (besides its batch).
@@ -188,6 +190,10 @@ impl Namespace {
             Op::Reap { ino } => {
                 let (batch, done) = self.reap(now, *ino)?;
                 return Ok((batch, Outcome::Reaped(done)));
+            }
+            Op::RetireMetaServer { id } => {
+                b.put(Cf::Cluster, retired_meta_key(*id), Vec::new());
+                Outcome::Done
             }
         };
         Ok((b, out))

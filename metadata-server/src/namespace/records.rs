@@ -116,6 +116,11 @@ pub(super) const KEY_NEXT_SESSION: &[u8] = b"next_session";
 pub(super) const KEY_STATS: &[u8] = b"stats";
 pub(super) const KEY_FS: &[u8] = b"fs";
 
+/// Key in `Cf::Cluster` that marks metadata server `id` as removed from the group.
+pub(super) fn retired_meta_key(id: u64) -> Vec<u8> {
+    [b"retired_meta/".as_slice(), &id.to_be_bytes()].concat()
+}
+
 /// File-system-wide settings fixed when the namespace is created.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct FsParams {

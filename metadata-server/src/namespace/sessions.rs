@@ -47,6 +47,10 @@ impl Namespace {
             // An answer from the retry cache waits too: its original may still be on its way
             // to disk, and the ticket covers everything written before.
             Outcome::Reply { reply, again } => {
+                if again {
+                    // A retry after a lost reply or a failover (scripts/chaos counts these).
+                    tracing::info!(session, seq, "a retried mutation was answered from the session table, not applied again");
+                }
                 if again || !(open || (close && w.soft)) {
                     self.store.wait_durable(w.ticket)?;
                 }

@@ -21,6 +21,12 @@ const KEY_MEMBERSHIP: &[u8] = b"membership";
 
 type Meta = SnapshotMeta<u64, BasicNode>;
 
+/// Whether the store holds a namespace that no log entry made: one restored from a backup, or
+/// kept by a server that ran alone (no applied log id beside it).
+pub fn holds_unlogged_namespace(ns: &Namespace) -> Result<bool, String> {
+    Ok(ns.load_params().map_err(|e| e.message)? && ns.store().get(Cf::RaftState, KEY_APPLIED).map_err(|e| e.to_string())?.is_none())
+}
+
 #[derive(Clone)]
 pub struct StateMachine {
     ns: Arc<Namespace>,

@@ -16,15 +16,15 @@ pub mod log;
 mod machine;
 mod network;
 
-use crate::namespace::{Command, Namespace, Outcome, Replicate};
+use crate::namespace::{Command, Namespace, Op, Outcome, Replicate};
 use anyhow::Context;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{AnyError, BasicNode, Raft, ServerState, SnapshotPolicy, StorageError, StorageIOError};
+use openraft::{AnyError, BasicNode, ChangeMembers, Raft, ServerState, SnapshotPolicy, StorageError, StorageIOError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
-use tessera_common::proto::meta::{MetaServerStatus, RaftRpc};
+use tessera_common::proto::meta::{MetaServerStatus, ProbeReply, RaftRpc};
 use tessera_common::{ErrorCode, WireError};
 
 /// An encoded [`Command`] (see `Command::encode`): what a log entry holds.
@@ -77,8 +77,26 @@ const ELECTION_MS: (u64, u64) = (200, 400);
 pub struct Replica {
     raft: Raft<TypeConfig>,
     id: u64,
-    peers: BTreeMap<u64, String>,
+    ep: quinn::Endpoint,
     rt: tokio::runtime::Handle,
+    /// One membership change at a time (`tessera meta add|remove`); openraft refuses a second
+    /// one while the first is under way, this makes it wait instead.
+    changing: tokio::sync::Mutex<()>,
+}
+
+/// How long `tessera meta add` waits for the new server to catch up before it gives up.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn invalid(m: String) -> WireError {
+    WireError::new(ErrorCode::InvalidArgument, m)
+}
+
+fn change_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> WireError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f.leader_node.map(|n| n.addr)),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => WireError::new(ErrorCode::Unavailable, format!("membership change refused: {e}")),
+        e => WireError::new(ErrorCode::Unavailable, format!("raft: {e}")),
+    }
 }
 
 fn not_leader(leader: Option<String>) -> WireError {
@@ -107,11 +125,20 @@ impl Replica {
         }
         .validate()
         .context("raft configuration")?;
+        // A namespace that no log entry made reaches other servers only as a snapshot, which
+        // is taken before anyone joins (`add_server`); servers that formed a group with it
+        // would replay the log from its start and build a namespace of their own.
+        let unlogged = machine::holds_unlogged_namespace(&ns).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            !unlogged || peers.len() == 1,
+            "this data directory holds metadata that is in no Raft log (a server that ran alone, or a restore): start it as a group of one (--peers naming only this server), then add the others with tessera meta add (docs/raft.md)"
+        );
         let raft = Raft::new(id, Arc::new(config), network::Network { ep: ep.clone() }, log::LogStore::new(ns.clone()), machine::StateMachine::new(ns)).await.context("starting raft")?;
-        if !raft.is_initialized().await.context("raft")? && peers.keys().next() == Some(&id) {
-            tokio::spawn(form_group(raft.clone(), id, peers.clone(), ep));
+        // A server started to be added (`--join`) waits for the leader instead.
+        if !group.join && !raft.is_initialized().await.context("raft")? && peers.keys().next() == Some(&id) {
+            tokio::spawn(form_group(raft.clone(), id, peers, ep.clone()));
         }
-        Ok(Arc::new(Replica { raft, id, peers, rt: tokio::runtime::Handle::current() }))
+        Ok(Arc::new(Replica { raft, id, ep, rt: tokio::runtime::Handle::current(), changing: Default::default() }))
     }
 
     pub fn id(&self) -> u64 {
@@ -131,10 +158,13 @@ impl Replica {
         (m.state == ServerState::Leader).then_some(m.current_term)
     }
 
-    /// The leader's client address, if one is known.
+    /// The leader's client address, if one is known (from the membership in the log, which
+    /// holds every member's address, also of servers added after `--peers` was written).
     pub fn leader_addr(&self) -> Option<String> {
-        let leader = self.raft.metrics().borrow().current_leader?;
-        self.peers.get(&leader).cloned()
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
     }
 
     /// Changes of leadership, for the duties that follow it.
@@ -161,13 +191,104 @@ impl Replica {
         }
     }
 
+    /// `tessera meta add ID ADDR`: the server at `addr`, started with `--id id --join`, joins
+    /// as a learner, catches up, then votes. Returns once the new membership is committed;
+    /// changes nothing if it fails. Asking again for a change that is done answers `Ok`
+    /// (a caller that lost the reply retries).
+    pub async fn add_server(&self, ns: &Namespace, id: u64, addr: &str) -> Result<(), WireError> {
+        let _one = self.changing.lock().await;
+        self.ensure_linearizable().await?;
+        if ns.is_retired_meta_server(id)? {
+            return Err(invalid(format!("metadata server id {id} was removed from the group, and a removed id is never used again: start the new server with another --id")));
+        }
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        match membership.get_node(&id) {
+            Some(n) if n.addr == addr && membership.voter_ids().any(|v| v == id) => return Ok(()),
+            Some(n) => return Err(WireError::new(ErrorCode::Exists, format!("metadata server {id} is a member already (at {})", n.addr))),
+            None => {}
+        }
+        if let Some((other, _)) = membership.nodes().find(|(_, n)| n.addr == addr) {
+            return Err(invalid(format!("{addr} is the address of metadata server {other}")));
+        }
+        match network::Peer::probe(&self.ep, addr).await {
+            None => return Err(WireError::new(ErrorCode::Unavailable, format!("no metadata server answers at {addr}: start it first with --id {id} --join"))),
+            Some(p) if p.id != id => return Err(invalid(format!("the metadata server at {addr} runs with --id {}, not {id}", p.id))),
+            Some(p) if p.has_log => return Err(invalid(format!("the metadata server at {addr} holds a Raft log already: start it on an empty data directory"))),
+            Some(_) => {}
+        }
+        // The new server starts from a snapshot, never from the log's first entry: the store
+        // may hold state that no entry made (a restore).
+        if self.raft.metrics().borrow().purged.is_none() {
+            self.compact().await.map_err(|e| WireError::new(ErrorCode::Unavailable, format!("taking a snapshot for the new server: {e:#}")))?;
+        }
+        match tokio::time::timeout(CATCH_UP, self.raft.add_learner(id, BasicNode::new(addr), true)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(change_error(e)),
+            Err(_) => {
+                // Not caught up: take the learner out again.
+                let _ = self.raft.change_membership(ChangeMembers::RemoveNodes([id].into()), false).await;
+                return Err(WireError::new(ErrorCode::Unavailable, format!("metadata server {id} did not catch up within {} s; it was not added", CATCH_UP.as_secs())));
+            }
+        }
+        self.raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false).await.map_err(change_error)?;
+        tracing::info!(id, addr, "metadata server added to the group");
+        Ok(())
+    }
+
+    /// `tessera meta remove ID`: the server leaves the group (a leader that removes itself
+    /// steps down once the change is committed, and the others elect one of them). Its id is
+    /// retired first, so that even a change cut short leaves it unusable.
+    pub async fn remove_server(&self, ns: &Namespace, id: u64) -> Result<(), WireError> {
+        let _one = self.changing.lock().await;
+        self.ensure_linearizable().await?;
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        if membership.get_node(&id).is_none() {
+            if ns.is_retired_meta_server(id)? {
+                return Ok(());
+            }
+            return Err(WireError::new(ErrorCode::NotFound, format!("no metadata server {id} in the group")));
+        }
+        let voter = membership.voter_ids().any(|v| v == id);
+        if voter && membership.voter_ids().count() == 1 {
+            return Err(invalid(format!("metadata server {id} is the only one left")));
+        }
+        self.propose_async(&Command::new(Op::RetireMetaServer { id })).await?;
+        let change = if voter { ChangeMembers::RemoveVoters([id].into()) } else { ChangeMembers::RemoveNodes([id].into()) };
+        self.raft.change_membership(change, false).await.map_err(change_error)?;
+        tracing::info!(id, "metadata server removed from the group");
+        Ok(())
+    }
+
+    /// Take a snapshot of everything applied and drop the log it covers: from then on a server
+    /// that joins receives the state as a snapshot, not by replaying the log (which misses
+    /// state that no log entry made, such as a restore's).
+    pub async fn compact(&self) -> anyhow::Result<()> {
+        // Lead first, with the leader's first entry applied: the snapshot must come after
+        // every entry a new server could otherwise be sent (the first ones are `Init`, which
+        // on an empty server would make a namespace of its own).
+        let since = std::time::Instant::now();
+        while let Err(e) = self.ensure_linearizable().await {
+            anyhow::ensure!(since.elapsed() < std::time::Duration::from_secs(30), "not leading after 30 s: {e}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let applied = self.raft.metrics().borrow().last_applied;
+        self.raft.trigger().snapshot().await.context("raft")?;
+        self.raft.wait(Some(std::time::Duration::from_secs(60))).metrics(|m| m.snapshot >= applied, "snapshot of the applied log").await.context("waiting for the snapshot")?;
+        if let Some(upto) = applied {
+            self.raft.trigger().purge_log(upto.index).await.context("raft")?;
+            self.raft.wait(Some(std::time::Duration::from_secs(60))).metrics(|m| m.purged >= Some(upto), "log purged").await.context("waiting for the log purge")?;
+        }
+        tracing::info!(?applied, "snapshot taken and the log before it dropped");
+        Ok(())
+    }
+
     /// Answer a Raft message from another metadata server: openraft's reply, encoded.
     pub async fn handle(&self, rpc: RaftRpc, body: &[u8]) -> Result<Vec<u8>, String> {
         Ok(match rpc {
             RaftRpc::Append => log::enc(&self.raft.append_entries(log::dec(body)?).await),
             RaftRpc::Vote => log::enc(&self.raft.vote(log::dec(body)?).await),
             RaftRpc::Snapshot => log::enc(&self.raft.install_snapshot(log::dec(body)?).await),
-            RaftRpc::Probe => log::enc(&self.raft.is_initialized().await.map_err(|e| e.to_string())?),
+            RaftRpc::Probe => log::enc(&ProbeReply { id: self.id, has_log: self.raft.is_initialized().await.map_err(|e| e.to_string())? }),
         })
     }
 
@@ -175,24 +296,31 @@ impl Replica {
     pub fn group_status(&self) -> Vec<MetaServerStatus> {
         let m = self.raft.metrics().borrow().clone();
         let last = m.last_log_index.unwrap_or(0);
-        let matched: BTreeMap<u64, u64> = m
-            .membership_config
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let matched: BTreeMap<u64, (u64, String)> = membership
             .nodes()
-            .map(|(id, _)| {
+            .map(|(id, node)| {
                 let known = if *id == self.id { Some(last) } else { m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.as_ref()).map(|l| l.index) };
-                (*id, known.unwrap_or(0))
+                (*id, (known.unwrap_or(0), node.addr.clone()))
             })
             .collect();
-        // The highest index a majority holds.
-        let mut held: Vec<u64> = matched.values().copied().collect();
+        // The highest index a majority of the voters holds.
+        let mut held: Vec<u64> = matched.iter().filter(|(id, _)| voters.contains(id)).map(|(_, (i, _))| *i).collect();
         held.sort_unstable_by(|a, b| b.cmp(a));
         let commit = held.get(held.len() / 2).copied().unwrap_or(0);
         matched
             .iter()
-            .map(|(id, idx)| MetaServerStatus {
+            .map(|(id, (idx, addr))| MetaServerStatus {
                 id: *id,
-                addr: self.peers.get(id).cloned().unwrap_or_default(),
-                role: if *id == self.id { "leader".into() } else { "follower".into() },
+                addr: addr.clone(),
+                role: if *id == self.id {
+                    "leader".into()
+                } else if voters.contains(id) {
+                    "follower".into()
+                } else {
+                    "learner".into()
+                },
                 term: m.current_term,
                 log_index: *idx,
                 lag: last.saturating_sub(*idx),
@@ -218,7 +346,7 @@ async fn form_group(raft: Raft<TypeConfig>, id: u64, peers: BTreeMap<u64, String
         if raft.is_initialized().await.unwrap_or(true) {
             return;
         }
-        let answers = futures::future::join_all(others.iter().map(|a| network::Peer::probe(&ep, a))).await;
+        let answers: Vec<Option<bool>> = futures::future::join_all(others.iter().map(|a| network::Peer::probe(&ep, a))).await.into_iter().map(|p| p.map(|p| p.has_log)).collect();
         if answers.contains(&Some(true)) {
             tracing::warn!("another metadata server already holds the group's log: not forming a new group; waiting for the leader to bring this server up to date");
             return;

@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_common::net::{NetError, RpcClient};
-use tessera_common::proto::meta::{MetaRequest, MetaResponse, RaftRpc};
+use tessera_common::proto::meta::{MetaRequest, MetaResponse, ProbeReply, RaftRpc};
 use tessera_common::tls::Role;
 
 /// Long enough for a snapshot chunk (3 MiB) on a slow link.
@@ -39,11 +39,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 struct Garbled(String);
 
 impl Peer {
-    /// Whether `addr` holds a Raft log (`RaftRpc::Probe`); `None` if it cannot be asked.
-    pub async fn probe(ep: &quinn::Endpoint, addr: &str) -> Option<bool> {
+    /// Who runs at `addr` and whether it holds a Raft log (`RaftRpc::Probe`); `None` if it
+    /// cannot be asked.
+    pub async fn probe(ep: &quinn::Endpoint, addr: &str) -> Option<ProbeReply> {
         let client = RpcClient::new(ep.clone(), addr, 1, RPC_TIMEOUT, Role::Meta);
         match client.call::<_, MetaResponse>(&MetaRequest::Raft { rpc: RaftRpc::Probe }, &[]).await {
-            Ok((MetaResponse::Raft, body)) => dec::<bool>(&body).ok(),
+            Ok((MetaResponse::Raft, body)) => dec::<ProbeReply>(&body).ok(),
             _ => None,
         }
     }
