@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 pub mod cluster;
+pub mod lincheck;
 pub mod powerfs;
 
 // ---------------------------------------------------------------------------------------------

@@ -187,6 +187,9 @@ impl Replica {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f.leader_node.map(|n| n.addr))),
+            // A majority did not confirm the lead (just elected, or cut off): not a leader
+            // to read from yet; the caller asks again, as during an election.
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_))) => Err(not_leader(None)),
             Err(e) => Err(WireError::new(ErrorCode::Unavailable, format!("raft: {e}"))),
         }
     }
