@@ -15,9 +15,12 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, Snapsho
 use openraft::{BasicNode, Entry, EntryPayload, LogId, StorageError, StorageIOError, StoredMembership};
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
+use tessera_common::{ErrorCode, WireError};
 
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
+/// The last command applied within an entry: (the entry's log id, its position).
+const KEY_APPLIED_PART: &[u8] = b"applied_part";
 
 type Meta = SnapshotMeta<u64, BasicNode>;
 
@@ -138,18 +141,53 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(entries.len());
             for e in entries {
-                let mut extra = Batch::default();
-                extra.put(Cf::RaftState, KEY_APPLIED.to_vec(), enc(&Some(e.log_id)));
-                let cmd = match e.payload {
-                    EntryPayload::Blank => None,
-                    EntryPayload::Normal(p) => Some(Command::decode(&p.0).map_err(|err| io_err(|a| StorageIOError::apply(e.log_id, a), err.message))?),
-                    EntryPayload::Membership(m) => {
-                        extra.put(Cf::RaftState, KEY_MEMBERSHIP.to_vec(), enc(&StoredMembership::new(Some(e.log_id), m)));
-                        None
+                let failed = |err: String| io_err(|a| StorageIOError::apply(e.log_id, a), err);
+                let mut applied = Batch::default();
+                applied.put(Cf::RaftState, KEY_APPLIED.to_vec(), enc(&Some(e.log_id)));
+                match e.payload {
+                    EntryPayload::Blank => {
+                        // No command: its outcome is `Done`.
+                        let _ = ns.apply_logged(None, applied).map_err(|err| failed(err.to_string()))?;
+                        out.push(Applied(vec![]));
                     }
-                };
-                let (_, r) = ns.apply_logged(cmd.as_ref(), extra).map_err(|err| io_err(|a| StorageIOError::apply(e.log_id, a), err.to_string()))?;
-                out.push(Applied(r));
+                    EntryPayload::Membership(m) => {
+                        applied.put(Cf::RaftState, KEY_MEMBERSHIP.to_vec(), enc(&StoredMembership::new(Some(e.log_id), m)));
+                        // No command: its outcome is `Done`.
+                        let _ = ns.apply_logged(None, applied).map_err(|err| failed(err.to_string()))?;
+                        out.push(Applied(vec![]));
+                    }
+                    EntryPayload::Normal(p) => {
+                        // Each command's write says how far into the entry it got: after a
+                        // crash that kept only the first writes of an entry, the entry is
+                        // applied again from the first command not yet applied.
+                        let done: Option<(LogId<u64>, usize)> = match ns.store().get(Cf::RaftState, KEY_APPLIED_PART).map_err(|err| failed(err.to_string()))? {
+                            Some(v) => dec(&v).map_err(failed)?,
+                            None => None,
+                        };
+                        let skip = match done {
+                            Some((id, k)) if id == e.log_id => k + 1,
+                            _ => 0,
+                        };
+                        let n = p.0.len();
+                        let mut outcomes = Vec::with_capacity(n);
+                        for (k, bytes) in p.0.iter().enumerate() {
+                            if k < skip {
+                                outcomes.push(Err(WireError::new(ErrorCode::Unavailable, "applied before a restart")));
+                                continue;
+                            }
+                            let cmd = Command::decode(bytes).map_err(|err| failed(err.message))?;
+                            let mut extra = if k + 1 == n { std::mem::take(&mut applied) } else { Batch::default() };
+                            extra.put(Cf::RaftState, KEY_APPLIED_PART.to_vec(), enc(&Some((e.log_id, k))));
+                            let (_, r) = ns.apply_logged(Some(&cmd), extra).map_err(|err| failed(err.to_string()))?;
+                            outcomes.push(r);
+                        }
+                        if n == 0 {
+                            // No command: its outcome is `Done`.
+                            let _ = ns.apply_logged(None, applied).map_err(|err| failed(err.to_string()))?;
+                        }
+                        out.push(Applied(outcomes));
+                    }
+                }
             }
             Ok(out)
         })
@@ -202,5 +240,44 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
         Ok(self.current.lock().unwrap().as_ref().map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new((**data).clone())) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::namespace::{FsParams, Op, Outcome, SessionOwner};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn open_session(client: &str) -> Vec<u8> {
+        Command::new(Op::OpenSession { owner: SessionOwner { name: "t".into(), fingerprint: [7; 32] }, client: client.into() }).encode()
+    }
+
+    /// An entry of three commands whose first one was applied before a crash (its write kept,
+    /// the rest lost): applying the entry again applies only the other two.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_entry_cut_short_by_a_crash_is_applied_from_where_it_stopped() {
+        let d = tempfile::tempdir().unwrap();
+        let ns = Arc::new(Namespace::open(crate::store::Store::open(d.path()).unwrap(), FsParams { block_size: 4096 }).unwrap());
+        let log_id = LogId::new(CommittedLeaderId::new(1, 1), 5);
+        let entry = |cmds: Vec<Vec<u8>>| Entry::<TypeConfig> { log_id, payload: EntryPayload::Normal(super::super::Proposal(cmds)) };
+        // The first command's write, as the crash left it.
+        let first = Command::decode(&open_session("a")).unwrap();
+        let mut part = Batch::default();
+        part.put(Cf::RaftState, KEY_APPLIED_PART.to_vec(), enc(&Some((log_id, 0usize))));
+        let (_, r) = ns.apply_logged(Some(&first), part).unwrap();
+        assert_eq!(r.unwrap(), Outcome::Session(1));
+
+        let mut sm = StateMachine::new(ns.clone());
+        let out = sm.apply(vec![entry(vec![open_session("a"), open_session("b"), open_session("c")])]).await.unwrap();
+        let outcomes = &out[0].0;
+        assert!(outcomes[0].is_err(), "the command applied before the crash is not applied again");
+        assert_eq!(outcomes[1..].iter().map(|o| o.clone().unwrap()).collect::<Vec<_>>(), vec![Outcome::Session(2), Outcome::Session(3)]);
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id), "the entry counts as applied once its last command is");
+        // Without the marker (a fresh entry), every command is applied.
+        let next = LogId::new(CommittedLeaderId::new(1, 1), 6);
+        let out = sm.apply(vec![Entry::<TypeConfig> { log_id: next, payload: EntryPayload::Normal(super::super::Proposal(vec![open_session("d"), open_session("e")])) }]).await.unwrap();
+        assert_eq!(out[0].0.iter().map(|o| o.clone().unwrap()).collect::<Vec<_>>(), vec![Outcome::Session(4), Outcome::Session(5)]);
     }
 }

@@ -27,13 +27,50 @@ use std::sync::Arc;
 use tessera_common::proto::meta::{MetaServerStatus, ProbeReply, RaftRpc};
 use tessera_common::{ErrorCode, WireError};
 
-/// An encoded [`Command`] (see `Command::encode`): what a log entry holds.
+/// What a log entry holds: encoded [`Command`]s (see `Command::encode`), applied in order.
+/// Commands proposed while the previous entry is being written share one entry, so that
+/// concurrent clients share one log write, one WAL sync and one round to the followers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Proposal(pub Vec<u8>);
+pub struct Proposal(pub Vec<Vec<u8>>);
 
-/// What applying an entry gave (the leader passes it to the proposer).
+/// What applying an entry gave, one outcome per command (the leader passes them to the
+/// proposers).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Applied(pub Result<Outcome, WireError>);
+pub struct Applied(pub Vec<Result<Outcome, WireError>>);
+
+/// Most bytes of commands in one entry (a single larger command gets an entry of its own).
+const BATCH_BYTES: usize = 256 << 10;
+
+type Waiting = (Vec<u8>, tokio::sync::oneshot::Sender<Result<Outcome, WireError>>);
+
+/// Gather proposals into entries: one entry at a time is written, and the commands proposed
+/// meanwhile (up to `BATCH_BYTES`) form the next one; each command gets its own outcome.
+async fn batcher(raft: Raft<TypeConfig>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Waiting>) {
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.0.len();
+        let mut batch = vec![first];
+        while bytes < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(w) => {
+                    bytes += w.0.len();
+                    batch.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        let (cmds, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let n = cmds.len();
+        let outcomes = match raft.client_write(Proposal(cmds)).await {
+            Ok(r) if r.data.0.len() == n => r.data.0,
+            Ok(r) => vec![Err(WireError::new(ErrorCode::Internal, format!("{} outcomes for {n} commands", r.data.0.len()))); n],
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => vec![Err(not_leader(f.leader_node.map(|n| n.addr))); n],
+            Err(e) => vec![Err(WireError::new(ErrorCode::Unavailable, format!("raft: {e}"))); n],
+        };
+        for (tx, out) in waiting.into_iter().zip(outcomes) {
+            let _ = tx.send(out);
+        }
+    }
+}
 
 openraft::declare_raft_types!(
     pub TypeConfig:
@@ -82,6 +119,8 @@ pub struct Replica {
     /// One membership change at a time (`tessera meta add|remove`); openraft refuses a second
     /// one while the first is under way, this makes it wait instead.
     changing: tokio::sync::Mutex<()>,
+    /// To the batcher, which proposes queued commands together.
+    proposals: tokio::sync::mpsc::UnboundedSender<Waiting>,
 }
 
 /// How long `tessera meta add` waits for the new server to catch up before it gives up.
@@ -133,12 +172,14 @@ impl Replica {
             !unlogged || peers.len() == 1,
             "this data directory holds metadata that is in no Raft log (a server that ran alone, or a restore): start it as a group of one (--peers naming only this server), then add the others with tessera meta add (docs/raft.md)"
         );
-        let raft = Raft::new(id, Arc::new(config), network::Network { ep: ep.clone() }, log::LogStore::new(ns.clone()), machine::StateMachine::new(ns)).await.context("starting raft")?;
+        let raft = Raft::new(id, Arc::new(config), network::Network::new(ep.clone()), log::LogStore::new(ns.clone()), machine::StateMachine::new(ns)).await.context("starting raft")?;
         // A server started to be added (`--join`) waits for the leader instead.
         if !group.join && !raft.is_initialized().await.context("raft")? && peers.keys().next() == Some(&id) {
             tokio::spawn(form_group(raft.clone(), id, peers, ep.clone()));
         }
-        Ok(Arc::new(Replica { raft, id, ep, rt: tokio::runtime::Handle::current(), changing: Default::default() }))
+        let (proposals, queued) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(batcher(raft.clone(), queued));
+        Ok(Arc::new(Replica { raft, id, ep, rt: tokio::runtime::Handle::current(), changing: Default::default(), proposals }))
     }
 
     pub fn id(&self) -> u64 {
@@ -174,11 +215,9 @@ impl Replica {
 
     /// Append `cmd` to the log; its outcome once it is committed and applied here.
     pub async fn propose_async(&self, cmd: &Command) -> Result<Outcome, WireError> {
-        match self.raft.client_write(Proposal(cmd.encode())).await {
-            Ok(r) => r.data.0,
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(f.leader_node.map(|n| n.addr))),
-            Err(e) => Err(WireError::new(ErrorCode::Unavailable, format!("raft: {e}"))),
-        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.proposals.send((cmd.encode(), tx)).map_err(|_| WireError::new(ErrorCode::Unavailable, "raft: shutting down"))?;
+        rx.await.map_err(|_| WireError::new(ErrorCode::Unavailable, "raft: shutting down"))?
     }
 
     /// Return once this server is known to still lead, with everything committed before the

@@ -9,6 +9,7 @@ use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
 use openraft::BasicNode;
 use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_common::net::{NetError, RpcClient};
@@ -20,6 +21,15 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Network {
     pub ep: quinn::Endpoint,
+    /// One client (one QUIC connection) per server, shared: openraft asks for a new client for
+    /// every leadership check (each linearizable read), which must not cost a handshake.
+    pub clients: Arc<std::sync::Mutex<HashMap<String, Arc<RpcClient>>>>,
+}
+
+impl Network {
+    pub fn new(ep: quinn::Endpoint) -> Self {
+        Network { ep, clients: Arc::default() }
+    }
 }
 
 pub struct Peer {
@@ -30,7 +40,8 @@ pub struct Peer {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
-        Peer { target, client: Arc::new(RpcClient::new(self.ep.clone(), &node.addr, 1, RPC_TIMEOUT, Role::Meta)) }
+        let client = self.clients.lock().unwrap().entry(node.addr.clone()).or_insert_with(|| Arc::new(RpcClient::new(self.ep.clone(), &node.addr, 1, RPC_TIMEOUT, Role::Meta))).clone();
+        Peer { target, client }
     }
 }
 

@@ -43,7 +43,7 @@ fn create(parent: u64, name: &str, kind: FileKind) -> Mutation {
     Mutation::Create { parent, name: name.as_bytes().to_vec(), kind, perm, uid: 0, gid: 0, rdev: 0, target: None, umask: 0 }
 }
 
-/// One client's rounds; the latency of every operation.
+/// One client's rounds; the latency of every operation (create, lookup, unlink in turn).
 async fn client(mc: Arc<MetaClient>, dir: u64, c: usize, rounds: usize) -> anyhow::Result<Vec<Duration>> {
     let mut lat = Vec::with_capacity(rounds * 3);
     for k in 0..rounds {
@@ -77,19 +77,31 @@ async fn run(o: Opts) -> anyhow::Result<()> {
     let t = Instant::now();
     let tasks: Vec<_> = sessions.iter().enumerate().map(|(c, mc)| tokio::spawn(client(mc.clone(), dir, c, o.rounds))).collect();
     let mut lat = Vec::new();
+    let mut by_kind: [Vec<Duration>; 3] = Default::default();
     for task in tasks {
-        lat.extend(task.await??);
+        let l = task.await??;
+        for (i, d) in l.iter().enumerate() {
+            by_kind[i % 3].push(*d);
+        }
+        lat.extend(l);
     }
     let secs = t.elapsed().as_secs_f64();
     sessions[0].mutate_done(Mutation::Rmdir { parent: ROOT_INO, name: format!("meta-bench-{}-{stamp}", std::process::id()).into_bytes() }).await?;
     for s in &sessions {
         let _ = s.close_session().await;
     }
-    lat.sort_unstable();
-    let q = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).map(|d| d.as_micros()).unwrap_or(0);
+    let q = |lat: &mut Vec<Duration>, p: f64| {
+        lat.sort_unstable();
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).map(|d| d.as_micros()).unwrap_or(0)
+    };
+    let [mut c, mut l, mut u] = by_kind;
     println!(
         "{}",
-        serde_json::json!({ "clients": o.clients, "ops": lat.len(), "seconds": secs, "ops_per_s": lat.len() as f64 / secs, "p50_us": q(0.5), "p99_us": q(0.99) })
+        serde_json::json!({
+            "clients": o.clients, "ops": lat.len(), "seconds": secs, "ops_per_s": lat.len() as f64 / secs,
+            "p50_us": q(&mut lat, 0.5), "p99_us": q(&mut lat, 0.99),
+            "p50_create_us": q(&mut c, 0.5), "p50_lookup_us": q(&mut l, 0.5), "p50_unlink_us": q(&mut u, 0.5),
+        })
     );
     Ok(())
 }
