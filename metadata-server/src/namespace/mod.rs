@@ -150,11 +150,6 @@ impl Namespace {
         self.submit_durable(&Command::new(Op::RaiseFloor { floor })).map(|_| ())
     }
 
-    /// Mark metadata server `id` as removed from the group, through the log.
-    pub fn retire_meta_server(&self, id: u64) -> Result<(), WireError> {
-        self.submit_durable(&Command::new(Op::RetireMetaServer { id })).map(|_| ())
-    }
-
     /// Whether metadata server `id` was removed once (its id is not to be used again).
     pub fn is_retired_meta_server(&self, id: u64) -> Result<bool, WireError> {
         Ok(self.store.get(Cf::Cluster, &records::retired_meta_key(id))?.is_some())

@@ -142,19 +142,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut out = Vec::with_capacity(entries.len());
             for e in entries {
                 let failed = |err: String| io_err(|a| StorageIOError::apply(e.log_id, a), err);
+                // The applied log id goes with the entry's last write (its last command's).
                 let mut applied = Batch::default();
                 applied.put(Cf::RaftState, KEY_APPLIED.to_vec(), enc(&Some(e.log_id)));
-                match e.payload {
-                    EntryPayload::Blank => {
-                        // No command: its outcome is `Done`.
-                        let _ = ns.apply_logged(None, applied).map_err(|err| failed(err.to_string()))?;
-                        out.push(Applied(vec![]));
-                    }
+                let mut marker = Some(applied);
+                let outcomes = match e.payload {
+                    EntryPayload::Blank => vec![],
                     EntryPayload::Membership(m) => {
-                        applied.put(Cf::RaftState, KEY_MEMBERSHIP.to_vec(), enc(&StoredMembership::new(Some(e.log_id), m)));
-                        // No command: its outcome is `Done`.
-                        let _ = ns.apply_logged(None, applied).map_err(|err| failed(err.to_string()))?;
-                        out.push(Applied(vec![]));
+                        if let Some(b) = marker.as_mut() {
+                            b.put(Cf::RaftState, KEY_MEMBERSHIP.to_vec(), enc(&StoredMembership::new(Some(e.log_id), m)));
+                        }
+                        vec![]
                     }
                     EntryPayload::Normal(p) => {
                         // Each command's write says how far into the entry it got: after a
@@ -176,18 +174,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 continue;
                             }
                             let cmd = Command::decode(bytes).map_err(|err| failed(err.message))?;
-                            let mut extra = if k + 1 == n { std::mem::take(&mut applied) } else { Batch::default() };
+                            let mut extra = if k + 1 == n { marker.take().unwrap_or_default() } else { Batch::default() };
                             extra.put(Cf::RaftState, KEY_APPLIED_PART.to_vec(), enc(&Some((e.log_id, k))));
                             let (_, r) = ns.apply_logged(Some(&cmd), extra).map_err(|err| failed(err.to_string()))?;
                             outcomes.push(r);
                         }
-                        if n == 0 {
-                            // No command: its outcome is `Done`.
-                            let _ = ns.apply_logged(None, applied).map_err(|err| failed(err.to_string()))?;
-                        }
-                        out.push(Applied(outcomes));
+                        outcomes
                     }
+                };
+                if let Some(b) = marker {
+                    // No command wrote it: the entry's own write (its outcome is `Done`).
+                    let _ = ns.apply_logged(None, b).map_err(|err| failed(err.to_string()))?;
                 }
+                out.push(Applied(outcomes));
             }
             Ok(out)
         })
