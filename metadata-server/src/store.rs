@@ -165,15 +165,7 @@ impl Store {
     /// Up to `limit` entries whose key starts with `prefix`, from `start` (inclusive, must
     /// itself start with `prefix`) onwards.
     pub fn scan(&self, cf: Cf, prefix: &[u8], start: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::From(start, Direction::Forward)) {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) || out.len() >= limit {
-                break;
-            }
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        take_prefix(self.db.iterator_cf(self.cf(cf), IteratorMode::From(start, Direction::Forward)), prefix, limit)
     }
 
     /// The last entry of `cf`.
@@ -324,6 +316,11 @@ impl View<'_> {
         Ok(self.snap.get_cf(self.store.cf(cf), key)?)
     }
 
+    /// [`Store::scan`] in this view.
+    pub fn scan(&self, cf: Cf, prefix: &[u8], start: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        take_prefix(self.snap.iterator_cf(self.store.cf(cf), IteratorMode::From(start, Direction::Forward)), prefix, limit)
+    }
+
     /// Call `f` on every entry of `cf`, in key order.
     pub fn for_each<E: From<StoreError>>(&self, cf: Cf, mut f: impl FnMut(&[u8], &[u8]) -> Result<(), E>) -> Result<(), E> {
         for item in self.snap.iterator_cf(self.store.cf(cf), IteratorMode::Start) {
@@ -332,6 +329,24 @@ impl View<'_> {
         }
         Ok(())
     }
+}
+
+/// Up to `limit` entries of `iter` while their keys start with `prefix`.
+fn take_prefix<I, K, V>(iter: I, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>
+where
+    I: Iterator<Item = Result<(K, V), rocksdb::Error>>,
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    let mut out = Vec::new();
+    for item in iter {
+        let (k, v) = item?;
+        if !k.as_ref().starts_with(prefix) || out.len() >= limit {
+            break;
+        }
+        out.push((k.as_ref().to_vec(), v.as_ref().to_vec()));
+    }
+    Ok(out)
 }
 
 /// The current time as `YYYY-MM-DD HH:MM:SS UTC`.

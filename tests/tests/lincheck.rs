@@ -77,6 +77,18 @@ impl Group {
     }
 }
 
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.metas.clear(); // SIGTERM, wait, SIGKILL
+        // TESSERA_KEEP=1 keeps the directory (logs, data, history) of a failed test, =always of any.
+        let keep = std::env::var("TESSERA_KEEP").ok();
+        if keep.as_deref() == Some("always") || (keep.is_some() && std::thread::panicking()) {
+            eprintln!("keeping {}", self.root.display());
+            std::mem::forget(std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap()));
+        }
+    }
+}
+
 /// The last line of a log that parses as a JSON object.
 fn last_json(log: &Path) -> Option<serde_json::Value> {
     std::fs::read_to_string(log).ok()?.lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok().filter(|v| v.is_object()))

@@ -31,7 +31,7 @@ mod xattr;
 #[cfg(test)]
 mod xattr_tests;
 
-use crate::store::{Batch, Cf, Store, StoreError};
+use crate::store::{Batch, Cf, Store, StoreError, View};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -1,4 +1,8 @@
 //! Reads of the current state, and the cluster records of membership.
+//!
+//! A read of more than one record takes them all from one [`View`]: a command applied between
+//! two of its reads (a rename that replaces the name just read, a write that changes size and
+//! blocks together) would otherwise show it half done.
 
 use super::*;
 
@@ -6,7 +10,7 @@ impl Namespace {
     pub(super) fn get_inode(&self, ino: u64) -> Result<InodeRec, WireError> {
         match self.store.get(Cf::Inodes, &ino_key(ino))? {
             Some(v) => dec(&v),
-            None => Err(err(ErrorCode::NotFound, format!("inode {ino} does not exist"))),
+            None => Err(no_inode(ino)),
         }
     }
 
@@ -16,27 +20,31 @@ impl Namespace {
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, WireError> {
         check_name(name)?;
-        let p = self.get_inode(parent)?;
-        if p.kind != FileKind::Dir {
+        let v = self.store.view();
+        if inode_in(&v, parent)?.kind != FileKind::Dir {
             return Err(err(ErrorCode::NotDir, "parent is not a directory"));
         }
-        match self.store.get(Cf::Dirents, &dirent_key(parent, name))? {
-            Some(v) => self.getattr(dec::<DirentRec>(&v)?.ino),
+        match v.get(Cf::Dirents, &dirent_key(parent, name))? {
+            Some(d) => {
+                let ino = dec::<DirentRec>(&d)?.ino;
+                Ok(attr(ino, &inode_in(&v, ino)?))
+            }
             None => Err(err(ErrorCode::NotFound, "no such entry")),
         }
     }
 
     pub fn readdir(&self, ino: u64, after: u64, limit: u32) -> Result<(Vec<DirEntry>, bool), WireError> {
-        if self.get_inode(ino)?.kind != FileKind::Dir {
+        let v = self.store.view();
+        if inode_in(&v, ino)?.kind != FileKind::Dir {
             return Err(err(ErrorCode::NotDir, "not a directory"));
         }
         let limit = limit.clamp(1, 1024) as usize;
-        let rows = self.store.scan(Cf::DirCookies, &ino_key(ino), &pair_key(ino, after.saturating_add(1)), limit)?;
+        let rows = v.scan(Cf::DirCookies, &ino_key(ino), &pair_key(ino, after.saturating_add(1)), limit)?;
         let done = rows.len() < limit;
         let mut out = Vec::with_capacity(rows.len());
         for (k, name) in rows {
-            if let Some(v) = self.store.get(Cf::Dirents, &dirent_key(ino, &name))? {
-                let d: DirentRec = dec(&v)?;
+            if let Some(d) = v.get(Cf::Dirents, &dirent_key(ino, &name))? {
+                let d: DirentRec = dec(&d)?;
                 out.push(DirEntry { name, ino: d.ino, kind: d.kind, cookie: tail_u64(&k) });
             }
         }
@@ -48,15 +56,16 @@ impl Namespace {
     }
 
     pub fn get_blocks(&self, ino: u64, first: u64, count: u64) -> Result<(u64, Vec<(u64, BlockRef)>, Option<Vec<u8>>), WireError> {
-        let r = self.get_inode(ino)?;
-        let inline = match self.store.get(Cf::Inline, &ino_key(ino))? {
-            Some(v) if first == 0 && v.first() == Some(&V1) => Some(v[1..].to_vec()),
+        let v = self.store.view();
+        let r = inode_in(&v, ino)?;
+        let inline = match v.get(Cf::Inline, &ino_key(ino))? {
+            Some(x) if first == 0 && x.first() == Some(&V1) => Some(x[1..].to_vec()),
             _ => None,
         };
         let count = count.clamp(1, 16384) as usize;
         let mut out = Vec::new();
-        for (k, v) in self.store.scan(Cf::BlockMap, &ino_key(ino), &pair_key(ino, first), count)? {
-            out.push((tail_u64(&k), dec_bref(&v)?));
+        for (k, b) in v.scan(Cf::BlockMap, &ino_key(ino), &pair_key(ino, first), count)? {
+            out.push((tail_u64(&k), dec_bref(&b)?));
         }
         Ok((r.size, out, inline))
     }
@@ -101,4 +110,15 @@ impl Namespace {
     pub fn cluster_scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, WireError> {
         self.store.scan(Cf::Cluster, prefix, prefix, usize::MAX)?.iter().map(|(_, v)| dec(v)).collect()
     }
+}
+
+pub(super) fn inode_in(v: &View, ino: u64) -> Result<InodeRec, WireError> {
+    match v.get(Cf::Inodes, &ino_key(ino))? {
+        Some(r) => dec(&r),
+        None => Err(no_inode(ino)),
+    }
+}
+
+fn no_inode(ino: u64) -> WireError {
+    err(ErrorCode::NotFound, format!("inode {ino} does not exist"))
 }

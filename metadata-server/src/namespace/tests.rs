@@ -531,3 +531,33 @@ fn copy_blocks_references_the_source_blocks_and_counts_each_entry_once() {
     assert!(audit.clean(), "{audit:?}");
     assert_eq!(ns.stats().unwrap().logical_bytes, (4 * 4096 + 100) + 50 + 4096 + 9000);
 }
+
+/// A lookup reads the name, then its inode. A rename that replaces the target between those
+/// two reads drops the old inode, so unless both come from one view the lookup answers
+/// NotFound for a name that never stopped existing (found by the linearizability check).
+#[test]
+fn a_lookup_never_misses_a_name_that_renames_keep_replacing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    c.mk(ROOT_INO, "t", FileKind::File);
+    let done = AtomicBool::new(false);
+    let (mut lookups, mut misses) = (0u64, 0u64);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..3000 {
+                c.mk(ROOT_INO, "src", FileKind::File);
+                assert!(matches!(c.m(rename((ROOT_INO, "src"), (ROOT_INO, "t"), 0, false)), MetaResponse::Unlinked { .. }));
+            }
+            done.store(true, Ordering::Release);
+        });
+        while !done.load(Ordering::Acquire) {
+            lookups += 1;
+            if ns.lookup(ROOT_INO, b"t").is_err() {
+                misses += 1;
+            }
+        }
+    });
+    assert!(lookups > 1000, "only {lookups} lookups ran beside the renames");
+    assert_eq!(misses, 0, "{misses} of {lookups} lookups of a name that always existed answered an error");
+}

@@ -28,14 +28,16 @@ fn dec_value(v: &[u8]) -> Result<Vec<u8>, WireError> {
 impl Namespace {
     pub fn get_xattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, WireError> {
         xattr::check_name(name)?;
-        self.get_inode(ino)?;
-        self.store.get(Cf::Xattrs, &xattr_key(ino, name))?.map(|v| dec_value(&v)).transpose()?.ok_or_else(no_attribute)
+        let v = self.store.view();
+        reads::inode_in(&v, ino)?;
+        v.get(Cf::Xattrs, &xattr_key(ino, name))?.map(|x| dec_value(&x)).transpose()?.ok_or_else(no_attribute)
     }
 
     /// Every attribute name of `ino`, in byte order.
     pub fn list_xattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, WireError> {
-        self.get_inode(ino)?;
-        self.xattr_names(ino)
+        let v = self.store.view();
+        reads::inode_in(&v, ino)?;
+        Ok(v.scan(Cf::Xattrs, &ino_key(ino), &ino_key(ino), usize::MAX)?.into_iter().map(|(k, _)| k[8..].to_vec()).collect())
     }
 
     fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>, WireError> {
