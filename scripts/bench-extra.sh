@@ -13,7 +13,7 @@
 #   tar_x_s                      `tar -x` of a tarball of the same files, then sync
 #   meta_4proc_ops_per_s         4 processes at once, each create+stat+rename+unlink of its own files
 #   fsx_ops_per_s                fsx 0.3.2 (conformance.sh's configuration), BENCH_FSX_OPS operations
-#   ls_l_100k_s                  `ls -l` of a directory of BENCH_LSL_FILES entries after drop_caches
+#   ls_l_s                       `ls -l` of a directory of BENCH_LSL_FILES entries after drop_caches
 #                                (only if BENCH_LSL_FILES is not 0; the entries stay until the
 #                                target is torn down: deleting 100,000 files is a benchmark too)
 #
@@ -163,6 +163,7 @@ for i in range(n):
 EOF
   fi
   dropc
-  t=$(now); ls -l "$big" > /dev/null && emit ls_l_100k_s "$(since "$t")" s || emit ls_l_100k_s NA s
+  t=$(now); ls -l "$big" > /dev/null && emit ls_l_s "$(since "$t")" s || emit ls_l_s NA s
+  emit ls_l_entries "$LSL_FILES" entries
 fi
 exit 0

@@ -43,7 +43,7 @@ for m in metrics:
     lead = "–"
     t = med("tessera", m)
     peers = [(med(p, m), p) for p in PEERS if med(p, m) is not None]
-    if t is not None and peers:
+    if t is not None and peers and units[m] != "entries":
         low = lower_is_better(m, units[m])
         best, who = (min if low else max)(peers)
         if low:
