@@ -367,9 +367,19 @@ impl Service for MetaService {
             return (MetaResponse::NotLeader { leader: replica.leader_addr() }, vec![]);
         }
         if is_read(&req) {
+            // From the lease if it holds before and after the read (raft/lease.rs), else
+            // after the followers confirm the lead.
+            if replica.lease_holds() {
+                let r = self.clone().serve(peer.clone(), req.clone(), payload.clone()).await;
+                if replica.lease_holds() {
+                    replica.count_read(true);
+                    return r;
+                }
+            }
             if let Err(e) = replica.ensure_linearizable().await {
                 return (leader_error(&replica, e), vec![]);
             }
+            replica.count_read(false);
         }
         match self.serve(peer, req, payload).await {
             // Lost the lead while answering: the caller retries at the new leader (with the same
@@ -546,7 +556,7 @@ pub async fn start(cfg: MetaConfig, shutdown: watch::Receiver<bool>) -> anyhow::
             Some(at) => {
                 let m = Metrics::new();
                 let rpc = RpcMetrics::new(&m);
-                metrics::register(&m, ns.clone(), members.clone(), leases.clone(), workers.clone());
+                metrics::register(&m, ns.clone(), members.clone(), leases.clone(), workers.clone(), replica.clone());
                 let bound = tessera_common::metrics::serve(at, m).await.with_context(|| format!("--metrics {at}: cannot listen"))?;
                 info!(%bound, "metrics on http://{bound}/metrics");
                 Some(rpc)

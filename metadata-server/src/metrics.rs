@@ -5,11 +5,12 @@
 use crate::leases::Leases;
 use crate::membership::Membership;
 use crate::namespace::Namespace;
+use crate::raft::Replica;
 use std::sync::Arc;
 use tessera_common::metrics::Metrics;
 use tessera_common::worker::Workers;
 
-pub fn register(m: &Metrics, ns: Arc<Namespace>, members: Arc<Membership>, leases: Arc<Leases>, workers: Arc<Workers>) {
+pub fn register(m: &Metrics, ns: Arc<Namespace>, members: Arc<Membership>, leases: Arc<Leases>, workers: Arc<Workers>, replica: Option<Arc<Replica>>) {
     m.register_scrape(move |s| {
         let nodes = members.status();
         for state in ["up", "down", "out"] {
@@ -31,6 +32,11 @@ pub fn register(m: &Metrics, ns: Arc<Namespace>, members: Arc<Membership>, lease
         s.gauge("meta_rocksdb_delayed_write_rate_bytes", "The rate RocksDB slows writes to, 0 when not slowed", &[], st.delayed_write_rate as i64);
         s.gauge("meta_rocksdb_live_data_bytes", "RocksDB's estimate of its live data", &[], st.live_data_bytes as i64);
         s.gauge("meta_rocksdb_running_compactions", "RocksDB compactions under way", &[], st.running_compactions as i64);
+        if let Some(r) = &replica {
+            let (lease, confirmed) = r.reads();
+            s.counter("meta_reads", "Reads answered by the Raft leader, by how it knew it still led: from its lease, or confirmed by the followers", &[("how", "lease")], lease);
+            s.counter("meta_reads", "Reads answered by the Raft leader, by how it knew it still led: from its lease, or confirmed by the followers", &[("how", "confirmed")], confirmed);
+        }
         workers.sample(s);
     });
 }

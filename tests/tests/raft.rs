@@ -4,6 +4,7 @@
 //! the group again.
 
 use nix::sys::signal::{kill, Signal};
+use std::io::{Read, Write};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +22,8 @@ struct Group {
     chunks: Vec<Proc>,
     /// How many servers `tessera status` should list (3 unless the test changed the group).
     members: usize,
+    /// Each server's `--metrics` port, if the test asked for them.
+    metrics: Option<Vec<u16>>,
     _dir: tempfile::TempDir,
 }
 
@@ -32,6 +35,9 @@ impl Group {
     fn start_meta(&mut self, i: usize, log: &str) {
         let mut args = vec!["--id".to_string(), (i + 1).to_string(), "--peers".into(), self.peers()];
         args.extend(self.extra.iter().cloned());
+        if let Some(ports) = &self.metrics {
+            args.extend(["--metrics".to_string(), format!("127.0.0.1:{}", ports[i])]);
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let r = &self.root;
         self.metas[i] = Some(start_meta_with(&r.join(format!("meta{i}")), self.ports[i], &r.join(format!("certs/meta{i}")), 3, &r.join(log), &args));
@@ -72,6 +78,11 @@ impl Group {
     /// metadata servers leader-last (the first is most often elected: a mount starts at a
     /// follower).
     fn start(extra: &[&str]) -> (Group, Proc, PathBuf) {
+        Self::start_with(extra, false)
+    }
+
+    /// As `start`; with `metrics`, each metadata server serves `--metrics` (`Group::metrics`).
+    fn start_with(extra: &[&str], metrics: bool) -> (Group, Proc, PathBuf) {
         let dir = tempfile::Builder::new().prefix("tessera-raft-").tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         let ca = root.join("ca");
@@ -84,7 +95,7 @@ impl Group {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let list = ports.iter().rev().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut g = Group { root: root.clone(), ports, metas: vec![None, None, None], admin: root.join("certs/admin"), list, extra, chunks: vec![], members: 3, _dir: dir };
+        let mut g = Group { root: root.clone(), ports, metas: vec![None, None, None], admin: root.join("certs/admin"), list, extra, chunks: vec![], members: 3, metrics: metrics.then(|| (0..3).map(|_| free_tcp_port()).collect()), _dir: dir };
         for i in 0..3 {
             g.start_meta(i, &format!("meta{i}.log"));
         }
@@ -455,5 +466,73 @@ fn a_backup_restored_into_a_group_of_one_grows_to_three_and_outlives_its_first_s
     g.start_meta(0, "meta0-2.log");
     let _ = g.leader();
     check(&files);
+    g.finish(m);
+}
+
+/// The value of `series` (exactly as printed) on the `--metrics` page at `port`.
+fn scrape_value(port: u16, series: &str) -> Option<f64> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The leader answers reads from its read lease (docs/raft.md) while the followers keep
+/// accepting its heartbeats. Frozen (SIGSTOP) past its lease while the others elect a new
+/// leader and change the namespace, it answers no read from the lease it lost when it thaws:
+/// asked straight away, it names another leader or gives the new state, never the old.
+#[test]
+fn a_frozen_leader_answers_no_read_from_the_lease_it_lost() {
+    use tessera_common::proto::meta::{MetaRequest, MetaResponse};
+    use tessera_common::{net, tls, ErrorCode, ROOT_INO};
+    let (mut g, m, mnt) = Group::start_with(&[], true);
+    std::fs::write(mnt.join("before"), b"old").unwrap();
+    let first = g.leader();
+    let port = g.metrics.as_ref().unwrap()[first];
+    let lease_reads = |port| scrape_value(port, r#"tessera_meta_reads_total{how="lease"}"#).unwrap_or(0.0);
+    let before = lease_reads(port);
+    for _ in 0..50 {
+        drop_page_cache();
+        assert_eq!(std::fs::read(mnt.join("before")).unwrap(), b"old");
+    }
+    let after = lease_reads(port);
+    assert!(after - before >= 50.0, "the leader answered {} reads from its lease (of at least 100 lookups and reads)", after - before);
+
+    // A connection to the leader made now, so that the lookups below reach it the moment it
+    // runs again.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let certs = tls::NodeCerts::load(&g.root.join("certs/client")).unwrap();
+    let c = rt.block_on(async { net::RpcClient::new(net::client_endpoint(&certs).unwrap(), &g.addr_of(first), 1, Duration::from_secs(10), tls::Role::Meta) });
+    assert!(matches!(rt.block_on(c.call::<_, MetaResponse>(&MetaRequest::StatFs, &[])), Ok((MetaResponse::StatFs(_), _))));
+
+    // Freeze the leader; the others elect one of them, and the mount changes the namespace
+    // through it.
+    let pid = Pid::from_raw(g.metas[first].as_mut().unwrap().pid().unwrap() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let t = Instant::now();
+    std::fs::write(mnt.join("after"), b"new").unwrap();
+    std::fs::remove_file(mnt.join("before")).unwrap();
+    eprintln!("create and unlink with the leader frozen took {:?}", t.elapsed());
+
+    // Thaw it and ask it at once.
+    kill(pid, Signal::SIGCONT).unwrap();
+    let (mut stale, mut answered, mut redirected) = (vec![], 0, 0);
+    for k in 0..40 {
+        for (name, exists) in [("after", true), ("before", false)] {
+            let req = MetaRequest::Lookup { parent: ROOT_INO, name: name.as_bytes().to_vec() };
+            match rt.block_on(c.call::<_, MetaResponse>(&req, &[])).map(|r| r.0) {
+                Ok(MetaResponse::NotLeader { .. }) => redirected += 1,
+                Ok(MetaResponse::Attr(_)) if exists => answered += 1,
+                Ok(MetaResponse::Error(e)) if e.code == ErrorCode::NotFound && !exists => answered += 1,
+                other => stale.push(format!("lookup {k} of {name:?}: {other:?}")),
+            }
+        }
+    }
+    assert!(stale.is_empty(), "the thawed leader answered from the old state: {stale:?}");
+    eprintln!("the thawed leader answered {answered} of 80 lookups with the new state and {redirected} with NotLeader");
+    assert_eq!(answered + redirected, 80);
+    assert_eq!(std::fs::read(mnt.join("after")).unwrap(), b"new");
     g.finish(m);
 }

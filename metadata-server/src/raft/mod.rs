@@ -12,6 +12,7 @@
 //! majority that it still leads before it answers): no clock assumptions, at the cost of one
 //! round of heartbeats per read, which concurrent reads share.
 
+mod lease;
 pub mod log;
 mod machine;
 mod network;
@@ -109,7 +110,7 @@ pub fn parse_peers(list: &str) -> Result<BTreeMap<u64, String>, String> {
 /// 400–800 ms the same took 1.2–1.6 s, and a write stalled 1.5 s at the median
 /// (scripts/failover-bench.sh, docs/benchmarks.md).
 const HEARTBEAT_MS: u64 = 100;
-const ELECTION_MS: (u64, u64) = (200, 400);
+pub(crate) const ELECTION_MS: (u64, u64) = (200, 400);
 
 pub struct Replica {
     raft: Raft<TypeConfig>,
@@ -121,6 +122,9 @@ pub struct Replica {
     changing: tokio::sync::Mutex<()>,
     /// To the batcher, which proposes queued commands together.
     proposals: tokio::sync::mpsc::UnboundedSender<Waiting>,
+    lease: Arc<lease::Lease>,
+    /// Reads answered from the lease, and after the followers confirmed the lead.
+    reads: [std::sync::atomic::AtomicU64; 2],
 }
 
 /// How long `tessera meta add` waits for the new server to catch up before it gives up.
@@ -172,14 +176,15 @@ impl Replica {
             !unlogged || peers.len() == 1,
             "this data directory holds metadata that is in no Raft log (a server that ran alone, or a restore): start it as a group of one (--peers naming only this server), then add the others with tessera meta add (docs/raft.md)"
         );
-        let raft = Raft::new(id, Arc::new(config), network::Network::new(ep.clone()), log::LogStore::new(ns.clone()), machine::StateMachine::new(ns)).await.context("starting raft")?;
+        let lease = Arc::new(lease::Lease::default());
+        let raft = Raft::new(id, Arc::new(config), network::Network::new(ep.clone(), lease.clone()), log::LogStore::new(ns.clone()), machine::StateMachine::new(ns)).await.context("starting raft")?;
         // A server started to be added (`--join`) waits for the leader instead.
         if !group.join && !raft.is_initialized().await.context("raft")? && peers.keys().next() == Some(&id) {
             tokio::spawn(form_group(raft.clone(), id, peers, ep.clone()));
         }
         let (proposals, queued) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(batcher(raft.clone(), queued));
-        Ok(Arc::new(Replica { raft, id, ep, rt: tokio::runtime::Handle::current(), changing: Default::default(), proposals }))
+        Ok(Arc::new(Replica { raft, id, ep, rt: tokio::runtime::Handle::current(), changing: Default::default(), proposals, lease, reads: Default::default() }))
     }
 
     pub fn id(&self) -> u64 {
@@ -231,6 +236,36 @@ impl Replica {
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_))) => Err(not_leader(None)),
             Err(e) => Err(WireError::new(ErrorCode::Unavailable, format!("raft: {e}"))),
         }
+    }
+
+    /// Whether this server may answer a read from its own state now, without asking the
+    /// followers (`lease`): it leads, holds the lease of its term, and has applied an entry
+    /// it proposed in this term (so every entry committed before it led is applied here; two
+    /// leaders may share a term in openraft, which orders them by id). A read checks
+    /// this before and after it reads the state; if either fails it uses
+    /// [`Self::ensure_linearizable`].
+    pub fn lease_holds(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        if m.state != ServerState::Leader || m.current_leader != Some(self.id) || m.last_applied.map(|l| (l.leader_id.term, l.leader_id.node_id)) != Some((m.current_term, self.id)) {
+            return false;
+        }
+        let membership = m.membership_config.membership();
+        if membership.get_joint_config().len() != 1 {
+            return false;
+        }
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        self.lease.holds(self.id, m.current_term, &voters)
+    }
+
+    pub fn count_read(&self, from_lease: bool) {
+        self.reads[usize::from(!from_lease)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Reads answered from the lease, and confirmed by the followers.
+    pub fn reads(&self) -> (u64, u64) {
+        let r = |i: usize| self.reads[i].load(std::sync::atomic::Ordering::Relaxed);
+        (r(0), r(1))
     }
 
     /// `tessera meta add ID ADDR`: the server at `addr`, started with `--id id --join`, joins
@@ -328,7 +363,17 @@ impl Replica {
     pub async fn handle(&self, rpc: RaftRpc, body: &[u8]) -> Result<Vec<u8>, String> {
         Ok(match rpc {
             RaftRpc::Append => log::enc(&self.raft.append_entries(log::dec(body)?).await),
-            RaftRpc::Vote => log::enc(&self.raft.vote(log::dec(body)?).await),
+            RaftRpc::Vote => {
+                let req: openraft::raft::VoteRequest<u64> = log::dec(body)?;
+                let term = req.vote.leader_id.term;
+                let r = self.raft.vote(req).await;
+                // Before the candidate can learn of the grant (this reply): the lease of an
+                // earlier term ends here.
+                if matches!(&r, Ok(v) if v.vote_granted) {
+                    self.lease.granting(term);
+                }
+                log::enc(&r)
+            }
             RaftRpc::Snapshot => log::enc(&self.raft.install_snapshot(log::dec(body)?).await),
             RaftRpc::Probe => log::enc(&ProbeReply { id: self.id, has_log: self.raft.is_initialized().await.map_err(|e| e.to_string())? }),
         })

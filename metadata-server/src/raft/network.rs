@@ -2,6 +2,7 @@
 //! certificates as everything else (both ends must hold role meta), openraft's request and
 //! reply as bincode payloads.
 
+use super::lease::Lease;
 use super::log::{dec, enc};
 use super::TypeConfig;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -24,24 +25,27 @@ pub struct Network {
     /// One client (one QUIC connection) per server, shared: openraft asks for a new client for
     /// every leadership check (each linearizable read), which must not cost a handshake.
     pub clients: Arc<std::sync::Mutex<HashMap<String, Arc<RpcClient>>>>,
+    /// Told of every append a follower accepted.
+    lease: Arc<Lease>,
 }
 
 impl Network {
-    pub fn new(ep: quinn::Endpoint) -> Self {
-        Network { ep, clients: Arc::default() }
+    pub fn new(ep: quinn::Endpoint, lease: Arc<Lease>) -> Self {
+        Network { ep, clients: Arc::default(), lease }
     }
 }
 
 pub struct Peer {
     target: u64,
     client: Arc<RpcClient>,
+    lease: Arc<Lease>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
         let client = self.clients.lock().unwrap().entry(node.addr.clone()).or_insert_with(|| Arc::new(RpcClient::new(self.ep.clone(), &node.addr, 1, RPC_TIMEOUT, Role::Meta))).clone();
-        Peer { target, client }
+        Peer { target, client, lease: self.lease.clone() }
     }
 }
 
@@ -79,7 +83,14 @@ impl Peer {
 
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(&mut self, rpc: AppendEntriesRequest<TypeConfig>, _: RPCOption) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call(RaftRpc::Append, &rpc).await
+        let (sent, vote) = (std::time::Instant::now(), rpc.vote);
+        let r = self.call(RaftRpc::Append, &rpc).await;
+        // Any answer but a higher vote means the follower took our vote and renewed its lease
+        // on receipt, which came after `sent`.
+        if vote.committed && matches!(r, Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_) | AppendEntriesResponse::Conflict)) {
+            self.lease.acked(self.target, vote.leader_id.term, sent);
+        }
+        r
     }
 
     async fn install_snapshot(
