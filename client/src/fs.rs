@@ -4,6 +4,7 @@
 use crate::blocks::Blocks;
 use crate::error::{FsError, FsResult};
 use crate::file_state::{FileState, Src};
+use crate::listing::{self, Listings, Page};
 use crate::meta::MetaClient;
 use crate::open_table::{Entry, OpenTable};
 use crate::page_cache::{self, PageMarks};
@@ -90,6 +91,7 @@ pub struct Fs {
     pub locks: crate::locks::Locks,
     pub(crate) no_capability: crate::xattr::NoCapability,
     pages: PageMarks,
+    pub listings: Listings,
 }
 
 impl Fs {
@@ -106,6 +108,7 @@ impl Fs {
             locks: Default::default(),
             no_capability: Default::default(),
             pages: PageMarks::default(),
+            listings: Listings::default(),
         })
     }
 
@@ -172,11 +175,27 @@ impl Fs {
         }
     }
 
-    pub async fn readdir(&self, ino: u64, after: u64, limit: u32) -> FsResult<Vec<DirEntry>> {
-        match self.meta.call(MetaRequest::ReadDir { ino, after, limit }).await? {
-            MetaResponse::Dir { entries, .. } => Ok(entries),
-            _ => Err(FsError::Errno(libc::EIO)),
+    /// The entries of directory `ino` after cookie `after` (with attributes if `plus`): a
+    /// page of open handle `fh` and the index in it where they start.
+    pub async fn readdir(&self, fh: u64, ino: u64, after: u64, plus: bool) -> FsResult<(Page, usize)> {
+        if let Some(hit) = self.listings.cached(fh, after, plus) {
+            return Ok(hit);
         }
+        let limit = listing::PAGE;
+        let (entries, done) = if plus {
+            match self.meta.call(MetaRequest::ReadDirPlus { ino, after, limit }).await? {
+                MetaResponse::DirPlus { entries, done } => (entries.into_iter().map(|(e, a)| (e, Some(self.overlay(a)))).collect(), done),
+                _ => return Err(FsError::Errno(libc::EIO)),
+            }
+        } else {
+            match self.meta.call(MetaRequest::ReadDir { ino, after, limit }).await? {
+                MetaResponse::Dir { entries, done } => (entries.into_iter().map(|e| (e, None)).collect(), done),
+                _ => return Err(FsError::Errno(libc::EIO)),
+            }
+        };
+        let page = Page::new(after, entries, done);
+        self.listings.keep(fh, page.clone());
+        Ok((page, 0))
     }
 
     /// The cluster's space; what it says of free space also tells writes whether there is

@@ -7,7 +7,7 @@ use crate::fs::Fs;
 use crate::xattr;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -140,7 +140,7 @@ impl Filesystem for FuseFs {
         }
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
-        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_MAX_PAGES);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_MAX_PAGES | InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         // The kernel enforces POSIX ACLs and caches them; the server keeps them in step with the
         // mode and does default-ACL inheritance, so it also applies the umask itself.
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK);
@@ -383,12 +383,21 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(0), FopenFlags::empty());
+        reply.opened(FileHandle(self.fs.listings.open()), FopenFlags::empty());
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.fs.listings.release(fh.0);
+        reply.ok();
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let fs = self.fs.clone();
         self.spawn("readdir", async move {
+            if offset == 0 {
+                // From the start (opendir, rewinddir): the directory as it is now.
+                fs.listings.forget(fh.0);
+            }
             // Offsets: 1 is ".", 2 is "..", then each entry's stable cookie.
             if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
                 return reply.ok();
@@ -398,19 +407,56 @@ impl Filesystem for FuseFs {
             }
             let mut after = offset.max(2);
             loop {
-                match fs.readdir(ino.0, after, 256).await {
-                    Ok(entries) => {
-                        if entries.is_empty() {
-                            return reply.ok();
-                        }
-                        for e in entries {
-                            if reply.add(INodeNo(e.ino), e.cookie, kind(e.kind), OsStr::from_bytes(&e.name)) {
-                                return reply.ok();
-                            }
-                            after = e.cookie;
-                        }
-                    }
+                let (page, from) = match fs.readdir(fh.0, ino.0, after, false).await {
+                    Ok(p) => p,
                     Err(e) => return reply.error(errno(&e)),
+                };
+                for (e, _) in &page.entries[from..] {
+                    if reply.add(INodeNo(e.ino), e.cookie, kind(e.kind), OsStr::from_bytes(&e.name)) {
+                        return reply.ok();
+                    }
+                    after = e.cookie;
+                }
+                if page.done {
+                    return reply.ok();
+                }
+            }
+        });
+    }
+
+    /// As `readdir`, each entry with its attributes, so that `ls -l` needs no lookup per entry
+    /// (the kernel asks for this while a listing is followed by lookups: READDIRPLUS_AUTO).
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let fs = self.fs.clone();
+        self.spawn("readdirplus", async move {
+            if offset == 0 {
+                // From the start (opendir, rewinddir): the directory as it is now.
+                fs.listings.forget(fh.0);
+            }
+            // The kernel makes no dentry of "." and "..": their attributes are not used, and
+            // a zero TTL keeps them from being cached.
+            let dot = file_attr(&Attr { ino: ino.0, kind: FileKind::Dir, perm: 0o755, nlink: 2, uid: 0, gid: 0, size: 0, atime: 0, mtime: 0, ctime: 0, rdev: 0 });
+            if offset < 1 && reply.add(ino, 1, ".", &Duration::ZERO, &dot, Generation(0)) {
+                return reply.ok();
+            }
+            if offset < 2 && reply.add(ino, 2, "..", &Duration::ZERO, &dot, Generation(0)) {
+                return reply.ok();
+            }
+            let mut after = offset.max(2);
+            loop {
+                let (page, from) = match fs.readdir(fh.0, ino.0, after, true).await {
+                    Ok(p) => p,
+                    Err(e) => return reply.error(errno(&e)),
+                };
+                for (e, a) in &page.entries[from..] {
+                    let Some(a) = a else { return reply.error(Errno::from_i32(libc::EIO)) };
+                    if reply.add(INodeNo(e.ino), e.cookie, OsStr::from_bytes(&e.name), &TTL, &file_attr(a), Generation(0)) {
+                        return reply.ok();
+                    }
+                    after = e.cookie;
+                }
+                if page.done {
+                    return reply.ok();
                 }
             }
         });

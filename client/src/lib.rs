@@ -11,6 +11,7 @@ pub mod file_state;
 pub mod fs;
 pub mod fsck;
 pub mod fuse;
+pub mod listing;
 pub mod locks;
 pub mod meta;
 pub mod metrics;

@@ -153,7 +153,7 @@ impl MetaService {
         let r = |x: Result<MetaResponse, WireError>| x.unwrap_or_else(MetaResponse::Error);
         let ns = &self.ns;
         // The namespace is read by clients and admins (fsck); servers have no business there.
-        let namespace_read = matches!(req, MetaRequest::Lookup { .. } | MetaRequest::GetAttr { .. } | MetaRequest::ReadDir { .. } | MetaRequest::ReadLink { .. } | MetaRequest::GetBlocks { .. } | MetaRequest::StatFs | MetaRequest::GetXattr { .. } | MetaRequest::ListXattr { .. });
+        let namespace_read = matches!(req, MetaRequest::Lookup { .. } | MetaRequest::GetAttr { .. } | MetaRequest::ReadDir { .. } | MetaRequest::ReadDirPlus { .. } | MetaRequest::ReadLink { .. } | MetaRequest::GetBlocks { .. } | MetaRequest::StatFs | MetaRequest::GetXattr { .. } | MetaRequest::ListXattr { .. });
         if namespace_read && !matches!(peer.role, Role::Client | Role::Admin) {
             return denied(peer.role, "read the namespace");
         }
@@ -173,6 +173,7 @@ impl MetaService {
             MetaRequest::Lookup { parent, name } => r(ns.lookup(parent, &name).map(MetaResponse::Attr)),
             MetaRequest::GetAttr { ino } => r(ns.getattr(ino).map(MetaResponse::Attr)),
             MetaRequest::ReadDir { ino, after, limit } => r(ns.readdir(ino, after, limit).map(|(entries, done)| MetaResponse::Dir { entries, done })),
+            MetaRequest::ReadDirPlus { ino, after, limit } => r(ns.readdir_plus(ino, after, limit).map(|(entries, done)| MetaResponse::DirPlus { entries, done })),
             MetaRequest::ReadLink { ino } => r(ns.readlink(ino).map(MetaResponse::Link)),
             MetaRequest::StatFs => r(self.statfs()),
             MetaRequest::GetBlocks { ino, first, count } => r(ns.get_blocks(ino, first, count).map(|(size, blocks, inline)| MetaResponse::Blocks { size, blocks, inline })),
@@ -394,7 +395,7 @@ impl Service for MetaService {
 fn is_read(req: &MetaRequest) -> bool {
     matches!(
         req,
-        MetaRequest::Lookup { .. } | MetaRequest::GetAttr { .. } | MetaRequest::ReadDir { .. } | MetaRequest::ReadLink { .. } | MetaRequest::GetBlocks { .. } | MetaRequest::GetXattr { .. } | MetaRequest::ListXattr { .. } | MetaRequest::GetLock { .. } | MetaRequest::ListBlocks { .. }
+        MetaRequest::Lookup { .. } | MetaRequest::GetAttr { .. } | MetaRequest::ReadDir { .. } | MetaRequest::ReadDirPlus { .. } | MetaRequest::ReadLink { .. } | MetaRequest::GetBlocks { .. } | MetaRequest::GetXattr { .. } | MetaRequest::ListXattr { .. } | MetaRequest::GetLock { .. } | MetaRequest::ListBlocks { .. }
     )
 }
 

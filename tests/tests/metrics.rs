@@ -152,3 +152,45 @@ fn a_bad_or_taken_metrics_address_is_a_one_line_error() {
     assert!(last.starts_with("tessera-chunk: ") && last.contains(&format!("--metrics 127.0.0.1:{port}: cannot listen")) && last.contains("in use"), "{err}");
     c.assert_fsck_clean();
 }
+
+/// `ls -l` of a directory of several pages of entries takes the attributes with the listing
+/// (readdirplus): every size and mode it prints is the file's, and the mount answered far
+/// fewer lookups than there are entries (without readdirplus: one per entry).
+#[test]
+fn ls_l_takes_the_attributes_with_the_listing() {
+    const N: usize = 1200;
+    let c = ManualCluster::start(3, 3);
+    let mount_port = free_tcp_port();
+    let mnt = c.root().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut m = start_mount_with(&c.meta_addr, &c.client, &mnt, &c.root().join("mount.log"), &["--metrics", &format!("127.0.0.1:{mount_port}")]);
+    let dir = mnt.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..N {
+        let p = dir.join(format!("f{i:05}"));
+        std::fs::write(&p, vec![b'x'; i % 97]).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(if i % 2 == 0 { 0o640 } else { 0o604 })).unwrap();
+    }
+    // Forget the kernel's names and attributes, so that what `ls -l` shows comes from the
+    // listing or from lookups.
+    drop_page_cache();
+    let lookups = |t: &str| value(t, r#"tessera_fuse_requests_total{op="lookup"}"#).unwrap_or(0.0);
+    let before = scrape(mount_port);
+    let out = run_ok(Command::new("ls").args(["-l", "--time-style=+", dir.to_str().unwrap()]));
+    let after = scrape(mount_port);
+    let mut seen = 0;
+    for line in out.lines().filter(|l| l.starts_with('-')) {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let (mode, size, name) = (w[0], w[4], w[w.len() - 1]);
+        let i: usize = name.trim_start_matches('f').parse().unwrap_or_else(|_| panic!("name in {line:?}"));
+        assert_eq!(size, (i % 97).to_string(), "{line}");
+        assert_eq!(mode, if i % 2 == 0 { "-rw-r-----" } else { "-rw----r--" }, "{line}");
+        seen += 1;
+    }
+    assert_eq!(seen, N, "ls -l printed {seen} files:\n{out}");
+    let asked = lookups(&after) - lookups(&before);
+    assert!(asked < (N / 10) as f64, "{asked} lookups for an ls -l of {N} entries");
+    assert!(must(&after, r#"tessera_fuse_requests_total{op="readdirplus"}"#) >= 1.0, "{after}");
+    m.stop();
+    c.assert_fsck_clean();
+}

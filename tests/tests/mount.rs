@@ -657,3 +657,49 @@ fn dev_with_one_chunk_server_and_one_replica() {
     assert_eq!(nodes[0]["state"], "up", "{v}");
     assert!(v["blocks"]["total"].as_u64().unwrap_or(0) >= 2, "5 MiB is two 4 MiB blocks: {v}");
 }
+
+/// The names of an open directory stream read to its end (`readdir`), without "." and "..".
+fn read_stream(dir: *mut libc::DIR) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: `dir` is an open stream; the entry is read before the next call.
+        let e = unsafe { libc::readdir(dir) };
+        if e.is_null() {
+            return out;
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) }.to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            out.push(name);
+        }
+    }
+}
+
+/// A listing of several pages gives every name once; read again from its start (rewinddir)
+/// on the same open stream, it shows the directory as it is now, not the pages read before.
+#[test]
+fn a_listing_read_again_from_its_start_shows_the_directory_as_it_is_now() {
+    let c = DevCluster::start();
+    let d = c.path("big");
+    fs::create_dir(&d).unwrap();
+    let made: BTreeSet<String> = (0..1300).map(|i| format!("f{i:04}")).collect();
+    for n in &made {
+        File::create(d.join(n)).unwrap();
+    }
+    assert_eq!(names(&d), made);
+    let path = std::ffi::CString::new(d.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path; the stream is closed below.
+    let dir = unsafe { libc::opendir(path.as_ptr()) };
+    assert!(!dir.is_null(), "opendir: {}", std::io::Error::last_os_error());
+    let first = read_stream(dir);
+    assert_eq!(first.len(), 1300);
+    assert_eq!(first.iter().cloned().collect::<BTreeSet<_>>(), made, "every name once");
+    File::create(d.join("new")).unwrap();
+    fs::remove_file(d.join("f0007")).unwrap();
+    unsafe { libc::rewinddir(dir) };
+    let again: BTreeSet<String> = read_stream(dir).into_iter().collect();
+    unsafe { libc::closedir(dir) };
+    assert!(again.contains("new"), "a name created before rewinddir is listed");
+    assert!(!again.contains("f0007"), "a name removed before rewinddir is not listed");
+    assert_eq!(again.len(), 1300);
+    c.assert_fsck_clean();
+}

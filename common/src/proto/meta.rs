@@ -217,6 +217,9 @@ pub enum MetaRequest {
     GetAttr { ino: u64 },
     /// Entries with cookie > `after`, at most `limit`. Reply: `Dir`.
     ReadDir { ino: u64, after: u64, limit: u32 },
+    /// As `ReadDir`, each entry with its attributes, read from the same snapshot (so that
+    /// `ls -l` costs one round trip per page instead of one per entry). Reply: `DirPlus`.
+    ReadDirPlus { ino: u64, after: u64, limit: u32 },
     /// Reply: `Link`.
     ReadLink { ino: u64 },
     /// Reply: `StatFs`.
@@ -502,6 +505,7 @@ pub enum MetaResponse {
     Session { session: u64, block_size: u32, replicas: u32, write_quorum: u32, ring: Ring },
     Attr(Attr),
     Dir { entries: Vec<DirEntry>, done: bool },
+    DirPlus { entries: Vec<(DirEntry, Attr)>, done: bool },
     Link(Vec<u8>),
     StatFs(StatFs),
     Blocks { size: u64, blocks: Vec<(u64, BlockRef)>, inline: Option<Vec<u8>> },

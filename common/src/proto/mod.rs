@@ -41,7 +41,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// 7: `MetaRequest::Raft` between metadata servers; `ClusterStatus.meta_servers`; the leader's
 ///    term in `HeartbeatAck` and `ChunkRequest::Delete`.
 /// 8: `MetaRequest::MetaGroup` (`tessera meta add|remove`); `RaftRpc::Probe` answers the id.
-pub const ALPN: &[u8] = b"tessera/8";
+/// 9: `MetaRequest::ReadDirPlus` (entries with their attributes, for FUSE's readdirplus).
+pub const ALPN: &[u8] = b"tessera/9";
 /// Bound on an encoded header (directory listings are paged to stay below it).
 pub const MAX_HEADER: u32 = 4 * 1024 * 1024;
 /// Bound on a payload: one block at most.

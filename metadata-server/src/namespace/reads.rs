@@ -35,7 +35,23 @@ impl Namespace {
 
     pub fn readdir(&self, ino: u64, after: u64, limit: u32) -> Result<(Vec<DirEntry>, bool), WireError> {
         let v = self.store.view();
-        if inode_in(&v, ino)?.kind != FileKind::Dir {
+        Self::entries_in(&v, ino, after, limit)
+    }
+
+    /// `readdir` with each entry's attributes, all from one snapshot.
+    pub fn readdir_plus(&self, ino: u64, after: u64, limit: u32) -> Result<(Vec<(DirEntry, Attr)>, bool), WireError> {
+        let v = self.store.view();
+        let (entries, done) = Self::entries_in(&v, ino, after, limit)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let a = attr(e.ino, &inode_in(&v, e.ino)?);
+            out.push((e, a));
+        }
+        Ok((out, done))
+    }
+
+    fn entries_in(v: &View, ino: u64, after: u64, limit: u32) -> Result<(Vec<DirEntry>, bool), WireError> {
+        if inode_in(v, ino)?.kind != FileKind::Dir {
             return Err(err(ErrorCode::NotDir, "not a directory"));
         }
         let limit = limit.clamp(1, 1024) as usize;

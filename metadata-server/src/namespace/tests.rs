@@ -283,6 +283,30 @@ fn readdir_offsets_survive_changes() {
 }
 
 #[test]
+fn readdir_plus_gives_each_entry_the_attributes_a_lookup_gives() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let d = c.mk(ROOT_INO, "d", FileKind::Dir);
+    for i in 0..7 {
+        c.mk(d, &format!("f{i}"), if i % 3 == 0 { FileKind::Dir } else { FileKind::File });
+    }
+    c.m(Mutation::SetAttr { ino: ns.lookup(d, b"f2").unwrap().ino, attr: SetAttr { size: Some(12345), mode: Some(0o600), ..Default::default() } });
+    let (first, done) = ns.readdir_plus(d, 0, 4).unwrap();
+    assert!(!done);
+    let (rest, done) = ns.readdir_plus(d, first.last().unwrap().0.cookie, 100).unwrap();
+    assert!(done);
+    let all: Vec<_> = first.into_iter().chain(rest).collect();
+    let plain = ns.readdir(d, 0, 100).unwrap().0;
+    assert_eq!(all.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(), plain);
+    for (e, a) in &all {
+        assert_eq!(*a, ns.lookup(d, &e.name).unwrap(), "{}", String::from_utf8_lossy(&e.name));
+    }
+    assert_eq!(all[2].1.size, 12345);
+    assert_eq!(all[2].1.perm, 0o600);
+    assert_eq!(ns.readdir_plus(all[1].0.ino, 0, 10).unwrap_err().code, ErrorCode::NotDir);
+}
+
+#[test]
 fn commit_truncate_and_refcounts() {
     let (_d, ns) = ns();
     let mut c = C::new(&ns);
