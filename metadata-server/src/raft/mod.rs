@@ -29,7 +29,7 @@ use tessera_common::proto::meta::{MetaServerStatus, ProbeReply, RaftRpc};
 use tessera_common::{ErrorCode, WireError};
 
 /// What a log entry holds: encoded [`Command`]s (see `Command::encode`), applied in order.
-/// Commands proposed while the previous entry is being written share one entry, so that
+/// Commands proposed while earlier entries are being written share one entry, so that
 /// concurrent clients share one log write, one WAL sync and one round to the followers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Proposal(pub Vec<Vec<u8>>);
@@ -41,13 +41,21 @@ pub struct Applied(pub Vec<Result<Outcome, WireError>>);
 
 /// Most bytes of commands in one entry (a single larger command gets an entry of its own).
 const BATCH_BYTES: usize = 256 << 10;
+/// Entries being written at once. With one, a command proposed while an entry is written
+/// waits for it to finish before its own entry starts (a mount's close, sent without waiting,
+/// delayed its next create by a whole write); with two, it starts at once. More than that
+/// only splits a burst into more entries and syncs.
+const IN_FLIGHT: usize = 2;
 
 type Waiting = (Vec<u8>, tokio::sync::oneshot::Sender<Result<Outcome, WireError>>);
 
-/// Gather proposals into entries: one entry at a time is written, and the commands proposed
-/// meanwhile (up to `BATCH_BYTES`) form the next one; each command gets its own outcome.
+/// Gather proposals into entries: up to `IN_FLIGHT` entries are written at once, and the
+/// commands proposed while none can start (up to `BATCH_BYTES`) form the next one; each command
+/// gets its own outcome. Entries reach the log in the order they are formed.
 async fn batcher(raft: Raft<TypeConfig>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Waiting>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let mut bytes = first.0.len();
         let mut batch = vec![first];
         while bytes < BATCH_BYTES {
@@ -61,15 +69,24 @@ async fn batcher(raft: Raft<TypeConfig>, mut rx: tokio::sync::mpsc::UnboundedRec
         }
         let (cmds, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let n = cmds.len();
-        let outcomes = match raft.client_write(Proposal(cmds)).await {
-            Ok(r) if r.data.0.len() == n => r.data.0,
-            Ok(r) => vec![Err(WireError::new(ErrorCode::Internal, format!("{} outcomes for {n} commands", r.data.0.len()))); n],
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => vec![Err(not_leader(f.leader_node.map(|n| n.addr))); n],
-            Err(e) => vec![Err(WireError::new(ErrorCode::Unavailable, format!("raft: {e}"))); n],
-        };
-        for (tx, out) in waiting.into_iter().zip(outcomes) {
-            let _ = tx.send(out);
-        }
+        // Handed to openraft here, in order; the outcome is awaited beside the next entries.
+        let sent = raft.client_write_ff(Proposal(cmds)).await;
+        tokio::spawn(async move {
+            let outcomes = match sent {
+                Err(e) => vec![Err(WireError::new(ErrorCode::Unavailable, format!("raft: {e}"))); n],
+                Ok(written) => match written.await {
+                    Ok(Ok(r)) if r.data.0.len() == n => r.data.0,
+                    Ok(Ok(r)) => vec![Err(WireError::new(ErrorCode::Internal, format!("{} outcomes for {n} commands", r.data.0.len()))); n],
+                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => vec![Err(not_leader(f.leader_node.map(|n| n.addr))); n],
+                    Ok(Err(e)) => vec![Err(WireError::new(ErrorCode::Unavailable, format!("raft: {e}"))); n],
+                    Err(_) => vec![Err(WireError::new(ErrorCode::Unavailable, "raft: shutting down")); n],
+                },
+            };
+            for (tx, out) in waiting.into_iter().zip(outcomes) {
+                let _ = tx.send(out);
+            }
+            drop(slot);
+        });
     }
 }
 
