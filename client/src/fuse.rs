@@ -131,6 +131,38 @@ fn mode_kind(mode: u32) -> Option<FileKind> {
     })
 }
 
+/// A listing of directory `ino` on handle `fh` from `offset` on: "." and ".." (offsets 1 and
+/// 2, no attributes), then each entry at its stable cookie, given to `add` until it says the
+/// reply is full. With `plus`, every entry comes with its attributes.
+async fn list(fs: &Fs, fh: u64, ino: u64, offset: u64, plus: bool, mut add: impl FnMut(u64, u64, FileKind, &[u8], Option<&Attr>) -> bool) -> Result<(), FsError> {
+    if offset == 0 {
+        // From the start (opendir, rewinddir): the directory as it is now.
+        fs.listings.forget(fh);
+    }
+    if offset < 1 && add(ino, 1, FileKind::Dir, b".", None) {
+        return Ok(());
+    }
+    if offset < 2 && add(ino, 2, FileKind::Dir, b"..", None) {
+        return Ok(());
+    }
+    let mut after = offset.max(2);
+    loop {
+        let (page, from) = fs.readdir(fh, ino, after, plus).await?;
+        for (e, a) in &page.entries[from..] {
+            if plus && a.is_none() {
+                return Err(FsError::Errno(libc::EIO));
+            }
+            if add(e.ino, e.cookie, e.kind, &e.name, a.as_ref()) {
+                return Ok(());
+            }
+            after = e.cookie;
+        }
+        if page.done {
+            return Ok(());
+        }
+    }
+}
+
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
@@ -394,32 +426,9 @@ impl Filesystem for FuseFs {
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let fs = self.fs.clone();
         self.spawn("readdir", async move {
-            if offset == 0 {
-                // From the start (opendir, rewinddir): the directory as it is now.
-                fs.listings.forget(fh.0);
-            }
-            // Offsets: 1 is ".", 2 is "..", then each entry's stable cookie.
-            if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
-                return reply.ok();
-            }
-            if offset < 2 && reply.add(ino, 2, FileType::Directory, "..") {
-                return reply.ok();
-            }
-            let mut after = offset.max(2);
-            loop {
-                let (page, from) = match fs.readdir(fh.0, ino.0, after, false).await {
-                    Ok(p) => p,
-                    Err(e) => return reply.error(errno(&e)),
-                };
-                for (e, _) in &page.entries[from..] {
-                    if reply.add(INodeNo(e.ino), e.cookie, kind(e.kind), OsStr::from_bytes(&e.name)) {
-                        return reply.ok();
-                    }
-                    after = e.cookie;
-                }
-                if page.done {
-                    return reply.ok();
-                }
+            match list(&fs, fh.0, ino.0, offset, false, |i, cookie, k, name, _| reply.add(INodeNo(i), cookie, kind(k), OsStr::from_bytes(name))).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
             }
         });
     }
@@ -429,35 +438,17 @@ impl Filesystem for FuseFs {
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let fs = self.fs.clone();
         self.spawn("readdirplus", async move {
-            if offset == 0 {
-                // From the start (opendir, rewinddir): the directory as it is now.
-                fs.listings.forget(fh.0);
-            }
             // The kernel makes no dentry of "." and "..": their attributes are not used, and
             // a zero TTL keeps them from being cached.
             let dot = file_attr(&Attr { ino: ino.0, kind: FileKind::Dir, perm: 0o755, nlink: 2, uid: 0, gid: 0, size: 0, atime: 0, mtime: 0, ctime: 0, rdev: 0 });
-            if offset < 1 && reply.add(ino, 1, ".", &Duration::ZERO, &dot, Generation(0)) {
-                return reply.ok();
-            }
-            if offset < 2 && reply.add(ino, 2, "..", &Duration::ZERO, &dot, Generation(0)) {
-                return reply.ok();
-            }
-            let mut after = offset.max(2);
-            loop {
-                let (page, from) = match fs.readdir(fh.0, ino.0, after, true).await {
-                    Ok(p) => p,
-                    Err(e) => return reply.error(errno(&e)),
-                };
-                for (e, a) in &page.entries[from..] {
-                    let Some(a) = a else { return reply.error(Errno::from_i32(libc::EIO)) };
-                    if reply.add(INodeNo(e.ino), e.cookie, OsStr::from_bytes(&e.name), &TTL, &file_attr(a), Generation(0)) {
-                        return reply.ok();
-                    }
-                    after = e.cookie;
-                }
-                if page.done {
-                    return reply.ok();
-                }
+            let added = list(&fs, fh.0, ino.0, offset, true, |i, cookie, _, name, a| match a {
+                Some(a) => reply.add(INodeNo(i), cookie, OsStr::from_bytes(name), &TTL, &file_attr(a), Generation(0)),
+                None => reply.add(INodeNo(i), cookie, OsStr::from_bytes(name), &Duration::ZERO, &dot, Generation(0)),
+            })
+            .await;
+            match added {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
             }
         });
     }
