@@ -66,7 +66,12 @@ pub struct Membership {
     ns: Arc<Namespace>,
     replicas: u32,
     nodes: Mutex<BTreeMap<u64, Node>>,
+    /// The ring served now, locked only to read or replace it: async code reads it on the
+    /// runtime's threads, which Raft needs to commit a new one.
     ring: Mutex<Ring>,
+    /// Held while a new ring is made durable (a Raft write under Raft), so that rings are
+    /// published one at a time and each version names one member list.
+    publishing: Mutex<()>,
     pub down_after: Duration,
     pub out_after: Duration,
     /// Each server's state when [`Membership::state_changes`] last looked.
@@ -144,7 +149,7 @@ pub(crate) fn apply_ring(ns: &Namespace, b: &mut Batch, nodes: &[RingNode]) -> R
 impl Membership {
     pub fn load(ns: Arc<Namespace>, replicas: u32, down_after: Duration, out_after: Duration) -> Result<Self, WireError> {
         let replicated = ns.is_replicated();
-        let m = Membership { ns, replicas, nodes: Mutex::default(), ring: Mutex::new(Ring::new(0, replicas, vec![])), down_after, out_after, seen_states: Mutex::default() };
+        let m = Membership { ns, replicas, nodes: Mutex::default(), ring: Mutex::new(Ring::new(0, replicas, vec![])), publishing: Mutex::default(), down_after, out_after, seen_states: Mutex::default() };
         // Under Raft only the leader publishes (see `reload`); a follower serves no ring.
         if !replicated {
             m.reload()?;
@@ -165,6 +170,7 @@ impl Membership {
             .collect();
         *self.nodes.lock().unwrap() = nodes;
         self.seen_states.lock().unwrap().clear();
+        let _one = self.publishing.lock().unwrap();
         let ring = Ring::new(0, self.replicas, self.members());
         let version = self.publish(&ring.nodes)?;
         *self.ring.lock().unwrap() = Ring::new(version, self.replicas, ring.nodes);
@@ -209,16 +215,19 @@ impl Membership {
 
     /// Publish a new ring version if the member set changed.
     pub fn refresh(&self) -> Result<Ring, WireError> {
+        let _one = self.publishing.lock().unwrap();
         let members = self.members();
-        let mut ring = self.ring.lock().unwrap();
         let mut sorted = members.clone();
         sorted.sort_by_key(|n| n.id);
-        if sorted != ring.nodes {
-            let version = self.publish(&sorted)?;
-            *ring = Ring::new(version, self.replicas, members);
-            tracing::info!(version, servers = ring.nodes.len(), "new ring published");
+        let current = self.ring();
+        if sorted == current.nodes {
+            return Ok(current);
         }
-        Ok(ring.clone())
+        let version = self.publish(&sorted)?;
+        let ring = Ring::new(version, self.replicas, members);
+        *self.ring.lock().unwrap() = ring.clone();
+        tracing::info!(version, servers = ring.nodes.len(), "new ring published");
+        Ok(ring)
     }
 
     pub fn ring(&self) -> Ring {
@@ -362,5 +371,62 @@ mod tests {
         let m = open(d.path());
         assert_eq!(m.ring().version, r.version);
         saw(&mut seen, &m.ring());
+    }
+
+    /// A Raft group that cannot commit a ring for now (a leader cut off, or just thawed):
+    /// `PublishRing` waits until released (at most 3 s, then fails as an unreachable majority
+    /// would); every other command is applied at once.
+    struct Stalled {
+        ns: std::sync::OnceLock<Arc<Namespace>>,
+        started: std::sync::mpsc::SyncSender<()>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl crate::namespace::Replicate for Stalled {
+        fn propose(&self, cmd: &Command) -> Result<Outcome, WireError> {
+            if matches!(cmd.op, Op::PublishRing { .. }) {
+                let _ = self.started.try_send(());
+                if self.release.lock().unwrap().recv_timeout(Duration::from_secs(3)).is_err() {
+                    return Err(WireError::new(ErrorCode::Unavailable, "no majority"));
+                }
+            }
+            let ns = self.ns.get().unwrap();
+            let (ticket, out) = ns.apply_logged(Some(cmd), crate::store::Batch::default()).unwrap();
+            ns.store().wait_durable(ticket).unwrap();
+            out
+        }
+    }
+
+    /// The ring is read by async code on the runtime's few threads (a commit's claim check),
+    /// and those threads also run Raft: a reader that waited for a ring being published would
+    /// hold up the very commit it waits for (a thawed leader once stopped answering for good).
+    #[test]
+    fn the_ring_can_be_read_while_a_new_one_waits_to_be_committed() {
+        let d = tempfile::tempdir().unwrap();
+        let ns = Arc::new(Namespace::open(Store::open(d.path()).unwrap(), FsParams { block_size: 4096 }).unwrap());
+        let (started, on_start) = std::sync::mpsc::sync_channel(1);
+        let (release, on_release) = std::sync::mpsc::channel();
+        let raft = Arc::new(Stalled { ns: Default::default(), started, release: Mutex::new(on_release) });
+        let _ = raft.ns.set(ns.clone());
+        ns.replicate_through(raft);
+        let m = Arc::new(Membership::load(ns, 3, Duration::from_secs(3), Duration::from_secs(600)).unwrap());
+        let publisher = std::thread::spawn({
+            let m = m.clone();
+            move || m.register(1, "127.0.0.1:1".into(), "z1".into(), 1 << 30)
+        });
+        on_start.recv_timeout(Duration::from_secs(10)).expect("the new ring is proposed");
+        let (read, on_read) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn({
+            let m = m.clone();
+            move || read.send(m.ring()).unwrap()
+        });
+        let during = on_read.recv_timeout(Duration::from_secs(1));
+        release.send(()).unwrap();
+        let published = publisher.join().unwrap().unwrap();
+        reader.join().unwrap();
+        let during = during.expect("reading the ring waited for the one being committed");
+        assert!(during.node(1).is_none(), "the ring read meanwhile is the one before: {:?}", during.nodes);
+        assert!(published.node(1).is_some(), "{:?}", published.nodes);
+        assert_eq!(m.ring(), published, "the committed ring is served once it is committed");
     }
 }
