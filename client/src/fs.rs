@@ -89,7 +89,7 @@ pub struct Fs {
     next_fh: AtomicU64,
     upload_slots: Arc<Semaphore>,
     pub locks: crate::locks::Locks,
-    pub(crate) no_capability: crate::xattr::NoCapability,
+    pub(crate) xattr_absent: crate::xattr::Absent,
     pages: PageMarks,
     pub listings: Listings,
 }
@@ -106,7 +106,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             upload_slots: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
             locks: Default::default(),
-            no_capability: Default::default(),
+            xattr_absent: Default::default(),
             pages: PageMarks::default(),
             listings: Listings::default(),
         })
@@ -183,8 +183,20 @@ impl Fs {
         }
         let limit = listing::PAGE;
         let (entries, done) = if plus {
+            let asked = self.xattr_absent.asking();
             match self.meta.call(MetaRequest::ReadDirPlus { ino, after, limit }).await? {
-                MetaResponse::DirPlus { entries, done } => (entries.into_iter().map(|(e, a)| (e, Some(self.overlay(a)))).collect(), done),
+                MetaResponse::DirPlus { entries, done } => {
+                    let entries = entries
+                        .into_iter()
+                        .map(|(e, a, xattrs)| {
+                            if !xattrs {
+                                self.xattr_absent.remember(asked, e.ino, true);
+                            }
+                            (e, Some(self.overlay(a)))
+                        })
+                        .collect();
+                    (entries, done)
+                }
                 _ => return Err(FsError::Errno(libc::EIO)),
             }
         } else {

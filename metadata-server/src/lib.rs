@@ -714,14 +714,14 @@ impl Service for Front {
     }
 
     async fn handle(self: Arc<Self>, peer: Arc<Identity>, req: MetaRequest, payload: Vec<u8>) -> (MetaResponse, Vec<u8>) {
-        if let MetaRequest::Raft { rpc } = req {
+        if let MetaRequest::Raft { rpc, to } = req {
             if peer.role != Role::Meta {
                 return (denied(peer.role, "send raft messages"), vec![]);
             }
             let Some(r) = self.replica.get() else {
                 return (MetaResponse::Error(WireError::new(ErrorCode::InvalidArgument, "this metadata server runs alone (no --peers)")), vec![]);
             };
-            return match r.handle(rpc, &payload).await {
+            return match r.handle(rpc, to, &payload).await {
                 Ok(body) => (MetaResponse::Raft, body),
                 Err(e) => (MetaResponse::Error(WireError::new(ErrorCode::InvalidArgument, e)), vec![]),
             };

@@ -154,12 +154,16 @@ fn a_bad_or_taken_metrics_address_is_a_one_line_error() {
 }
 
 /// `ls -l` of a directory of several pages of entries takes the attributes with the listing
-/// (readdirplus): every size and mode it prints is the file's, and the mount answered far
-/// fewer lookups than there are entries (without readdirplus: one per entry).
+/// (readdirplus), and which files have extended attributes at all: every size and mode it
+/// prints is the file's, the ACL of the one file that has one shows (`+`), and the mount asked
+/// far fewer lookups and extended attributes than there are entries (without readdirplus: one
+/// lookup per entry; without the absence it tells, two attribute reads per entry, for the ACL
+/// and the security label). An attribute set right after the listing is seen at once.
 #[test]
 fn ls_l_takes_the_attributes_with_the_listing() {
     const N: usize = 1200;
-    let c = ManualCluster::start(3, 3);
+    let meta_port = free_tcp_port();
+    let c = ManualCluster::start_with(3, 3, &["--metrics", &format!("127.0.0.1:{meta_port}")], |_| vec![]);
     let mount_port = free_tcp_port();
     let mnt = c.root().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
@@ -171,26 +175,42 @@ fn ls_l_takes_the_attributes_with_the_listing() {
         std::fs::write(&p, vec![b'x'; i % 97]).unwrap();
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(if i % 2 == 0 { 0o640 } else { 0o604 })).unwrap();
     }
+    run_ok(Command::new("setfacl").args(["-m", "u:nobody:r", dir.join("f00000").to_str().unwrap()]));
     // Forget the kernel's names and attributes, so that what `ls -l` shows comes from the
     // listing or from lookups.
     drop_page_cache();
     let lookups = |t: &str| value(t, r#"tessera_fuse_requests_total{op="lookup"}"#).unwrap_or(0.0);
-    let before = scrape(mount_port);
+    let xattr_reads = |t: &str| value(t, r#"tessera_rpc_requests_total{op="get_xattr"}"#).unwrap_or(0.0) + value(t, r#"tessera_rpc_requests_total{op="list_xattr"}"#).unwrap_or(0.0);
+    let (before, meta_before) = (scrape(mount_port), scrape(meta_port));
     let out = run_ok(Command::new("ls").args(["-l", "--time-style=+", dir.to_str().unwrap()]));
-    let after = scrape(mount_port);
+    let (after, meta_after) = (scrape(mount_port), scrape(meta_port));
     let mut seen = 0;
     for line in out.lines().filter(|l| l.starts_with('-')) {
         let w: Vec<&str> = line.split_whitespace().collect();
         let (mode, size, name) = (w[0], w[4], w[w.len() - 1]);
         let i: usize = name.trim_start_matches('f').parse().unwrap_or_else(|_| panic!("name in {line:?}"));
         assert_eq!(size, (i % 97).to_string(), "{line}");
-        assert_eq!(mode, if i % 2 == 0 { "-rw-r-----" } else { "-rw----r--" }, "{line}");
+        let want = match i {
+            0 => "-rw-r-----+",
+            _ if i % 2 == 0 => "-rw-r-----",
+            _ => "-rw----r--",
+        };
+        assert_eq!(mode, want, "{line}");
         seen += 1;
     }
     assert_eq!(seen, N, "ls -l printed {seen} files:\n{out}");
     let asked = lookups(&after) - lookups(&before);
     assert!(asked < (N / 10) as f64, "{asked} lookups for an ls -l of {N} entries");
     assert!(must(&after, r#"tessera_fuse_requests_total{op="readdirplus"}"#) >= 1.0, "{after}");
+    let read = xattr_reads(&meta_after) - xattr_reads(&meta_before);
+    assert!(read < (N / 10) as f64, "{read} extended attribute reads for an ls -l of {N} entries");
+    // This mount sees its own change at once, although the listing said the file had none.
+    let f = dir.join("f00001");
+    run_ok(Command::new("setfattr").args(["-n", "user.k", "-v", "v1", f.to_str().unwrap()]));
+    let got = run_ok(Command::new("getfattr").args(["--only-values", "-n", "user.k", f.to_str().unwrap()]));
+    assert_eq!(got, "v1");
+    let listed = run_ok(Command::new("getfattr").args(["-d", f.to_str().unwrap()]));
+    assert!(listed.contains("user.k=\"v1\""), "{listed}");
     m.stop();
     c.assert_fsck_clean();
 }

@@ -627,10 +627,10 @@ async fn deletes_from_a_deposed_leader_are_refused() {
     timeout(Duration::from_secs(10), chunk.task).await.unwrap().unwrap();
 
     // Raft messages: a client is refused; a metadata server that runs alone has no group.
-    let (r, _) = s.rpc("client").call::<_, MetaResponse>(&MetaRequest::Raft { rpc: tessera_common::proto::meta::RaftRpc::Vote }, &[]).await.unwrap();
+    let (r, _) = s.rpc("client").call::<_, MetaResponse>(&MetaRequest::Raft { rpc: tessera_common::proto::meta::RaftRpc::Vote, to: 1 }, &[]).await.unwrap();
     assert!(matches!(&r, MetaResponse::Error(e) if e.code == ErrorCode::PermissionDenied), "{r:?}");
     let meta_peer = RpcClient::new(net::client_endpoint(&s.certs("meta")).unwrap(), &s.addr.to_string(), 1, Duration::from_secs(10), Role::Meta);
-    let (r, _) = meta_peer.call::<_, MetaResponse>(&MetaRequest::Raft { rpc: tessera_common::proto::meta::RaftRpc::Vote }, b"garbage").await.unwrap();
+    let (r, _) = meta_peer.call::<_, MetaResponse>(&MetaRequest::Raft { rpc: tessera_common::proto::meta::RaftRpc::Vote, to: 1 }, b"garbage").await.unwrap();
     assert!(matches!(&r, MetaResponse::Error(e) if e.code == ErrorCode::InvalidArgument && e.message.contains("alone")), "{r:?}");
     s.stop().await;
 }

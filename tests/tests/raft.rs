@@ -424,6 +424,44 @@ fn meta_add_and_remove_change_the_group_one_server_at_a_time() {
     g.finish(m);
 }
 
+/// A server that lost its disk is started again, empty, under a new id at its old address
+/// before its old id is removed (the leader still sends that id appends and heartbeats). It
+/// takes none of them: it neither holds the old id's log nor votes in its name, and joins
+/// under its new id once the old one is removed.
+#[test]
+fn a_replacement_at_the_old_address_takes_nothing_meant_for_the_old_id() {
+    let (mut g, m, mnt) = Group::start(&[]);
+    let mut rng = seeded_rng();
+    let mut files = Vec::new();
+    write_one(&mnt, "before", &mut rng, &mut files);
+    let leader = g.leader();
+    let lost = (leader + 1) % 3;
+    g.kill9(lost);
+    let ca = g.root.join("ca");
+    cert_issue(&ca, &g.root.join("certs/meta-new"), "meta-new", "meta");
+    let port = g.ports[lost];
+    let peers = format!("7=127.0.0.1:{port}");
+    g.metas[lost] = Some(start_meta_with(&g.root.join("meta-new"), port, &g.root.join("certs/meta-new"), 3, &g.root.join("meta-new.log"), &["--id", "7", "--peers", &peers, "--join"]));
+    // The leader's connection to the old server ends after 5 s of silence (the QUIC idle
+    // timeout); its next messages for the old id then reach the new server.
+    std::thread::sleep(Duration::from_secs(8));
+    write_one(&mnt, "while-replaced", &mut rng, &mut files);
+    let list = g.list.clone();
+    let out = g.tessera(&["meta", "remove", &g.id_of(lost)], &list);
+    assert!(out.status.success(), "meta remove: {}", String::from_utf8_lossy(&out.stderr));
+    let out = g.tessera(&["meta", "add", "7", &g.addr_of(lost)], &list);
+    assert!(out.status.success(), "meta add: {}\n{}", String::from_utf8_lossy(&out.stderr), tail(&g.root.join("meta-new.log"), 30));
+    let _ = g.leader();
+    let rows = g.group().unwrap();
+    assert!(rows.iter().any(|r| r["id"] == 7 && r["role"] != "learner"), "server 7 votes: {rows:?}");
+    // It counts: with the leader killed, server 7 and the last original one are the majority.
+    g.kill9(leader);
+    write_one(&mnt, "after", &mut rng, &mut files);
+    drop_page_cache();
+    check(&files);
+    g.finish(m);
+}
+
 #[test]
 fn a_backup_restored_into_a_group_of_one_grows_to_three_and_outlives_its_first_server() {
     let (mut g, mut m, mnt) = Group::start(&[]);

@@ -217,8 +217,10 @@ pub enum MetaRequest {
     GetAttr { ino: u64 },
     /// Entries with cookie > `after`, at most `limit`. Reply: `Dir`.
     ReadDir { ino: u64, after: u64, limit: u32 },
-    /// As `ReadDir`, each entry with its attributes, read from the same snapshot (so that
-    /// `ls -l` costs one round trip per page instead of one per entry). Reply: `DirPlus`.
+    /// As `ReadDir`, each entry with its attributes and whether its inode has any extended
+    /// attribute, read from the same snapshot (so that `ls -l`, which also asks each file for
+    /// its ACL and security label, costs one round trip per page instead of three per entry).
+    /// Reply: `DirPlus`.
     ReadDirPlus { ino: u64, after: u64, limit: u32 },
     /// Reply: `Link`.
     ReadLink { ino: u64 },
@@ -277,8 +279,10 @@ pub enum MetaRequest {
     /// Admin only: delete checkpoint `id` (unknown ids are fine). Reply: `Done`.
     BackupEnd { id: u64 },
     /// Metadata servers only, to each other: one Raft message, whose body (openraft's request,
-    /// bincode) is the payload. Reply: `Raft`, with openraft's reply as the payload.
-    Raft { rpc: RaftRpc },
+    /// bincode) is the payload, for server id `to` (0 for `Probe`, which asks who is there): a
+    /// server refuses a message meant for another id, such as one still sent to the address of
+    /// a server that was replaced. Reply: `Raft`, with openraft's reply as the payload.
+    Raft { rpc: RaftRpc, to: u64 },
     /// Admin only, under Raft: add or remove one metadata server (`tessera meta add|remove`).
     /// Reply: `Done` once the new membership is committed.
     MetaGroup { change: GroupChange },
@@ -505,7 +509,8 @@ pub enum MetaResponse {
     Session { session: u64, block_size: u32, replicas: u32, write_quorum: u32, ring: Ring },
     Attr(Attr),
     Dir { entries: Vec<DirEntry>, done: bool },
-    DirPlus { entries: Vec<(DirEntry, Attr)>, done: bool },
+    /// Each entry, its attributes, and whether its inode has any extended attribute.
+    DirPlus { entries: Vec<(DirEntry, Attr, bool)>, done: bool },
     Link(Vec<u8>),
     StatFs(StatFs),
     Blocks { size: u64, blocks: Vec<(u64, BlockRef)>, inline: Option<Vec<u8>> },

@@ -38,14 +38,16 @@ impl Namespace {
         Self::entries_in(&v, ino, after, limit)
     }
 
-    /// `readdir` with each entry's attributes, all from one snapshot.
-    pub fn readdir_plus(&self, ino: u64, after: u64, limit: u32) -> Result<(Vec<(DirEntry, Attr)>, bool), WireError> {
+    /// `readdir` with each entry's attributes and whether it has extended attributes, all from one
+    /// snapshot.
+    pub fn readdir_plus(&self, ino: u64, after: u64, limit: u32) -> Result<(Vec<(DirEntry, Attr, bool)>, bool), WireError> {
         let v = self.store.view();
         let (entries, done) = Self::entries_in(&v, ino, after, limit)?;
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
             let a = attr(e.ino, &inode_in(&v, e.ino)?);
-            out.push((e, a));
+            let xattrs = !v.scan(Cf::Xattrs, &ino_key(e.ino), &ino_key(e.ino), 1)?.is_empty();
+            out.push((e, a, xattrs));
         }
         Ok((out, done))
     }

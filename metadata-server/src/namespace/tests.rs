@@ -291,15 +291,17 @@ fn readdir_plus_gives_each_entry_the_attributes_a_lookup_gives() {
         c.mk(d, &format!("f{i}"), if i % 3 == 0 { FileKind::Dir } else { FileKind::File });
     }
     c.m(Mutation::SetAttr { ino: ns.lookup(d, b"f2").unwrap().ino, attr: SetAttr { size: Some(12345), mode: Some(0o600), ..Default::default() } });
+    c.m(Mutation::SetXattr { ino: ns.lookup(d, b"f4").unwrap().ino, name: b"user.tag".to_vec(), value: b"x".to_vec(), flags: 0 });
     let (first, done) = ns.readdir_plus(d, 0, 4).unwrap();
     assert!(!done);
     let (rest, done) = ns.readdir_plus(d, first.last().unwrap().0.cookie, 100).unwrap();
     assert!(done);
     let all: Vec<_> = first.into_iter().chain(rest).collect();
     let plain = ns.readdir(d, 0, 100).unwrap().0;
-    assert_eq!(all.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(), plain);
-    for (e, a) in &all {
+    assert_eq!(all.iter().map(|(e, _, _)| e.clone()).collect::<Vec<_>>(), plain);
+    for (e, a, xattrs) in &all {
         assert_eq!(*a, ns.lookup(d, &e.name).unwrap(), "{}", String::from_utf8_lossy(&e.name));
+        assert_eq!(*xattrs, e.name == b"f4", "{}: whether it has extended attributes", String::from_utf8_lossy(&e.name));
     }
     assert_eq!(all[2].1.size, 12345);
     assert_eq!(all[2].1.perm, 0o600);

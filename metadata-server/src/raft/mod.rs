@@ -376,8 +376,14 @@ impl Replica {
         Ok(())
     }
 
-    /// Answer a Raft message from another metadata server: openraft's reply, encoded.
-    pub async fn handle(&self, rpc: RaftRpc, body: &[u8]) -> Result<Vec<u8>, String> {
+    /// Answer a Raft message for server `to` from another metadata server: openraft's reply,
+    /// encoded. A message for another id is refused: a server started empty at the address of
+    /// one that was removed must neither take that one's log nor vote in its name (it
+    /// remembers none of that one's votes).
+    pub async fn handle(&self, rpc: RaftRpc, to: u64, body: &[u8]) -> Result<Vec<u8>, String> {
+        if rpc != RaftRpc::Probe && to != self.id {
+            return Err(format!("this is metadata server {}, not {to}", self.id));
+        }
         Ok(match rpc {
             RaftRpc::Append => log::enc(&self.raft.append_entries(log::dec(body)?).await),
             RaftRpc::Vote => {

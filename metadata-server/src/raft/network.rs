@@ -58,14 +58,14 @@ impl Peer {
     /// cannot be asked.
     pub async fn probe(ep: &quinn::Endpoint, addr: &str) -> Option<ProbeReply> {
         let client = RpcClient::new(ep.clone(), addr, 1, RPC_TIMEOUT, Role::Meta);
-        match client.call::<_, MetaResponse>(&MetaRequest::Raft { rpc: RaftRpc::Probe }, &[]).await {
+        match client.call::<_, MetaResponse>(&MetaRequest::Raft { rpc: RaftRpc::Probe, to: 0 }, &[]).await {
             Ok((MetaResponse::Raft, body)) => dec::<ProbeReply>(&body).ok(),
             _ => None,
         }
     }
 
     async fn call<Q: Serialize, R: DeserializeOwned, E: std::error::Error + DeserializeOwned>(&self, rpc: RaftRpc, req: &Q) -> Result<R, RPCError<u64, BasicNode, E>> {
-        let (resp, body) = match self.client.call::<_, MetaResponse>(&MetaRequest::Raft { rpc }, &enc(req)).await {
+        let (resp, body) = match self.client.call::<_, MetaResponse>(&MetaRequest::Raft { rpc, to: self.target }, &enc(req)).await {
             Ok(r) => r,
             Err(e @ (NetError::Connect { .. } | NetError::Resolve(_))) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
             Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
