@@ -143,6 +143,21 @@ impl Fs {
         self.meta.mutate_attr(Mutation::Create { parent, name: name.to_vec(), kind, perm, uid, gid, rdev, target, umask }).await
     }
 
+    /// `open(O_CREAT)` of a new regular file: created and registered open in one change, and a
+    /// handle to it.
+    pub async fn create_open(&self, parent: u64, name: &[u8], perm: u16, umask: u16, uid: u32, gid: u32) -> FsResult<(Attr, u64)> {
+        tessera_common::names::check_name(name)?;
+        let a = self.meta.mutate_attr(Mutation::CreateOpen { parent, name: name.to_vec(), perm, uid, gid, umask }).await?;
+        let (f, fresh) = self.take_entry(a.ino, FileState::new_empty, || None);
+        if !fresh {
+            // Another process of this mount found the new name and opened the file between the
+            // reply and here: its open registered the entry with the server as well, so the
+            // registration the create made is given back (the server counts them).
+            self.meta.mutate_done(Mutation::Close { ino: a.ino }).await?;
+        }
+        Ok((a, self.new_handle(f)))
+    }
+
     /// A file that loses its last link while a session has it open (this mount or another)
     /// is kept by the metadata server until the last of them closes it: see `open`.
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
@@ -247,18 +262,6 @@ impl Fs {
     }
 
     // ---- open files ----
-
-    /// Open a file this mount has just created: its state is known, only the open is reported.
-    pub async fn open_new(&self, ino: u64) -> FsResult<u64> {
-        let (f, fresh) = self.take_entry(ino, FileState::new_empty, || None);
-        if fresh {
-            if let Err(e) = self.meta.mutate_done(Mutation::Open { ino }).await {
-                self.drop_open(&f).await;
-                return Err(e);
-            }
-        }
-        Ok(self.new_handle(f))
-    }
 
     /// The inode's entry in the open-file table, with one more open; `true` if it is new, and
     /// so not yet reported to the metadata server.

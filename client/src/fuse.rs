@@ -627,13 +627,7 @@ impl Filesystem for FuseFs {
         let (fs, name, uid, gid) = (self.fs.clone(), name.as_bytes().to_vec(), req.uid(), req.gid());
         let (perm, umask) = ((mode & 0o7777) as u16, (umask & 0o777) as u16);
         self.spawn("create", async move {
-            let r = async {
-                let a = fs.create(parent.0, &name, FileKind::File, perm, umask, uid, gid, 0, None).await?;
-                let fh = fs.open_new(a.ino).await?;
-                Ok::<_, FsError>((a, fh))
-            }
-            .await;
-            match r {
+            match fs.create_open(parent.0, &name, perm, umask, uid, gid).await {
                 Ok((a, fh)) => reply.created(&TTL, &file_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e)),
             }

@@ -99,7 +99,7 @@ fn servers_and_a_mount_count_what_writes_and_reads_did() {
     let meta = scrape(meta_port);
     assert_eq!(must(&meta, r#"tessera_meta_chunk_servers{state="up"}"#), 3.0, "{meta}");
     assert_eq!(must(&meta, "tessera_meta_sessions_live"), 1.0, "{meta}");
-    assert!(must(&meta, r#"tessera_rpc_requests_total{op="create"}"#) >= 3.0, "{meta}");
+    assert!(must(&meta, r#"tessera_rpc_requests_total{op="create_open"}"#) >= 3.0, "{meta}");
     assert!(must(&meta, "tessera_meta_store_wal_syncs_total") >= 1.0, "{meta}");
     assert_eq!(must(&meta, "tessera_meta_store_failed"), 0.0, "{meta}");
 

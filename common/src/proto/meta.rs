@@ -149,6 +149,9 @@ pub enum Mutation {
     /// that overlap within one file; inline data that the copy would have to keep (inline source
     /// bytes in the range, or inline destination bytes outside it). Reply: `Attr` of `dst`.
     CopyBlocks { src: u64, src_first: u64, dst: u64, dst_first: u64, count: u64, end: u64 },
+    /// `open(O_CREAT)` of a new regular file: `Create` of a `File`, which is then open by the
+    /// session as after `Open`, in one change instead of two. Reply: `Attr`.
+    CreateOpen { parent: u64, name: Vec<u8>, perm: u16, uid: u32, gid: u32, umask: u16 },
 }
 
 /// Most blocks one `CopyBlocks` references (one atomic batch); a longer copy takes several.

@@ -43,7 +43,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// 8: `MetaRequest::MetaGroup` (`tessera meta add|remove`); `RaftRpc::Probe` answers the id.
 /// 9: `MetaRequest::ReadDirPlus` (entries with their attributes, for FUSE's readdirplus).
 /// 10: `DirPlus` tells for each entry whether its inode has extended attributes; `MetaRequest::Raft`
-///     names the server it is for.
+///     names the server it is for; `Mutation::CreateOpen`.
 pub const ALPN: &[u8] = b"tessera/10";
 /// Bound on an encoded header (directory listings are paged to stay below it).
 pub const MAX_HEADER: u32 = 4 * 1024 * 1024;

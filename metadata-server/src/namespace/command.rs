@@ -216,7 +216,7 @@ impl Namespace {
             Ok(x) => x,
             Err(e) => (Batch::default(), MetaResponse::Error(e)),
         };
-        if matches!(op, Mutation::Create { .. }) && !matches!(reply, MetaResponse::Error(_)) {
+        if matches!(op, Mutation::Create { .. } | Mutation::CreateOpen { .. }) && !matches!(reply, MetaResponse::Error(_)) {
             batch.put(Cf::Cluster, KEY_NEXT_INO.to_vec(), enc(&(next_ino + 1)));
         }
         // A refused lock changed nothing: not stored, so that the waiting `F_SETLKW` that

@@ -4,44 +4,14 @@ use super::*;
 
 impl Namespace {
     /// Validate `op` of `session` against the current state and build its batch, at time `now`;
-    /// a `Create` makes inode `new_ino`. Reads nothing but these and the store.
+    /// a `Create` or `CreateOpen` makes inode `new_ino`. Reads nothing but these and the store.
     pub(super) fn execute(&self, now: i64, session: u64, new_ino: u64, op: &Mutation) -> Result<(Batch, MetaResponse), WireError> {
         let mut tx = Txn::new(&self.store, session, now)?;
         let reply = match op {
-            Mutation::Create { parent, name, kind, perm, uid, gid, rdev, target, umask } => {
-                check_name(name)?;
-                tx.dir(*parent)?;
-                if tx.dirent(*parent, name)?.is_some() {
-                    return Err(err(ErrorCode::Exists, "entry exists"));
-                }
-                let size = match (kind, target) {
-                    (FileKind::Symlink, Some(t)) if !t.is_empty() && t.len() <= MAX_SYMLINK_LEN && !t.contains(&0) => t.len() as u64,
-                    (FileKind::Symlink, Some(t)) if t.len() > MAX_SYMLINK_LEN => return Err(err(ErrorCode::NameTooLong, "symlink target too long")),
-                    (FileKind::Symlink, _) => return Err(err(ErrorCode::InvalidArgument, "bad symlink target")),
-                    (_, None) => 0,
-                    (_, Some(_)) => return Err(err(ErrorCode::InvalidArgument, "target given for a non-symlink")),
-                };
-                let ino = new_ino;
-                let perm = tx.inherit_acl(*parent, ino, *kind, perm & 0o7777, *umask)?;
-                let r = InodeRec {
-                    kind: *kind,
-                    perm,
-                    nlink: if *kind == FileKind::Dir { 2 } else { 1 },
-                    uid: *uid,
-                    gid: *gid,
-                    size,
-                    atime: now,
-                    mtime: now,
-                    ctime: now,
-                    rdev: *rdev,
-                    target: target.clone(),
-                    parent: *parent,
-                    next_cookie: 3,
-                };
-                tx.add_dirent(*parent, name, ino, *kind)?;
-                let a = attr(ino, &r);
-                tx.put_inode(ino, r);
-                tx.files += 1;
+            Mutation::Create { parent, name, kind, perm, uid, gid, rdev, target, umask } => MetaResponse::Attr(Self::create(&mut tx, now, new_ino, *parent, name, *kind, *perm, (*uid, *gid), *rdev, target, *umask)?),
+            Mutation::CreateOpen { parent, name, perm, uid, gid, umask } => {
+                let a = Self::create(&mut tx, now, new_ino, *parent, name, FileKind::File, *perm, (*uid, *gid), 0, &None, *umask)?;
+                super::opens::record_open(&mut tx.batch, session, a.ino, 1);
                 MetaResponse::Attr(a)
             }
             Mutation::SetAttr { ino, attr: s } => {
@@ -209,5 +179,43 @@ impl Namespace {
             Mutation::CopyBlocks { src, src_first, dst, dst_first, count, end } => self.copy_blocks(&mut tx, (*src, *src_first), (*dst, *dst_first), *count, *end)?,
         };
         Ok((tx.finish()?, reply))
+    }
+
+    /// A new inode `ino` named `name` in `parent` (`Create`, `CreateOpen`).
+    #[allow(clippy::too_many_arguments)]
+    fn create(tx: &mut Txn, now: i64, ino: u64, parent: u64, name: &[u8], kind: FileKind, perm: u16, (uid, gid): (u32, u32), rdev: u32, target: &Option<Vec<u8>>, umask: u16) -> Result<Attr, WireError> {
+        check_name(name)?;
+        tx.dir(parent)?;
+        if tx.dirent(parent, name)?.is_some() {
+            return Err(err(ErrorCode::Exists, "entry exists"));
+        }
+        let size = match (kind, target) {
+            (FileKind::Symlink, Some(t)) if !t.is_empty() && t.len() <= MAX_SYMLINK_LEN && !t.contains(&0) => t.len() as u64,
+            (FileKind::Symlink, Some(t)) if t.len() > MAX_SYMLINK_LEN => return Err(err(ErrorCode::NameTooLong, "symlink target too long")),
+            (FileKind::Symlink, _) => return Err(err(ErrorCode::InvalidArgument, "bad symlink target")),
+            (_, None) => 0,
+            (_, Some(_)) => return Err(err(ErrorCode::InvalidArgument, "target given for a non-symlink")),
+        };
+        let perm = tx.inherit_acl(parent, ino, kind, perm & 0o7777, umask)?;
+        let r = InodeRec {
+            kind,
+            perm,
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            uid,
+            gid,
+            size,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev,
+            target: target.clone(),
+            parent,
+            next_cookie: 3,
+        };
+        tx.add_dirent(parent, name, ino, kind)?;
+        let a = attr(ino, &r);
+        tx.put_inode(ino, r);
+        tx.files += 1;
+        Ok(a)
     }
 }

@@ -64,10 +64,8 @@ impl Namespace {
         if r.kind != FileKind::File {
             return Ok(MetaResponse::Done);
         }
-        let key = tagged(BY_SESSION, tx.session, ino);
-        let count: u64 = self.store.get(Cf::Opens, &key)?.map(|v| dec(&v)).transpose()?.unwrap_or(0);
-        tx.batch.put(Cf::Opens, key, enc(&(count + 1)));
-        tx.batch.put(Cf::Opens, tagged(BY_INODE, ino, tx.session), Vec::new());
+        let count: u64 = self.store.get(Cf::Opens, &tagged(BY_SESSION, tx.session, ino))?.map(|v| dec(&v)).transpose()?.unwrap_or(0);
+        record_open(&mut tx.batch, tx.session, ino, count + 1);
         if r.nlink == 0 {
             // Open again after the session was renewed: it holds the orphan too.
             tx.batch.put(Cf::Orphans, pair_key(tx.session, ino), enc(&tx.now));
@@ -165,4 +163,10 @@ impl Namespace {
         }
         Ok(n)
     }
+}
+
+/// The records of `session` holding `ino` open `count` times (in both indexes).
+pub(super) fn record_open(b: &mut Batch, session: u64, ino: u64, count: u64) {
+    b.put(Cf::Opens, tagged(BY_SESSION, session, ino), enc(&count));
+    b.put(Cf::Opens, tagged(BY_INODE, ino, session), Vec::new());
 }

@@ -95,6 +95,28 @@ fn rename(from: (u64, &str), to: (u64, &str), flags: u32, keep: bool) -> Mutatio
     Mutation::Rename { parent: from.0, name: from.1.into(), new_parent: to.0, new_name: to.1.into(), flags, keep }
 }
 
+/// `CreateOpen` leaves the new file open by the session, as `Create` then `Open` would:
+/// unlinked, it stays an orphan until the session closes it.
+#[test]
+fn a_file_created_open_is_open_by_its_session() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let MetaResponse::Attr(f) = c.m(Mutation::CreateOpen { parent: ROOT_INO, name: "f".into(), perm: 0o640, uid: 7, gid: 8, umask: 0 }) else { panic!() };
+    assert_eq!((f.kind, f.perm, f.uid, f.gid, f.nlink), (FileKind::File, 0o640, 7, 8, 1));
+    assert_eq!(ns.lookup(ROOT_INO, b"f").unwrap(), f);
+    assert!(ns.is_open_by(c.session, f.ino).unwrap());
+    assert_eq!(c.code(Mutation::CreateOpen { parent: ROOT_INO, name: "f".into(), perm: 0o640, uid: 7, gid: 8, umask: 0 }), Some(ErrorCode::Exists));
+    assert_eq!(c.m(Mutation::Unlink { parent: ROOT_INO, name: "f".into(), keep: false }), MetaResponse::Unlinked { orphan: Some(f.ino) });
+    assert_eq!(ns.getattr(f.ino).unwrap().nlink, 0);
+    assert_eq!(c.m(Mutation::Close { ino: f.ino }), MetaResponse::Done);
+    assert!(ns.getattr(f.ino).is_err(), "the one close drops it");
+    // The next inode number moved on: a second file gets a new one.
+    let g = c.mk(ROOT_INO, "g", FileKind::File);
+    assert!(g > f.ino);
+    assert!(!ns.is_open_by(c.session, g).unwrap());
+    assert!(ns.audit_refs().unwrap().clean());
+}
+
 #[test]
 fn a_replaced_file_open_in_a_session_stays_an_orphan_until_its_close() {
     let (_d, ns) = ns();
