@@ -147,7 +147,11 @@ impl Fs {
     /// handle to it.
     pub async fn create_open(&self, parent: u64, name: &[u8], perm: u16, umask: u16, uid: u32, gid: u32) -> FsResult<(Attr, u64)> {
         tessera_common::names::check_name(name)?;
+        let asked = self.xattr_absent.asking();
         let a = self.meta.mutate_attr(Mutation::CreateOpen { parent, name: name.to_vec(), perm, uid, gid, umask }).await?;
+        // A new file has no file capability (a create inherits only ACLs): the kernel's check
+        // before the first write needs no round trip.
+        self.xattr_absent.remember(asked, a.ino, false);
         let (f, fresh) = self.take_entry(a.ino, FileState::new_empty, || None);
         if !fresh {
             // Another process of this mount found the new name and opened the file between the
