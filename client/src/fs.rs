@@ -90,6 +90,8 @@ pub struct Fs {
     upload_slots: Arc<Semaphore>,
     pub locks: crate::locks::Locks,
     pub(crate) xattr_absent: crate::xattr::Absent,
+    /// Last closes waiting to be reported together (`closes.rs`).
+    pub(crate) closes: Arc<crate::closes::Closes>,
     pages: PageMarks,
     pub listings: Listings,
 }
@@ -107,6 +109,7 @@ impl Fs {
             upload_slots: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
             locks: Default::default(),
             xattr_absent: Default::default(),
+            closes: Default::default(),
             pages: PageMarks::default(),
             listings: Listings::default(),
         })
@@ -364,7 +367,12 @@ impl Fs {
 
     /// The entry left the table: the last close on this mount (its locks go at the server).
     async fn report_close(&self, ino: u64) {
+        let locked = self.locks.any_on(ino);
         self.locks.forget(Some(ino));
+        if !locked {
+            self.closes.push(ino);
+            return;
+        }
         if let Err(e) = self.meta.mutate_done(Mutation::Close { ino }).await {
             // The session's expiry closes it in the end.
             tracing::warn!(ino, "reporting a close failed: {e}");

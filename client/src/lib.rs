@@ -5,6 +5,7 @@ pub mod admin;
 pub mod backup;
 pub mod bench;
 pub mod blocks;
+pub mod closes;
 pub mod dev;
 pub mod error;
 pub mod file_state;

@@ -95,6 +95,11 @@ impl Locks {
         meta.mutate_done(Mutation::SetLock { ino, lock }).await
     }
 
+    /// Whether some owner may hold a lock on `ino` through this mount.
+    pub fn any_on(&self, ino: u64) -> bool {
+        self.held.lock().unwrap().iter().any(|(i, _)| *i == ino)
+    }
+
     /// The file's last close on this mount (`Close` releases every lock at the server), or a
     /// new session (the old one's locks are gone).
     pub fn forget(&self, ino: Option<u64>) {

@@ -46,6 +46,7 @@ pub async fn connect(certs: &NodeCerts, meta: &[String]) -> anyhow::Result<Arc<F
             }
         }
     });
+    tokio::spawn(crate::closes::Closes::run(Arc::downgrade(&fs)));
     let weak = Arc::downgrade(&fs);
     tokio::spawn(async move {
         loop {
