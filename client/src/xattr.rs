@@ -32,7 +32,7 @@ pub struct Absent {
 }
 
 impl Absent {
-    fn knows(&self, ino: u64, name: Option<&[u8]>) -> bool {
+    pub(crate) fn knows(&self, ino: u64, name: Option<&[u8]>) -> bool {
         self.known.lock().unwrap().get(&ino).is_some_and(|(t, all)| t.elapsed() < ABSENT_TTL && (*all || name == Some(CAPABILITY)))
     }
 
