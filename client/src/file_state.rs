@@ -14,11 +14,17 @@
 //! once the file outgrows it, the content becomes a dirty block 0 and `server_inline` remembers
 //! that the server still holds the inline copy: a block commit deletes it there, so no commit may
 //! go out before block 0 itself is uploaded (otherwise a crash would lose those bytes).
+//!
+//! A committed block may carry patches (`tessera_common::patch`). A dirty block that began as a
+//! committed one remembers that entry and the range written since (an [`Edit`]): if the range
+//! is small, a flush saves it as one more patch of that entry instead of uploading the block
+//! (Dirty → Committed with the patch added).
 
 use crate::error::FsError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tessera_common::proto::meta::BlockRef;
+use tessera_common::patch::{self as patch_rules, PATCHED_BLOCKS_PER_FILE, PATCH_BLOCK_BYTES};
+use tessera_common::proto::meta::{BlockRef, Patch};
 
 #[derive(Debug)]
 pub enum Block {
@@ -32,12 +38,46 @@ pub enum Block {
     Committed(BlockRef),
 }
 
+/// A block on the chunk servers and the patches over it (none unless committed with some).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub block: BlockRef,
+    pub patches: Option<Arc<Vec<Patch>>>,
+}
+
+impl Stored {
+    fn patches(&self) -> &[Patch] {
+        self.patches.as_deref().map_or(&[], |p| p.as_slice())
+    }
+
+    /// Bytes of the block with its patches.
+    pub fn len(&self) -> u64 {
+        patch_rules::logical_len(self.block.len, self.patches())
+    }
+
+    /// Bytes `[from, from + n)` of the block with its patches (zeros past its end), given the
+    /// stored block's bytes `data`.
+    pub fn bytes(&self, data: &[u8], from: u64, n: usize) -> Vec<u8> {
+        let mut out = vec![0; n];
+        patch_rules::read(&mut out, from, data, self.block.len as u64, self.patches());
+        out
+    }
+}
+
 /// Where the bytes of one block of a read come from.
 pub enum Src {
     Hole,
     /// Bytes of the block from block offset `.1`.
     Bytes(Arc<Vec<u8>>, usize),
-    Block(BlockRef),
+    Block(Stored),
+}
+
+/// A dirty block that began as committed entry `base`: bytes `[lo, hi)` were written since.
+#[derive(Clone, Copy, Debug)]
+struct Edit {
+    base: BlockRef,
+    lo: usize,
+    hi: usize,
 }
 
 #[derive(Default)]
@@ -55,6 +95,9 @@ pub struct FileState {
     /// The metadata server holds inline data that a block commit would delete.
     server_inline: bool,
     next_upload: u64,
+    /// Patches of committed entries, as the metadata server has them.
+    patches: BTreeMap<u64, Arc<Vec<Patch>>>,
+    edits: BTreeMap<u64, Edit>,
     /// A background upload failed: reported by the next write, flush or fsync.
     pub error: Option<FsError>,
     pub last_read_end: u64,
@@ -62,11 +105,13 @@ pub struct FileState {
 
 impl FileState {
     /// State as loaded from the metadata server.
-    pub fn load(&mut self, size: u64, map: Vec<(u64, BlockRef)>, inline: Option<Vec<u8>>) {
+    pub fn load(&mut self, size: u64, map: Vec<(u64, BlockRef)>, inline: Option<Vec<u8>>, patches: Vec<(u64, Vec<Patch>)>) {
         debug_assert!(self.clean());
         self.size = size;
         self.committed_size = size;
         self.blocks = map.into_iter().map(|(i, b)| (i, Block::Committed(b))).collect();
+        self.patches = patches.into_iter().filter(|(i, _)| self.blocks.contains_key(i)).map(|(i, p)| (i, Arc::new(p))).collect();
+        self.edits.clear();
         self.inline = inline.map(Arc::new);
         self.server_inline = false;
         self.size_dirty = false;
@@ -100,16 +145,18 @@ impl FileState {
     }
 
     /// The bytes block `idx` starts from before a write of `n` bytes at `within`, if they must
-    /// be fetched: `Err(block)` means read that block first.
-    pub fn write_base(&self, idx: u64, within: usize, n: usize) -> Result<Vec<u8>, BlockRef> {
+    /// be fetched: `Err(block)` means read that block first (`Stored::bytes` of its whole
+    /// length).
+    pub fn write_base(&self, idx: u64, within: usize, n: usize) -> Result<Vec<u8>, Stored> {
         match self.blocks.get(&idx) {
             Some(Block::Dirty(d)) => Ok(d.clone()),
             Some(Block::Uploading { data, .. }) => Ok(data.as_ref().clone()),
-            Some(Block::Uploaded(b)) | Some(Block::Committed(b)) => {
-                if within == 0 && n >= b.len as usize {
+            Some(Block::Uploaded(_)) | Some(Block::Committed(_)) => {
+                let s = self.stored_at(idx).expect("a stored block");
+                if within == 0 && n as u64 >= s.len() {
                     Ok(Vec::new())
                 } else {
-                    Err(*b)
+                    Err(s)
                 }
             }
             None => match (idx, &self.inline) {
@@ -122,6 +169,19 @@ impl FileState {
     /// Write `src` at `within` of block `idx`, whose current bytes are `base` unless it is
     /// already dirty. Returns the block's length afterwards.
     pub fn write(&mut self, idx: u64, base: Vec<u8>, within: usize, src: &[u8]) -> usize {
+        let (lo, hi) = (within, within + src.len());
+        match self.blocks.get(&idx) {
+            Some(Block::Committed(b)) => {
+                self.edits.insert(idx, Edit { base: *b, lo, hi });
+            }
+            Some(Block::Dirty(_)) => {
+                if let Some(e) = self.edits.get_mut(&idx) {
+                    e.lo = e.lo.min(lo);
+                    e.hi = e.hi.max(hi);
+                }
+            }
+            _ => {}
+        }
         let buf = match self.blocks.get_mut(&idx) {
             Some(Block::Dirty(d)) => d,
             _ => {
@@ -139,11 +199,18 @@ impl FileState {
         buf.len()
     }
 
+    /// Whether dirty block `idx` should be uploaded now, before a flush: it is full, unless it
+    /// is a small edit of a committed block (a flush saves that as a patch).
+    pub fn full(&self, idx: u64, bs: u64) -> bool {
+        matches!(self.blocks.get(&idx), Some(Block::Dirty(d)) if d.len() as u64 == bs) && !self.edits.get(&idx).is_some_and(|e| e.hi - e.lo <= PATCH_BLOCK_BYTES)
+    }
+
     /// Dirty → Uploading. Returns the bytes to upload and the upload's number.
     pub fn seal(&mut self, idx: u64) -> Option<(Arc<Vec<u8>>, u64)> {
         if !matches!(self.blocks.get(&idx), Some(Block::Dirty(_))) {
             return None;
         }
+        self.edits.remove(&idx);
         let Some(Block::Dirty(d)) = self.blocks.remove(&idx) else { unreachable!() };
         let data = Arc::new(d);
         self.next_upload += 1;
@@ -177,6 +244,8 @@ impl FileState {
             if matches!(self.blocks.get(i), Some(Block::Uploaded(x)) if x == b) {
                 self.blocks.insert(*i, Block::Committed(*b));
             }
+            // The server's entry is the new block now, without patches.
+            self.patches.remove(i);
             if *i == 0 {
                 self.server_inline = false;
             }
@@ -203,9 +272,38 @@ impl FileState {
         Some(data)
     }
 
+    /// The dirty blocks a flush may save as patches (index, the entry they were read from,
+    /// the patch), within the bounds of `tessera_common::patch` as far as this mount knows.
+    pub fn patches_to_commit(&self) -> Vec<(u64, BlockRef, Patch)> {
+        let mut patched = self.patches.len() as u64;
+        let mut out = Vec::new();
+        for (idx, e) in &self.edits {
+            let (Some(Block::Dirty(d)), true) = (self.blocks.get(idx), e.lo < e.hi) else { continue };
+            let on = self.patches.get(idx).map_or(&[][..], |p| p.as_slice());
+            if e.hi > d.len() || !patch_rules::fits(on, e.hi - e.lo) || (on.is_empty() && patched >= PATCHED_BLOCKS_PER_FILE) {
+                continue;
+            }
+            patched += on.is_empty() as u64;
+            out.push((*idx, e.base, Patch { at: e.lo as u32, data: d[e.lo..e.hi].to_vec() }));
+        }
+        out
+    }
+
+    /// The metadata server added these patches and has `size`: their blocks are committed.
+    pub fn patched(&mut self, list: Vec<(u64, BlockRef, Patch)>, size: u64) {
+        for (idx, base, p) in list {
+            self.edits.remove(&idx);
+            self.blocks.insert(idx, Block::Committed(base));
+            Arc::make_mut(self.patches.entry(idx).or_default()).push(p);
+        }
+        self.committed_size = size;
+    }
+
     /// The inline content `data` is committed.
     pub fn inline_committed(&mut self, data: Vec<u8>) {
         self.blocks.clear();
+        self.patches.clear();
+        self.edits.clear();
         self.committed_size = data.len() as u64;
         self.inline = Some(Arc::new(data));
         self.server_inline = false;
@@ -241,7 +339,7 @@ impl FileState {
             .iter()
             .rev()
             .find_map(|(i, b)| match b {
-                Block::Uploaded(r) | Block::Committed(r) => Some(i * bs + r.len as u64),
+                Block::Uploaded(_) | Block::Committed(_) => Some(i * bs + self.stored_at(*i).map_or(0, |s| s.len())),
                 _ => None,
             })
             .unwrap_or(0)
@@ -254,10 +352,24 @@ impl FileState {
                 Arc::make_mut(d).truncate(size as usize);
             }
         }
-        self.blocks.retain(|&i, _| i < size.div_ceil(bs));
+        let end = size.div_ceil(bs);
+        self.blocks.retain(|&i, _| i < end);
+        self.patches.retain(|&i, _| i < end);
+        self.edits.retain(|&i, _| i < end);
         if size % bs != 0 {
             let keep = (size % bs) as usize;
-            match self.blocks.get_mut(&(size / bs)) {
+            let idx = size / bs;
+            if let Some(p) = self.patches.get_mut(&idx) {
+                patch_rules::clip(Arc::make_mut(p), keep as u64);
+            }
+            if let Some(e) = self.edits.get_mut(&idx) {
+                e.hi = e.hi.min(keep);
+                if e.lo >= e.hi {
+                    // Nothing written here is left: the block goes up whole.
+                    self.edits.remove(&idx);
+                }
+            }
+            match self.blocks.get_mut(&idx) {
                 Some(Block::Dirty(d)) => d.truncate(keep),
                 Some(Block::Uploaded(b)) | Some(Block::Committed(b)) => b.len = b.len.min(keep as u32),
                 Some(Block::Uploading { data, .. }) => {
@@ -276,6 +388,8 @@ impl FileState {
     /// takes the inline content with it.
     pub fn punch(&mut self, first: u64, end: u64) {
         self.blocks.retain(|&i, _| i < first || i >= end);
+        self.patches.retain(|&i, _| i < first || i >= end);
+        self.edits.retain(|&i, _| i < first || i >= end);
         if first == 0 && end > 0 {
             self.inline = None;
             self.server_inline = false;
@@ -323,7 +437,7 @@ impl FileState {
                 Src::Bytes(Arc::new(part), lo as usize)
             }
             Some(Block::Uploading { data, .. }) => Src::Bytes(data.clone(), 0),
-            Some(Block::Uploaded(b)) | Some(Block::Committed(b)) => Src::Block(*b),
+            Some(Block::Uploaded(_)) | Some(Block::Committed(_)) => Src::Block(self.stored_at(idx).expect("a stored block")),
             None => match (idx, &self.inline) {
                 (0, Some(d)) => Src::Bytes(d.clone(), 0),
                 _ => Src::Hole,
@@ -343,12 +457,30 @@ impl FileState {
                 h.update(&r.id.0);
                 h.update(&r.len.to_le_bytes());
             }
+            if let (Block::Committed(_), Some(patches)) = (b, self.patches.get(i)) {
+                for p in patches.iter() {
+                    h.update(b"patch");
+                    h.update(&p.at.to_le_bytes());
+                    h.update(&(p.data.len() as u64).to_le_bytes());
+                    h.update(&p.data);
+                }
+            }
         }
         if let Some(d) = &self.inline {
             h.update(b"inline");
             h.update(d);
         }
         h.finalize()
+    }
+
+    /// Block `idx` if it is on the chunk servers, with the patches the metadata server has
+    /// over it if it is committed.
+    fn stored_at(&self, idx: u64) -> Option<Stored> {
+        match self.blocks.get(&idx) {
+            Some(Block::Uploaded(b)) => Some(Stored { block: *b, patches: None }),
+            Some(Block::Committed(b)) => Some(Stored { block: *b, patches: self.patches.get(&idx).cloned() }),
+            _ => None,
+        }
     }
 
     /// A stored block worth prefetching at `idx` (not shadowed by local bytes).
@@ -421,8 +553,8 @@ mod tests {
     #[test]
     fn a_partial_overwrite_of_a_stored_block_reads_it_first() {
         let mut s = FileState::default();
-        s.load(8192, vec![(0, bref(&[1; 4096])), (1, bref(&[2; 4096]))], None);
-        assert_eq!(s.write_base(0, 10, 5), Err(bref(&[1; 4096])));
+        s.load(8192, vec![(0, bref(&[1; 4096])), (1, bref(&[2; 4096]))], None, vec![]);
+        assert_eq!(s.write_base(0, 10, 5), Err(Stored { block: bref(&[1; 4096]), patches: None }));
         assert_eq!(s.write_base(1, 0, 4096), Ok(Vec::new()), "a full overwrite needs no read");
         assert_eq!(s.write_base(7, 10, 5), Ok(Vec::new()), "a hole starts empty");
     }
@@ -430,7 +562,7 @@ mod tests {
     #[test]
     fn outgrowing_inline_holds_block_commits_until_block0_is_uploaded() {
         let mut s = FileState::default();
-        s.load(5, vec![], Some(b"hello".to_vec()));
+        s.load(5, vec![], Some(b"hello".to_vec()), vec![]);
         assert!(s.is_small());
         assert!(matches!(s.source(0, 0, 5), Src::Bytes(ref d, 0) if d.as_slice() == b"hello"));
         // Append past the inline limit, into block 1.
@@ -479,5 +611,61 @@ mod tests {
         s.upload_done(0, up, Ok(bref(&[1; 100])));
         assert!(s.uploaded().is_empty(), "the upload of the longer block is stale");
         assert_eq!(s.size, 50);
+    }
+    #[test]
+    fn a_small_edit_of_a_committed_block_is_saved_as_a_patch() {
+        let bs = 4096;
+        let base = bref(&[1; 4096]);
+        let mut s = FileState::default();
+        s.load(4096, vec![(0, base)], None, vec![(0, vec![Patch { at: 0, data: b"old".to_vec() }])]);
+        let before = s.content_id();
+        let Err(stored) = s.write_base(0, 100, 3) else { panic!("a partial overwrite reads the block") };
+        let bytes = stored.bytes(&[1; 4096], 0, stored.len() as usize);
+        assert_eq!(&bytes[..4], b"old\x01", "the base carries the patches");
+        s.write(0, bytes, 100, b"xyz");
+        assert!(!s.full(0, bs), "a small edit of a full block waits for the flush");
+        let list = s.patches_to_commit();
+        assert_eq!(list, vec![(0, base, Patch { at: 100, data: b"xyz".to_vec() })]);
+        s.patched(list, 4096);
+        assert!(s.clean());
+        let Src::Block(stored) = s.source(0, 0, 4096) else { panic!("committed") };
+        let got = stored.bytes(&[1; 4096], 98, 6);
+        assert_eq!(got, b"\x01\x01xyz\x01");
+        assert_ne!(s.content_id(), before, "patches are part of the content");
+        // Once committed as a block, the entry has no patches.
+        s.write(0, stored.bytes(&[1; 4096], 0, 4096), 0, b"new");
+        let (d, up) = s.seal(0).unwrap();
+        s.upload_done(0, up, Ok(bref(&d)));
+        s.committed(&s.uploaded(), 4096);
+        let Src::Block(stored) = s.source(0, 0, 4096) else { panic!("committed") };
+        assert_eq!(stored.patches, None);
+    }
+
+    #[test]
+    fn an_edit_past_the_patch_bound_goes_up_whole() {
+        let bs = 1 << 20;
+        let mut s = FileState::default();
+        s.load(bs, vec![(0, bref(&vec![1; bs as usize]))], None, vec![]);
+        let n = tessera_common::patch::PATCH_BLOCK_BYTES + 1;
+        s.write(0, vec![1; bs as usize], 10, &vec![2; n]);
+        assert!(s.full(0, bs));
+        assert!(s.patches_to_commit().is_empty());
+    }
+
+    #[test]
+    fn a_truncate_cuts_patches_and_edits() {
+        let mut s = FileState::default();
+        s.load(300, vec![(0, bref(&[1; 200]))], None, vec![(0, vec![Patch { at: 150, data: vec![2; 150] }])]);
+        assert_eq!(s.stored_extent(4096), 300, "the patch reaches past the stored bytes");
+        s.truncate(160, 4096);
+        let Src::Block(stored) = s.source(0, 0, 160) else { panic!("committed") };
+        assert_eq!(stored.len(), 160);
+        assert_eq!(stored.patches.as_deref().unwrap(), &vec![Patch { at: 150, data: vec![2; 10] }]);
+        // An edit cut away entirely leaves a dirty block that goes up whole.
+        let Err(st) = s.write_base(0, 150, 5) else { panic!() };
+        s.write(0, st.bytes(&[1; 200], 0, 160), 150, &[3; 5]);
+        s.truncate(100, 4096);
+        assert!(s.patches_to_commit().is_empty());
+        assert_eq!(s.dirty_indexes(), vec![0]);
     }
 }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tessera_common::proto::meta::*;
-use tessera_common::BlockId;
+use tessera_common::{BlockId, ErrorCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -298,8 +298,8 @@ impl Fs {
             if !st.loaded || st.clean() {
                 // Open here already: the pages show the local state.
                 let pages_from = if st.loaded { Some(st.content_id()) } else { st.pages_from.take() };
-                let (size, map, inline) = self.meta.block_map(ino).await?;
-                st.load(size, map, inline);
+                let (size, map, inline, patches) = self.meta.block_map(ino).await?;
+                st.load(size, map, inline, patches);
                 f.size_hint.store(size, Ordering::Relaxed);
                 keep_cache = page_cache::keep(pages_from, st.content_id());
             }
@@ -408,15 +408,41 @@ impl Fs {
             return Ok(());
         }
         st.leave_inline();
+        // Small edits of committed blocks go as patches, the rest as whole blocks.
+        let patches = st.patches_to_commit();
         for idx in st.dirty_indexes() {
-            self.seal(st, idx).await;
+            if !patches.iter().any(|(i, _, _)| *i == idx) {
+                self.seal(st, idx).await;
+            }
         }
         reap(st, true).await;
         if let Some(e) = st.error.take() {
             return Err(e);
         }
         let size = st.size;
-        self.commit(f, st, size).await?;
+        if patches.is_empty() || !st.uploaded().is_empty() {
+            self.commit(f, st, size).await?;
+        }
+        if !patches.is_empty() {
+            let indexes: Vec<u64> = patches.iter().map(|(i, _, _)| *i).collect();
+            match self.meta.mutate_attr(Mutation::PatchBlocks { ino: f.ino, patches: patches.clone(), size }).await {
+                Ok(_) => st.patched(patches, size),
+                // Another mount changed a block since this mount read it, or a bound of
+                // `tessera_common::patch` is reached: nothing was applied; whole blocks go.
+                Err(FsError::Wire(e)) if e.code == ErrorCode::InvalidArgument => {
+                    tracing::debug!(ino = f.ino, "patches refused, uploading the blocks: {e}");
+                    for idx in indexes {
+                        self.seal(st, idx).await;
+                    }
+                    reap(st, true).await;
+                    if let Some(e) = st.error.take() {
+                        return Err(e);
+                    }
+                    self.commit(f, st, size).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         st.size_dirty = false;
         Ok(())
     }
@@ -524,12 +550,13 @@ impl Fs {
             let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
             let base = match st.write_base(idx, within, n) {
                 Ok(b) => b,
-                Err(b) => {
-                    let d = self.blocks.get(b.id).await?;
-                    d[..(b.len as usize).min(d.len())].to_vec()
+                Err(s) => {
+                    let d = self.blocks.get(s.block.id).await?;
+                    s.bytes(&d, 0, s.len() as usize)
                 }
             };
-            if st.write(idx, base, within, src) as u64 == bs {
+            st.write(idx, base, within, src);
+            if st.full(idx, bs) {
                 self.seal(&mut st, idx).await;
             }
             pos += n as u64;
@@ -582,7 +609,7 @@ impl Fs {
         };
         let fetched = futures::future::join_all(plan.iter().map(|(_, s)| async {
             match s {
-                Src::Block(b) => self.blocks.get(b.id).await.map(Some),
+                Src::Block(s) => self.blocks.get(s.block.id).await.map(Some),
                 _ => Ok(None),
             }
         }))
@@ -594,15 +621,21 @@ impl Fs {
             let lo = offset.max(bstart);
             let hi = end.min(bstart + bs);
             let dst = &mut out[(lo - offset) as usize..(hi - offset) as usize];
+            let from = lo - bstart;
+            // A patched block: its bytes for this range, put together.
+            let patched = match (src, &got) {
+                (Src::Block(s), Some(d)) if s.patches.is_some() => Some(s.bytes(d, from, dst.len())),
+                _ => None,
+            };
             // `data` holds the block's bytes from block offset `base`, valid for `valid` bytes.
-            let (data, base, valid): (&[u8], u64, u64) = match (src, &got) {
-                (Src::Hole, _) => continue,
-                (Src::Bytes(d, base), _) => (d.as_slice(), *base as u64, d.len() as u64),
-                (Src::Block(b), Some(d)) => (d.as_slice(), 0, (b.len as u64).min(d.len() as u64)),
-                (Src::Block(_), None) => continue,
+            let (data, base, valid): (&[u8], u64, u64) = match (src, &got, &patched) {
+                (Src::Hole, _, _) => continue,
+                (Src::Bytes(d, base), _, _) => (d.as_slice(), *base as u64, d.len() as u64),
+                (Src::Block(s), Some(_), Some(p)) => (p.as_slice(), from, s.len().saturating_sub(from).min(p.len() as u64)),
+                (Src::Block(s), Some(d), None) => (d.as_slice(), 0, (s.block.len as u64).min(d.len() as u64)),
+                (Src::Block(_), None, _) => continue,
             };
             // Copy where the read range [from, from+len) meets the valid bytes [base, base+valid).
-            let from = lo - bstart;
             let a = from.max(base);
             let b = (from + dst.len() as u64).min(base + valid);
             if a < b {

@@ -165,22 +165,25 @@ impl MetaClient {
         }
     }
 
-    /// The whole block map of a file, paged, with its inline data.
-    pub async fn block_map(&self, ino: u64) -> FsResult<(u64, Vec<(u64, BlockRef)>, Option<Vec<u8>>)> {
+    /// The whole block map of a file, paged, with its inline data and patches.
+    #[allow(clippy::type_complexity)]
+    pub async fn block_map(&self, ino: u64) -> FsResult<(u64, Vec<(u64, BlockRef)>, Option<Vec<u8>>, Vec<(u64, Vec<Patch>)>)> {
         let mut out = Vec::new();
+        let mut all_patches = Vec::new();
         let mut first = 0;
         let mut data = None;
         loop {
             match self.call(MetaRequest::GetBlocks { ino, first, count: 16384 }).await? {
-                MetaResponse::Blocks { size, blocks, inline } => {
+                MetaResponse::Blocks { size, blocks, inline, patches } => {
                     let n = blocks.len();
                     if let Some((last, _)) = blocks.last() {
                         first = last + 1;
                     }
                     out.extend(blocks);
+                    all_patches.extend(patches);
                     data = data.or(inline);
                     if n < 16384 {
-                        return Ok((size, out, data));
+                        return Ok((size, out, data, all_patches));
                     }
                 }
                 r => return Err(unexpected(r)),

@@ -13,6 +13,7 @@ pub mod names;
 pub mod net;
 pub mod notify;
 pub mod paging;
+pub mod patch;
 pub mod proto;
 pub mod ring;
 pub mod tls;

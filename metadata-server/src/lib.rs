@@ -176,7 +176,7 @@ impl MetaService {
             MetaRequest::ReadDirPlus { ino, after, limit } => r(ns.readdir_plus(ino, after, limit).map(|(entries, done)| MetaResponse::DirPlus { entries, done })),
             MetaRequest::ReadLink { ino } => r(ns.readlink(ino).map(MetaResponse::Link)),
             MetaRequest::StatFs => r(self.statfs()),
-            MetaRequest::GetBlocks { ino, first, count } => r(ns.get_blocks(ino, first, count).map(|(size, blocks, inline)| MetaResponse::Blocks { size, blocks, inline })),
+            MetaRequest::GetBlocks { ino, first, count } => r(ns.get_blocks(ino, first, count).map(|(size, blocks, inline, patches)| MetaResponse::Blocks { size, blocks, inline, patches })),
             MetaRequest::Mutate { session, seq, op } => match peer.role {
                 Role::Client | Role::Admin => {
                     let frees_locks = matches!(op, Mutation::SetLock { .. } | Mutation::Close { .. });

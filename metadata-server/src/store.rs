@@ -33,6 +33,9 @@ pub enum Cf {
     Opens,
     /// Lock table per inode: ino → the locks held on it.
     Locks,
+    /// Patches of block-map entries (`tessera_common::patch`): (ino, index) → the patches in
+    /// order; and ino → the number of that file's entries with patches.
+    Patches,
     /// Under Raft: the log, index (big-endian) → entry.
     RaftLog,
     /// Under Raft: the vote, the commit index, the last purged and the last applied log id, the
@@ -41,9 +44,9 @@ pub enum Cf {
 }
 
 impl Cf {
-    pub const ALL: [Cf; 14] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans, Cf::Xattrs, Cf::Opens, Cf::Locks, Cf::RaftLog, Cf::RaftState];
+    pub const ALL: [Cf; 15] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans, Cf::Xattrs, Cf::Opens, Cf::Locks, Cf::Patches, Cf::RaftLog, Cf::RaftState];
     /// What commands change: the state a Raft snapshot carries.
-    pub const STATE: [Cf; 12] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans, Cf::Xattrs, Cf::Opens, Cf::Locks];
+    pub const STATE: [Cf; 13] = [Cf::Inodes, Cf::Dirents, Cf::DirCookies, Cf::BlockMap, Cf::Inline, Cf::Refcounts, Cf::Sessions, Cf::Cluster, Cf::Orphans, Cf::Xattrs, Cf::Opens, Cf::Locks, Cf::Patches];
     pub fn name(self) -> &'static str {
         match self {
             Cf::Inodes => "inodes",
@@ -58,6 +61,7 @@ impl Cf {
             Cf::Xattrs => "xattrs",
             Cf::Opens => "opens",
             Cf::Locks => "locks",
+            Cf::Patches => "patches",
             Cf::RaftLog => "raft_log",
             Cf::RaftState => "raft_state",
         }

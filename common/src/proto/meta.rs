@@ -57,6 +57,14 @@ pub struct BlockRef {
     pub len: u32,
 }
 
+/// A small overwrite of a stored block, kept in the metadata instead of a new block (rules and
+/// limits in [`crate::patch`]): `data` replaces the block's bytes from block offset `at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Patch {
+    pub at: u32,
+    pub data: Vec<u8>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetTime {
     Now,
@@ -152,6 +160,15 @@ pub enum Mutation {
     /// `open(O_CREAT)` of a new regular file: `Create` of a `File`, which is then open by the
     /// session as after `Open`, in one change instead of two. Reply: `Attr`.
     CreateOpen { parent: u64, name: Vec<u8>, perm: u16, uid: u32, gid: u32, umask: u16 },
+    /// Add a patch to block-map entries (index, the entry as the client read it, patch) and set
+    /// the size, as `CommitBlocks` does: how a small overwrite is saved without uploading its
+    /// whole block (see [`crate::patch`]). Refused with `InvalidArgument`, nothing changed,
+    /// when an entry is not the one named (another mount replaced or cut it), a patch does
+    /// not fit its block or the file, an index is given twice, or a limit of
+    /// [`crate::patch`] would be passed: the client then uploads the whole block. Any later
+    /// change of an entry (a commit, truncate, hole, removal) drops or cuts its patches.
+    /// Reply: `Attr`.
+    PatchBlocks { ino: u64, patches: Vec<(u64, BlockRef, Patch)>, size: u64 },
 }
 
 /// Most blocks one `CopyBlocks` references (one atomic batch); a longer copy takes several.
@@ -516,7 +533,9 @@ pub enum MetaResponse {
     DirPlus { entries: Vec<(DirEntry, Attr, bool)>, done: bool },
     Link(Vec<u8>),
     StatFs(StatFs),
-    Blocks { size: u64, blocks: Vec<(u64, BlockRef)>, inline: Option<Vec<u8>> },
+    /// A page of a block map; `patches` are those of the entries in `blocks`, in the order they
+    /// were added (each applies over the ones before it).
+    Blocks { size: u64, blocks: Vec<(u64, BlockRef)>, inline: Option<Vec<u8>>, patches: Vec<(u64, Vec<Patch>)> },
     Done,
     Ring(Ring),
     /// `term`: the leader's Raft term (0 when the metadata server runs alone), which fences

@@ -44,7 +44,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// 9: `MetaRequest::ReadDirPlus` (entries with their attributes, for FUSE's readdirplus).
 /// 10: `DirPlus` tells for each entry whether its inode has extended attributes; `MetaRequest::Raft`
 ///     names the server it is for; `Mutation::CreateOpen`.
-pub const ALPN: &[u8] = b"tessera/10";
+/// 11: `Mutation::PatchBlocks`; `MetaResponse::Blocks` carries the entries' patches.
+pub const ALPN: &[u8] = b"tessera/11";
 /// Bound on an encoded header (directory listings are paged to stay below it).
 pub const MAX_HEADER: u32 = 4 * 1024 * 1024;
 /// Bound on a payload: one block at most.

@@ -1,5 +1,6 @@
 //! `CopyBlocks`: a copy of whole blocks is a block-map change. Blocks are named by their hash,
-//! so the destination can reference the source's blocks; only reference counts change.
+//! so the destination can reference the source's blocks; only reference counts change. A
+//! block with patches is refused (the client copies it by value).
 
 use super::*;
 
@@ -56,6 +57,10 @@ impl Namespace {
         let mut from = Vec::with_capacity(count as usize);
         for i in 0..count {
             from.push(tx.block(src, src_first + i)?);
+            // A patched block is more than its id names: its bytes go by value.
+            if !tx.patches(src, src_first + i)?.is_empty() {
+                return Err(bad(format!("copy source block {} has patches", src_first + i)));
+            }
         }
         for (i, b) in from.into_iter().enumerate() {
             let mut b = b;

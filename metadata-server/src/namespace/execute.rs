@@ -111,21 +111,8 @@ impl Namespace {
                 MetaResponse::Attr(a)
             }
             Mutation::CommitBlocks { ino, blocks, size } => {
-                if *size > MAX_FILE_SIZE {
-                    return Err(err(ErrorCode::InvalidArgument, "file size too large"));
-                }
-                let mut r = tx.inode(*ino)?;
-                if r.kind != FileKind::File {
-                    return Err(err(ErrorCode::InvalidArgument, "not a regular file"));
-                }
+                let mut r = tx.commit_start(*ino, *size, blocks.iter().map(|(idx, _)| *idx))?;
                 let bs = tx.block_size as u32;
-                if *size < r.size {
-                    tx.truncate(*ino, &mut r, *size)?;
-                }
-                let mut seen = HashSet::with_capacity(blocks.len());
-                if let Some((idx, _)) = blocks.iter().find(|(idx, _)| !seen.insert(*idx)) {
-                    return Err(err(ErrorCode::InvalidArgument, format!("block index {idx} given twice")));
-                }
                 tx.inline.insert(*ino, None);
                 for (idx, b) in blocks {
                     if b.len == 0 || b.len > bs || idx.saturating_mul(bs as u64) >= *size {
@@ -133,14 +120,9 @@ impl Namespace {
                     }
                     tx.set_block(*ino, *idx, Some(*b))?;
                 }
-                tx.bytes += *size as i64 - r.size as i64;
-                r.size = *size;
-                r.mtime = now;
-                r.ctime = now;
-                let a = attr(*ino, &r);
-                tx.put_inode(*ino, r);
-                MetaResponse::Attr(a)
+                MetaResponse::Attr(tx.commit_end(*ino, &mut r, *size))
             }
+            Mutation::PatchBlocks { ino, patches, size } => self.patch_blocks(&mut tx, *ino, patches, *size)?,
             Mutation::CommitInline { ino, data } => {
                 let mut r = tx.inode(*ino)?;
                 if r.kind != FileKind::File {

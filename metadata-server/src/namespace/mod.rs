@@ -20,6 +20,7 @@ mod locks;
 #[cfg(test)]
 mod model_test;
 mod opens;
+mod patch;
 mod reads;
 mod records;
 mod rename;

@@ -141,7 +141,7 @@ fn check(ns: &Namespace, m: &Model, ctx: &str) {
     for (&ino, f) in &m.files {
         let a = ns.getattr(ino).unwrap();
         assert_eq!((a.nlink, a.size), (f.nlink, f.size), "{ctx}: file {ino}");
-        let (_, map, _) = ns.get_blocks(ino, 0, 1000).unwrap();
+        let (_, map, _, _) = ns.get_blocks(ino, 0, 1000).unwrap();
         assert_eq!(map, f.blocks.iter().map(|(i, b)| (*i, *b)).collect::<Vec<_>>(), "{ctx}: block map of {ino}");
         for b in f.blocks.values() {
             *refs.entry(b.id).or_default() += 1;

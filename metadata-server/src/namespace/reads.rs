@@ -73,7 +73,10 @@ impl Namespace {
         self.get_inode(ino)?.target.ok_or_else(|| err(ErrorCode::InvalidArgument, "not a symlink"))
     }
 
-    pub fn get_blocks(&self, ino: u64, first: u64, count: u64) -> Result<(u64, Vec<(u64, BlockRef)>, Option<Vec<u8>>), WireError> {
+    /// A page of `ino`'s block map from index `first`: its size, up to `count` entries, the
+    /// inline data (with the first page), and the patches of the entries in the page.
+    #[allow(clippy::type_complexity)]
+    pub fn get_blocks(&self, ino: u64, first: u64, count: u64) -> Result<(u64, Vec<(u64, BlockRef)>, Option<Vec<u8>>, Vec<(u64, Vec<Patch>)>), WireError> {
         let v = self.store.view();
         let r = inode_in(&v, ino)?;
         let inline = match v.get(Cf::Inline, &ino_key(ino))? {
@@ -85,7 +88,17 @@ impl Namespace {
         for (k, b) in v.scan(Cf::BlockMap, &ino_key(ino), &pair_key(ino, first), count)? {
             out.push((tail_u64(&k), dec_bref(&b)?));
         }
-        Ok((r.size, out, inline))
+        let mut patches = Vec::new();
+        if let Some((last, _)) = out.last() {
+            let bound = tessera_common::patch::PATCHED_BLOCKS_PER_FILE as usize;
+            for (k, p) in v.scan(Cf::Patches, &ino_key(ino), &pair_key(ino, first), bound)? {
+                // The file's own key (the count) is shorter and sorts before its entries.
+                if k.len() == 16 && tail_u64(&k) <= *last {
+                    patches.push((tail_u64(&k), dec(&p)?));
+                }
+            }
+        }
+        Ok((r.size, out, inline, patches))
     }
 
     pub fn stats(&self) -> Result<Stats, WireError> {

@@ -343,7 +343,7 @@ fn commit_truncate_and_refcounts() {
     assert_eq!(ns.stats().unwrap().logical_bytes, 12388);
     // Truncate into block 1: blocks 2 and 3 go, block 1 keeps its id with a shorter length.
     c.m(Mutation::SetAttr { ino: f, attr: SetAttr { size: Some(4096 + 10), ..Default::default() } });
-    let (size, map, _) = ns.get_blocks(f, 0, 100).unwrap();
+    let (size, map, _, _) = ns.get_blocks(f, 0, 100).unwrap();
     assert_eq!(size, 4106);
     assert_eq!(map, vec![(0, bref(1, 4096)), (1, bref(2, 10))]);
     let refs: HashMap<BlockId, u64> = ns.list_blocks(None, 100).unwrap().into_iter().collect();
@@ -402,10 +402,10 @@ fn inline_data_replaces_blocks_and_truncates() {
     let f = c.mk(ROOT_INO, "f", FileKind::File);
     c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096))], size: 4096 });
     assert!(matches!(c.m(Mutation::CommitInline { ino: f, data: b"hello world".to_vec() }), MetaResponse::Attr(ref a) if a.size == 11));
-    assert_eq!(ns.get_blocks(f, 0, 10).unwrap(), (11, vec![], Some(b"hello world".to_vec())));
+    assert_eq!(ns.get_blocks(f, 0, 10).unwrap(), (11, vec![], Some(b"hello world".to_vec()), vec![]));
     assert!(ns.list_blocks(None, 10).unwrap().is_empty(), "the replaced block lost its reference");
     c.m(Mutation::SetAttr { ino: f, attr: SetAttr { size: Some(5), ..Default::default() } });
-    assert_eq!(ns.get_blocks(f, 0, 10).unwrap(), (5, vec![], Some(b"hello".to_vec())));
+    assert_eq!(ns.get_blocks(f, 0, 10).unwrap(), (5, vec![], Some(b"hello".to_vec()), vec![]));
     assert_eq!(c.code(Mutation::CommitInline { ino: f, data: vec![0; tessera_common::INLINE_MAX + 1] }), Some(ErrorCode::InvalidArgument));
     c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(2, 4096))], size: 4096 });
     assert_eq!(ns.get_blocks(f, 0, 10).unwrap().2, None, "blocks replace inline data");
@@ -538,12 +538,12 @@ fn copy_blocks_references_the_source_blocks_and_counts_each_entry_once() {
     assert_eq!((ns.stats().unwrap().blocks, ns.stats().unwrap().logical_bytes), (3, 4 * 4096 + 100 + 4 * 4096));
     // A hole copies as a hole (g's block 3 loses its reference), and the tail to the end of the file.
     c.m(copy(f, 3, g, 3, 2, 4 * 4096 + 100));
-    assert_eq!(ns.get_blocks(g, 0, 10).unwrap(), (4 * 4096 + 100, vec![(0, bref(2, 4096)), (1, bref(1, 4096)), (2, bref(2, 4096)), (4, bref(3, 100))], None));
+    assert_eq!(ns.get_blocks(g, 0, 10).unwrap(), (4 * 4096 + 100, vec![(0, bref(2, 4096)), (1, bref(1, 4096)), (2, bref(2, 4096)), (4, bref(3, 100))], None, vec![]));
     // One file, ranges apart: f's block 0 into its hole at 3; the size stays.
     assert!(matches!(c.m(copy(f, 0, f, 3, 1, 4 * 4096)), MetaResponse::Attr(ref a) if a.size == 4 * 4096 + 100));
     // A copy ending inside the source's tail block counts only the bytes copied.
     c.m(copy(f, 4, h, 0, 1, 50));
-    assert_eq!(ns.get_blocks(h, 0, 10).unwrap(), (50, vec![(0, bref(3, 50))], None));
+    assert_eq!(ns.get_blocks(h, 0, 10).unwrap(), (50, vec![(0, bref(3, 50))], None, vec![]));
     let before = refs(&ns);
     assert_eq!(before, HashMap::from([(id(1), 4), (id(2), 3), (id(3), 3)]));
     // Refused, nothing changed.
@@ -567,11 +567,11 @@ fn copy_blocks_references_the_source_blocks_and_counts_each_entry_once() {
     c.m(Mutation::CommitInline { ino: k, data: vec![7; 9000] });
     assert_eq!(c.code(copy(k, 1, j, 0, 1, 4096)), Some(ErrorCode::InvalidArgument), "inline source bytes in block 1");
     assert_eq!(c.code(copy(f, 0, k, 0, 1, 4096)), Some(ErrorCode::InvalidArgument), "inline destination bytes past the copy");
-    assert_eq!(ns.get_blocks(k, 0, 10).unwrap(), (9000, vec![], Some(vec![7; 9000])));
+    assert_eq!(ns.get_blocks(k, 0, 10).unwrap(), (9000, vec![], Some(vec![7; 9000]), vec![]));
     assert_eq!(refs(&ns), before);
     assert!(ns.audit_refs().unwrap().clean());
     c.m(copy(f, 0, i, 0, 1, 4096));
-    assert_eq!(ns.get_blocks(i, 0, 10).unwrap(), (4096, vec![(0, bref(1, 4096))], None));
+    assert_eq!(ns.get_blocks(i, 0, 10).unwrap(), (4096, vec![(0, bref(1, 4096))], None, vec![]));
     // The source goes: the copies keep their blocks.
     c.m(Mutation::Unlink { parent: ROOT_INO, name: "f".into(), keep: false });
     assert_eq!(refs(&ns), HashMap::from([(id(1), 2), (id(2), 2), (id(3), 2)]));
@@ -608,4 +608,58 @@ fn a_lookup_never_misses_a_name_that_renames_keep_replacing() {
     });
     assert!(lookups > 1000, "only {lookups} lookups ran beside the renames");
     assert_eq!(misses, 0, "{misses} of {lookups} lookups of a name that always existed answered an error");
+}
+
+#[test]
+fn patches_stay_with_their_entry_and_go_with_it() {
+    use tessera_common::patch::{PATCHED_BLOCKS_PER_FILE, PATCHES_PER_BLOCK};
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let f = c.mk(ROOT_INO, "f", FileKind::File);
+    let patch = |at: u32, data: &[u8]| Patch { at, data: data.to_vec() };
+    c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(1, 4096)), (1, bref(2, 100))], size: 4196 });
+    let pb = |idx: u64, base: BlockRef, p: Patch, size: u64| Mutation::PatchBlocks { ino: f, patches: vec![(idx, base, p)], size };
+    assert!(matches!(c.m(pb(0, bref(1, 4096), patch(10, b"abc"), 4196)), MetaResponse::Attr(ref a) if a.size == 4196));
+    c.m(pb(0, bref(1, 4096), patch(11, b"Z"), 4196));
+    assert_eq!(ns.get_blocks(f, 0, 10).unwrap().3, vec![(0, vec![patch(10, b"abc"), patch(11, b"Z")])], "in the order they were added");
+    // Refused, nothing changed: another entry than the one named; past the file's end; an
+    // empty patch; the same index twice.
+    assert_eq!(c.code(pb(0, bref(2, 4096), patch(0, b"x"), 4196)), Some(ErrorCode::InvalidArgument));
+    assert_eq!(c.code(pb(1, bref(2, 100), patch(95, b"0123456789"), 4196)), Some(ErrorCode::InvalidArgument));
+    assert_eq!(c.code(pb(1, bref(2, 100), patch(4090, b"0123456789"), 3 * 4096)), Some(ErrorCode::InvalidArgument), "past the block");
+    assert_eq!(c.code(pb(1, bref(2, 100), patch(4, b""), 4196)), Some(ErrorCode::InvalidArgument));
+    let twice = Mutation::PatchBlocks { ino: f, patches: vec![(1, bref(2, 100), patch(0, b"a")), (1, bref(2, 100), patch(1, b"b"))], size: 4196 };
+    assert_eq!(c.code(twice), Some(ErrorCode::InvalidArgument));
+    assert_eq!(c.code(pb(5, bref(2, 4096), patch(0, b"x"), 8192 * 4)), Some(ErrorCode::InvalidArgument), "a hole has no entry to patch");
+    assert_eq!(ns.get_blocks(f, 0, 10).unwrap().3.len(), 1);
+    // A patch past the stored bytes grows the file (an append and fsync).
+    assert!(matches!(c.m(pb(1, bref(2, 100), patch(98, b"tail"), 4198)), MetaResponse::Attr(ref a) if a.size == 4198));
+    // A truncate cuts the patches of the entry it ends in.
+    c.m(Mutation::SetAttr { ino: f, attr: SetAttr { size: Some(4096 + 99), ..Default::default() } });
+    assert_eq!(ns.get_blocks(f, 0, 10).unwrap().3, vec![(0, vec![patch(10, b"abc"), patch(11, b"Z")]), (1, vec![patch(98, b"t")])]);
+    // A new block for an entry drops its patches.
+    c.m(Mutation::CommitBlocks { ino: f, blocks: vec![(0, bref(3, 4096))], size: 4195 });
+    assert_eq!(ns.get_blocks(f, 0, 10).unwrap().3, vec![(1, vec![patch(98, b"t")])]);
+    // Bounds: patches per entry, and entries with patches per file.
+    for i in 1..PATCHES_PER_BLOCK as u32 {
+        c.m(pb(1, bref(2, 99), patch(i, b"p"), 4195));
+    }
+    assert_eq!(ns.get_blocks(f, 1, 1).unwrap().3[0].1.len(), PATCHES_PER_BLOCK);
+    assert_eq!(c.code(pb(1, bref(2, 99), patch(0, b"p"), 4195)), Some(ErrorCode::InvalidArgument));
+    let g = c.mk(ROOT_INO, "g", FileKind::File);
+    let n = PATCHED_BLOCKS_PER_FILE + 1;
+    c.m(Mutation::CommitBlocks { ino: g, blocks: (0..n).map(|i| (i, bref(4, 4096))).collect(), size: n * 4096 });
+    let on = |range: std::ops::Range<u64>| Mutation::PatchBlocks { ino: g, patches: range.map(|i| (i, bref(4, 4096), patch(0, b"q"))).collect(), size: n * 4096 };
+    assert_eq!(c.code(on(0..n)), Some(ErrorCode::InvalidArgument));
+    assert_eq!(c.code(on(0..n - 1)), None);
+    assert_eq!(c.code(on(n - 1..n)), Some(ErrorCode::InvalidArgument), "the count is kept across commands");
+    c.m(Mutation::PunchBlocks { ino: g, first: 0, count: 1 });
+    assert_eq!(c.code(on(n - 1..n)), None, "a hole took one entry's patches with it");
+    // A copy by reference of a patched block is refused (the client copies its bytes).
+    let copy = Mutation::CopyBlocks { src: g, src_first: 1, dst: f, dst_first: 4, count: 1, end: 5 * 4096 };
+    assert_eq!(c.code(copy), Some(ErrorCode::InvalidArgument));
+    // Removing the files leaves no patch and no count behind.
+    c.m(Mutation::Unlink { parent: ROOT_INO, name: "f".into(), keep: false });
+    c.m(Mutation::Unlink { parent: ROOT_INO, name: "g".into(), keep: false });
+    assert_eq!(ns.store().scan(Cf::Patches, &[], &[], 10).unwrap(), vec![]);
 }

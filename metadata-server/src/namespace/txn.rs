@@ -14,6 +14,8 @@ pub(super) struct Txn<'a> {
     pub(super) dirents: BTreeMap<(u64, Vec<u8>), Option<DirentRec>>,
     pub(super) blocks: BTreeMap<(u64, u64), Option<BlockRef>>,
     pub(super) inline: BTreeMap<u64, Option<Vec<u8>>>,
+    /// Patches of block-map entries; `None`: none (any the store has are deleted).
+    pub(super) patches: BTreeMap<(u64, u64), Option<Vec<Patch>>>,
     pub(super) refs: BTreeMap<BlockId, i64>,
     /// The session of the command.
     pub(super) session: u64,
@@ -33,6 +35,7 @@ impl<'a> Txn<'a> {
             dirents: BTreeMap::new(),
             blocks: BTreeMap::new(),
             inline: BTreeMap::new(),
+            patches: BTreeMap::new(),
             refs: BTreeMap::new(),
             session,
             files: 0,
@@ -80,6 +83,7 @@ impl<'a> Txn<'a> {
     }
 
     /// Set or clear one block-map entry; the replaced block loses a reference, the new gains one.
+    /// The entry's patches go with the old entry.
     pub(super) fn set_block(&mut self, ino: u64, idx: u64, b: Option<BlockRef>) -> Result<(), WireError> {
         if let Some(old) = self.block(ino, idx)? {
             *self.refs.entry(old.id).or_default() -= 1;
@@ -88,7 +92,27 @@ impl<'a> Txn<'a> {
             *self.refs.entry(new.id).or_default() += 1;
         }
         self.blocks.insert((ino, idx), b);
+        if !self.patches(ino, idx)?.is_empty() {
+            self.patches.insert((ino, idx), None);
+        }
         Ok(())
+    }
+
+    /// The patches of block-map entry `idx` of `ino` as this command has left them.
+    pub(super) fn patches(&self, ino: u64, idx: u64) -> Result<Vec<Patch>, WireError> {
+        if let Some(p) = self.patches.get(&(ino, idx)) {
+            return Ok(p.clone().unwrap_or_default());
+        }
+        Ok(self.store.get(Cf::Patches, &pair_key(ino, idx))?.map(|v| dec(&v)).transpose()?.unwrap_or_default())
+    }
+
+    pub(super) fn set_patches(&mut self, ino: u64, idx: u64, p: Vec<Patch>) {
+        self.patches.insert((ino, idx), (!p.is_empty()).then_some(p));
+    }
+
+    /// How many block-map entries of `ino` have patches in the store (before this command).
+    pub(super) fn patched_blocks(&self, ino: u64) -> Result<u64, WireError> {
+        Ok(self.store.get(Cf::Patches, &ino_key(ino))?.map(|v| dec(&v)).transpose()?.unwrap_or(0))
     }
 
     pub(super) fn add_dirent(&mut self, parent: u64, name: &[u8], ino: u64, kind: FileKind) -> Result<(), WireError> {
@@ -228,12 +252,16 @@ impl<'a> Txn<'a> {
             self.drop_blocks_from(ino, size.div_ceil(bs))?;
             let rem = size % bs;
             if rem != 0 {
-                if let Some(mut b) = self.block(ino, size / bs)? {
+                let idx = size / bs;
+                if let Some(mut b) = self.block(ino, idx)? {
+                    let mut patches = self.patches(ino, idx)?;
                     if b.len as u64 > rem {
                         // The block keeps its bytes (its id is their hash); only `len` of them count.
                         b.len = rem as u32;
-                        self.set_block(ino, size / bs, Some(b))?;
+                        self.set_block(ino, idx, Some(b))?;
                     }
+                    tessera_common::patch::clip(&mut patches, rem);
+                    self.set_patches(ino, idx, patches);
                 }
             }
         }
@@ -242,6 +270,39 @@ impl<'a> Txn<'a> {
         r.mtime = self.now;
         r.ctime = self.now;
         Ok(())
+    }
+
+    /// The start of a commit of blocks or patches of file `ino` at `size`: the file, cut to
+    /// `size` if it is shorter. Refused if an index is given twice.
+    pub(super) fn commit_start(&mut self, ino: u64, size: u64, indexes: impl Iterator<Item = u64>) -> Result<InodeRec, WireError> {
+        if size > MAX_FILE_SIZE {
+            return Err(err(ErrorCode::InvalidArgument, "file size too large"));
+        }
+        let mut r = self.inode(ino)?;
+        if r.kind != FileKind::File {
+            return Err(err(ErrorCode::InvalidArgument, "not a regular file"));
+        }
+        if size < r.size {
+            self.truncate(ino, &mut r, size)?;
+        }
+        let mut seen = HashSet::new();
+        for idx in indexes {
+            if !seen.insert(idx) {
+                return Err(err(ErrorCode::InvalidArgument, format!("block index {idx} given twice")));
+            }
+        }
+        Ok(r)
+    }
+
+    /// The end of a commit: the new size and times.
+    pub(super) fn commit_end(&mut self, ino: u64, r: &mut InodeRec, size: u64) -> Attr {
+        self.bytes += size as i64 - r.size as i64;
+        r.size = size;
+        r.mtime = self.now;
+        r.ctime = self.now;
+        let a = attr(ino, r);
+        self.put_inode(ino, r.clone());
+        a
     }
 
     pub(super) fn finish(mut self) -> Result<Batch, WireError> {
@@ -288,6 +349,28 @@ impl<'a> Txn<'a> {
             match b {
                 Some(b) => self.batch.put(Cf::BlockMap, pair_key(ino, idx), enc_bref(&b)),
                 None => self.batch.delete(Cf::BlockMap, pair_key(ino, idx)),
+            }
+        }
+        // Entries with patches, counted per file (the bound of `PatchBlocks`).
+        let mut patched: BTreeMap<u64, i64> = BTreeMap::new();
+        for ((ino, idx), p) in std::mem::take(&mut self.patches) {
+            let key = pair_key(ino, idx);
+            let had = self.store.get(Cf::Patches, &key)?.is_some();
+            *patched.entry(ino).or_default() += p.is_some() as i64 - had as i64;
+            match p {
+                Some(p) => self.batch.put(Cf::Patches, key, enc(&p)),
+                None if had => self.batch.delete(Cf::Patches, key),
+                None => {}
+            }
+        }
+        for (ino, delta) in patched {
+            if delta == 0 {
+                continue;
+            }
+            let cur = self.patched_blocks(ino)?;
+            match u64::try_from(cur as i64 + delta).map_err(|_| below_zero(format!("patched blocks of inode {ino} ({cur} stored, change {delta})")))? {
+                0 => self.batch.delete(Cf::Patches, ino_key(ino)),
+                n => self.batch.put(Cf::Patches, ino_key(ino), enc(&n)),
             }
         }
         for (ino, d) in std::mem::take(&mut self.inline) {
