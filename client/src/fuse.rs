@@ -557,7 +557,7 @@ impl Filesystem for FuseFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
         // A known absence is answered here, on the FUSE thread: `ls -l` asks two per file.
-        if self.fs.xattr_absent.knows(ino.0, Some(name.as_bytes())) {
+        if self.fs.xattr_known_absent(ino.0, name.as_bytes()) {
             let t = std::time::Instant::now();
             reply.error(Errno::from_i32(libc::ENODATA));
             self.fs.blocks.metrics.fuse.observe("getxattr", t.elapsed());

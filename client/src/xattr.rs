@@ -68,15 +68,15 @@ fn unexpected(r: MetaResponse) -> FsError {
     FsError::Io(format!("unexpected reply from the metadata server: {r:?}"))
 }
 
-fn no_attribute() -> FsError {
-    FsError::Errno(libc::ENODATA)
-}
-
 impl Fs {
+    /// Whether attribute `name` of `ino` is known to be absent (no round trip needed): cheap
+    /// enough for the FUSE thread, which asks before `get_xattr`.
+    pub fn xattr_known_absent(&self, ino: u64, name: &[u8]) -> bool {
+        self.xattr_absent.knows(ino, Some(name))
+    }
+
+    /// Asks the metadata server; a caller checks `xattr_known_absent` first.
     pub async fn get_xattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        if self.xattr_absent.knows(ino, Some(name)) {
-            return Err(no_attribute());
-        }
         let asked = self.xattr_absent.asking();
         match self.meta.call(MetaRequest::GetXattr { ino, name: name.to_vec() }).await {
             Ok(MetaResponse::Xattr(v)) => Ok(v),

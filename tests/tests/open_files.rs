@@ -178,3 +178,28 @@ fn a_replaced_open_file_stays_readable_and_leaves_no_name() {
     assert_eq!(names(&c.mnt), vec!["t"]);
     c.assert_fsck_clean();
 }
+
+/// The last close of a file on a mount is reported a moment late, together with others
+/// (client/src/closes.rs): an unlinked file that was open is still dropped within moments of
+/// that close, and not before it.
+#[test]
+fn an_unlinked_open_file_is_dropped_soon_after_its_last_close() {
+    let c = DevCluster::start();
+    let p = c.path("big");
+    fs::write(&p, vec![7u8; 8 * MIB]).unwrap();
+    let logical = || c.status_json()["bytes"]["logical"].as_u64().unwrap();
+    let files = || c.status_json()["files"].as_u64().unwrap();
+    let (files_before, bytes_before) = (files(), logical());
+    assert!(bytes_before >= 8 * MIB as u64, "{bytes_before}");
+    let f = File::open(&p).unwrap();
+    fs::remove_file(&p).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!((files(), logical()), (files_before, bytes_before), "kept while open");
+    let mut head = [0u8; 4];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(head, [7; 4]);
+    drop(f);
+    let dropped = wait_for(Duration::from_secs(3), || (files() == files_before - 1).then(logical));
+    assert_eq!(dropped, Some(bytes_before - 8 * MIB as u64), "dropped soon after the last close");
+    c.assert_fsck_clean();
+}
