@@ -23,7 +23,7 @@
 use crate::error::FsError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tessera_common::patch::{self as patch_rules, PATCHED_BLOCKS_PER_FILE, PATCH_BLOCK_BYTES};
+use tessera_common::patch::{self as patch_rules, Totals, PATCH_BLOCK_BYTES};
 use tessera_common::proto::meta::{BlockRef, Patch};
 
 #[derive(Debug)]
@@ -275,15 +275,16 @@ impl FileState {
     /// The dirty blocks a flush may save as patches (index, the entry they were read from,
     /// the patch), within the bounds of `tessera_common::patch` as far as this mount knows.
     pub fn patches_to_commit(&self) -> Vec<(u64, BlockRef, Patch)> {
-        let mut patched = self.patches.len() as u64;
+        let mut file = self.patches.values().fold(Totals::default(), |t, p| t + Totals::of(p));
         let mut out = Vec::new();
         for (idx, e) in &self.edits {
             let (Some(Block::Dirty(d)), true) = (self.blocks.get(idx), e.lo < e.hi) else { continue };
             let on = self.patches.get(idx).map_or(&[][..], |p| p.as_slice());
-            if e.hi > d.len() || !patch_rules::fits(on, e.hi - e.lo) || (on.is_empty() && patched >= PATCHED_BLOCKS_PER_FILE) {
+            if e.hi > d.len() || !patch_rules::fits(on, e.hi - e.lo) || !file.fits(e.hi - e.lo) {
                 continue;
             }
-            patched += on.is_empty() as u64;
+            file.patches += 1;
+            file.bytes += (e.hi - e.lo) as u64;
             out.push((*idx, e.base, Patch { at: e.lo as u32, data: d[e.lo..e.hi].to_vec() }));
         }
         out

@@ -3,7 +3,7 @@
 //! which drops its patches, or `Txn::truncate`, which cuts them.
 
 use super::*;
-use tessera_common::patch::{self as rules, PATCHED_BLOCKS_PER_FILE};
+use tessera_common::patch::{self as rules, PATCHES_PER_FILE, PATCH_FILE_BYTES};
 
 impl Namespace {
     /// See `Mutation::PatchBlocks`.
@@ -11,7 +11,7 @@ impl Namespace {
         let bad = |m: String| err(ErrorCode::InvalidArgument, m);
         let mut r = tx.commit_start(ino, size, patches.iter().map(|(idx, _, _)| *idx))?;
         let bs = tx.block_size;
-        let mut newly = 0;
+        let mut file = tx.patch_totals(ino)?;
         for (idx, base, p) in patches {
             if tx.block(ino, *idx)? != Some(*base) {
                 return Err(bad(format!("block {idx} is not the one the patch was made for (it changed meanwhile)")));
@@ -23,12 +23,13 @@ impl Namespace {
             if !rules::fits(&all, p.data.len()) {
                 return Err(bad(format!("block {idx} has no room for another patch of {} bytes", p.data.len())));
             }
-            newly += all.is_empty() as u64;
+            if !file.fits(p.data.len()) {
+                return Err(bad(format!("file has {} patches of {} bytes (at most {PATCHES_PER_FILE}, {PATCH_FILE_BYTES} bytes)", file.patches, file.bytes)));
+            }
+            file.patches += 1;
+            file.bytes += p.data.len() as u64;
             all.push(p.clone());
             tx.set_patches(ino, *idx, all);
-        }
-        if tx.patched_blocks(ino)? + newly > PATCHED_BLOCKS_PER_FILE {
-            return Err(bad(format!("file has patches on {PATCHED_BLOCKS_PER_FILE} blocks already")));
         }
         Ok(MetaResponse::Attr(tx.commit_end(ino, &mut r, size)))
     }

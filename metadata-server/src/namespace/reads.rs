@@ -90,8 +90,7 @@ impl Namespace {
         }
         let mut patches = Vec::new();
         if let Some((last, _)) = out.last() {
-            let bound = tessera_common::patch::PATCHED_BLOCKS_PER_FILE as usize;
-            for (k, p) in v.scan(Cf::Patches, &ino_key(ino), &pair_key(ino, first), bound)? {
+            for (k, p) in v.scan(Cf::Patches, &ino_key(ino), &pair_key(ino, first), out.len())? {
                 // The file's own key (the count) is shorter and sorts before its entries.
                 if k.len() == 16 && tail_u64(&k) <= *last {
                     patches.push((tail_u64(&k), dec(&p)?));

@@ -612,7 +612,7 @@ fn a_lookup_never_misses_a_name_that_renames_keep_replacing() {
 
 #[test]
 fn patches_stay_with_their_entry_and_go_with_it() {
-    use tessera_common::patch::{PATCHED_BLOCKS_PER_FILE, PATCHES_PER_BLOCK};
+    use tessera_common::patch::{PATCHES_PER_BLOCK, PATCH_FILE_BYTES};
     let (_d, ns) = ns();
     let mut c = C::new(&ns);
     let f = c.mk(ROOT_INO, "f", FileKind::File);
@@ -646,10 +646,11 @@ fn patches_stay_with_their_entry_and_go_with_it() {
     }
     assert_eq!(ns.get_blocks(f, 1, 1).unwrap().3[0].1.len(), PATCHES_PER_BLOCK);
     assert_eq!(c.code(pb(1, bref(2, 99), patch(0, b"p"), 4195)), Some(ErrorCode::InvalidArgument));
+    // Every block of g takes one patch of 4 KiB, up to the bound of the file's bytes.
     let g = c.mk(ROOT_INO, "g", FileKind::File);
-    let n = PATCHED_BLOCKS_PER_FILE + 1;
+    let n = PATCH_FILE_BYTES / 4096 + 1;
     c.m(Mutation::CommitBlocks { ino: g, blocks: (0..n).map(|i| (i, bref(4, 4096))).collect(), size: n * 4096 });
-    let on = |range: std::ops::Range<u64>| Mutation::PatchBlocks { ino: g, patches: range.map(|i| (i, bref(4, 4096), patch(0, b"q"))).collect(), size: n * 4096 };
+    let on = |range: std::ops::Range<u64>| Mutation::PatchBlocks { ino: g, patches: range.map(|i| (i, bref(4, 4096), patch(0, &[b'q'; 4096]))).collect(), size: n * 4096 };
     assert_eq!(c.code(on(0..n)), Some(ErrorCode::InvalidArgument));
     assert_eq!(c.code(on(0..n - 1)), None);
     assert_eq!(c.code(on(n - 1..n)), Some(ErrorCode::InvalidArgument), "the count is kept across commands");

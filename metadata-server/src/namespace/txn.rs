@@ -1,6 +1,7 @@
 //! The overlay of one command.
 
 use super::*;
+use tessera_common::patch::Totals;
 
 /// Reads and writes of one command. Every record a command changes (inodes, directory entries,
 /// block-map entries, inline data) is overlaid, so later steps of the same command see the
@@ -110,9 +111,9 @@ impl<'a> Txn<'a> {
         self.patches.insert((ino, idx), (!p.is_empty()).then_some(p));
     }
 
-    /// How many block-map entries of `ino` have patches in the store (before this command).
-    pub(super) fn patched_blocks(&self, ino: u64) -> Result<u64, WireError> {
-        Ok(self.store.get(Cf::Patches, &ino_key(ino))?.map(|v| dec(&v)).transpose()?.unwrap_or(0))
+    /// What `ino`'s patches add up to in the store (before this command).
+    pub(super) fn patch_totals(&self, ino: u64) -> Result<Totals, WireError> {
+        Ok(self.store.get(Cf::Patches, &ino_key(ino))?.map(|v| dec(&v)).transpose()?.unwrap_or_default())
     }
 
     pub(super) fn add_dirent(&mut self, parent: u64, name: &[u8], ino: u64, kind: FileKind) -> Result<(), WireError> {
@@ -351,26 +352,32 @@ impl<'a> Txn<'a> {
                 None => self.batch.delete(Cf::BlockMap, pair_key(ino, idx)),
             }
         }
-        // Entries with patches, counted per file (the bound of `PatchBlocks`).
-        let mut patched: BTreeMap<u64, i64> = BTreeMap::new();
+        // Patches, added up per file (the bounds of `PatchBlocks`).
+        let mut change: BTreeMap<u64, (i64, i64)> = BTreeMap::new();
         for ((ino, idx), p) in std::mem::take(&mut self.patches) {
             let key = pair_key(ino, idx);
-            let had = self.store.get(Cf::Patches, &key)?.is_some();
-            *patched.entry(ino).or_default() += p.is_some() as i64 - had as i64;
+            let had: Option<Vec<Patch>> = self.store.get(Cf::Patches, &key)?.map(|v| dec(&v)).transpose()?;
+            let (old, new) = (Totals::of(had.as_deref().unwrap_or_default()), Totals::of(p.as_deref().unwrap_or_default()));
+            let c = change.entry(ino).or_default();
+            c.0 += new.patches as i64 - old.patches as i64;
+            c.1 += new.bytes as i64 - old.bytes as i64;
             match p {
                 Some(p) => self.batch.put(Cf::Patches, key, enc(&p)),
-                None if had => self.batch.delete(Cf::Patches, key),
+                None if had.is_some() => self.batch.delete(Cf::Patches, key),
                 None => {}
             }
         }
-        for (ino, delta) in patched {
-            if delta == 0 {
+        for (ino, (patches, bytes)) in change {
+            if (patches, bytes) == (0, 0) {
                 continue;
             }
-            let cur = self.patched_blocks(ino)?;
-            match u64::try_from(cur as i64 + delta).map_err(|_| below_zero(format!("patched blocks of inode {ino} ({cur} stored, change {delta})")))? {
-                0 => self.batch.delete(Cf::Patches, ino_key(ino)),
-                n => self.batch.put(Cf::Patches, ino_key(ino), enc(&n)),
+            let cur = self.patch_totals(ino)?;
+            let sum = |a: u64, d: i64, what: &str| u64::try_from(a as i64 + d).map_err(|_| below_zero(format!("{what} of inode {ino} ({a} stored, change {d})")));
+            let t = Totals { patches: sum(cur.patches, patches, "patches")?, bytes: sum(cur.bytes, bytes, "patch bytes")? };
+            if t.patches == 0 {
+                self.batch.delete(Cf::Patches, ino_key(ino));
+            } else {
+                self.batch.put(Cf::Patches, ino_key(ino), enc(&t));
             }
         }
         for (ino, d) in std::mem::take(&mut self.inline) {
