@@ -149,7 +149,8 @@ impl FileState {
     /// length).
     pub fn write_base(&self, idx: u64, within: usize, n: usize) -> Result<Vec<u8>, Stored> {
         match self.blocks.get(&idx) {
-            Some(Block::Dirty(d)) => Ok(d.clone()),
+            // `write` keeps the dirty bytes: no copy of them.
+            Some(Block::Dirty(_)) => Ok(Vec::new()),
             Some(Block::Uploading { data, .. }) => Ok(data.as_ref().clone()),
             Some(Block::Uploaded(_)) | Some(Block::Committed(_)) => {
                 let s = self.stored_at(idx).expect("a stored block");
