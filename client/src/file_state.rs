@@ -284,8 +284,7 @@ impl FileState {
             if e.hi > d.len() || !patch_rules::fits(on, e.hi - e.lo) || !file.fits(e.hi - e.lo) {
                 continue;
             }
-            file.patches += 1;
-            file.bytes += (e.hi - e.lo) as u64;
+            file.add(e.hi - e.lo);
             out.push((*idx, e.base, Patch { at: e.lo as u32, data: d[e.lo..e.hi].to_vec() }));
         }
         out

@@ -410,15 +410,8 @@ impl Fs {
         st.leave_inline();
         // Small edits of committed blocks go as patches, the rest as whole blocks.
         let patches = st.patches_to_commit();
-        for idx in st.dirty_indexes() {
-            if !patches.iter().any(|(i, _, _)| *i == idx) {
-                self.seal(st, idx).await;
-            }
-        }
-        reap(st, true).await;
-        if let Some(e) = st.error.take() {
-            return Err(e);
-        }
+        let whole: Vec<u64> = st.dirty_indexes().into_iter().filter(|idx| !patches.iter().any(|(i, _, _)| i == idx)).collect();
+        self.upload(st, whole).await?;
         let size = st.size;
         if patches.is_empty() || !st.uploaded().is_empty() {
             self.commit(f, st, size).await?;
@@ -431,13 +424,7 @@ impl Fs {
                 // `tessera_common::patch` is reached: nothing was applied; whole blocks go.
                 Err(FsError::Wire(e)) if e.code == ErrorCode::InvalidArgument => {
                     tracing::debug!(ino = f.ino, "patches refused, uploading the blocks: {e}");
-                    for idx in indexes {
-                        self.seal(st, idx).await;
-                    }
-                    reap(st, true).await;
-                    if let Some(e) = st.error.take() {
-                        return Err(e);
-                    }
+                    self.upload(st, indexes).await?;
                     self.commit(f, st, size).await?;
                 }
                 Err(e) => return Err(e),
@@ -499,6 +486,16 @@ impl Fs {
             st.committed(c, size);
         }
         Ok(())
+    }
+
+    /// Seal the dirty blocks `indexes` and wait for every upload; the first failure is the
+    /// result.
+    async fn upload(&self, st: &mut OpenState, indexes: Vec<u64>) -> FsResult<()> {
+        for idx in indexes {
+            self.seal(st, idx).await;
+        }
+        reap(st, true).await;
+        st.error.take().map_or(Ok(()), Err)
     }
 
     /// Move a dirty block into an upload. Waits for an upload slot (back-pressure).

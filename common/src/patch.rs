@@ -45,6 +45,12 @@ impl Totals {
         Totals { patches: patches.len() as u64, bytes: bytes(patches) as u64 }
     }
 
+    /// One more patch of `n` bytes.
+    pub fn add(&mut self, n: usize) {
+        self.patches += 1;
+        self.bytes += n as u64;
+    }
+
     /// Whether one more patch of `n` bytes stays within the file's bounds.
     pub fn fits(&self, n: usize) -> bool {
         self.patches < PATCHES_PER_FILE && self.bytes + n as u64 <= PATCH_FILE_BYTES

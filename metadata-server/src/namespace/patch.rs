@@ -26,8 +26,7 @@ impl Namespace {
             if !file.fits(p.data.len()) {
                 return Err(bad(format!("file has {} patches of {} bytes (at most {PATCHES_PER_FILE}, {PATCH_FILE_BYTES} bytes)", file.patches, file.bytes)));
             }
-            file.patches += 1;
-            file.bytes += p.data.len() as u64;
+            file.add(p.data.len());
             all.push(p.clone());
             tx.set_patches(ino, *idx, all);
         }

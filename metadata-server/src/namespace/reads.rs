@@ -91,8 +91,9 @@ impl Namespace {
         let mut patches = Vec::new();
         if let Some((last, _)) = out.last() {
             for (k, p) in v.scan(Cf::Patches, &ino_key(ino), &pair_key(ino, first), out.len())? {
-                // The file's own key (the count) is shorter and sorts before its entries.
-                if k.len() == 16 && tail_u64(&k) <= *last {
+                // Entries past the page's last are the next page's. (The file's totals, under
+                // the shorter key, sort before `first` and are not scanned.)
+                if tail_u64(&k) <= *last {
                     patches.push((tail_u64(&k), dec(&p)?));
                 }
             }
