@@ -90,9 +90,11 @@ impl Blocks {
         self.rings.read().unwrap()[0].clone()
     }
 
+    /// Take `ring` if it is newer than the current one: versions only grow (each is stored
+    /// through Raft before it is published), so an older one is a server's stale view.
     pub fn set_ring(&self, ring: Ring) {
         let mut g = self.rings.write().unwrap();
-        if ring.version != g[0].version {
+        if ring.version > g[0].version {
             g.push_front(Arc::new(ring));
             g.truncate(RING_HISTORY + 1);
         }
@@ -487,6 +489,7 @@ impl Suspects {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tessera_common::ring::RingNode;
 
     #[test]
     fn suspects_go_last_until_cleared() {
@@ -496,6 +499,18 @@ mod tests {
         assert_eq!(s.healthy_first(addrs()), (vec!["b".into(), "c".into(), "a".into()], 2));
         s.clear("a");
         assert_eq!(s.healthy_first(addrs()), (addrs(), 3));
+    }
+
+    #[tokio::test]
+    async fn an_older_ring_does_not_replace_a_newer_one() {
+        let node = |id: u64| RingNode { id, addr: format!("127.0.0.1:{}", 9000 + id), zone: "z".into(), capacity: 1 << 30, up: true, full: false };
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = Blocks::new(ep, Ring::new(3, 3, vec![node(1), node(2), node(3)]), 3, 2, 1 << 20);
+        b.set_ring(Ring::new(0, 3, vec![]));
+        b.set_ring(Ring::new(2, 3, vec![node(1)]));
+        assert_eq!((b.ring().version, b.ring().nodes.len()), (3, 3), "a stale server's older ring is not taken");
+        b.set_ring(Ring::new(4, 3, vec![node(1), node(2)]));
+        assert_eq!((b.ring().version, b.ring().nodes.len()), (4, 2), "a newer ring is taken");
     }
 
     #[test]

@@ -230,8 +230,15 @@ impl Membership {
         Ok(ring)
     }
 
+    /// The ring served now: the one this server made, unless the last one stored through Raft
+    /// is newer. A server just elected has made none yet (its first takes a Raft write); until
+    /// then it serves its predecessor's, never an older or an empty one.
     pub fn ring(&self) -> Ring {
-        self.ring.lock().unwrap().clone()
+        let made = self.ring.lock().unwrap().clone();
+        match self.ns.cluster_get::<RingRecord>(KEY_RING) {
+            Ok(Some(r)) if r.version > made.version => Ring::new(r.version, self.replicas, r.nodes),
+            _ => made,
+        }
     }
 
     /// Servers whose state (up, down, out) changed since the last call: (id, address, before,

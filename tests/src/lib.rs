@@ -45,14 +45,26 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A UDP port on 127.0.0.1 that nobody uses right now (QUIC listens on UDP).
 pub fn free_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("binding a UDP socket on 127.0.0.1:0");
-    s.local_addr().unwrap().port()
+    unique_port(|| UdpSocket::bind("127.0.0.1:0").expect("binding a UDP socket on 127.0.0.1:0").local_addr().unwrap().port())
 }
 
 /// A TCP port on 127.0.0.1 that nothing listens on (for `--metrics`).
 pub fn free_tcp_port() -> u16 {
-    let s = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a TCP socket on 127.0.0.1:0");
-    s.local_addr().unwrap().port()
+    unique_port(|| std::net::TcpListener::bind("127.0.0.1:0").expect("binding a TCP socket on 127.0.0.1:0").local_addr().unwrap().port())
+}
+
+/// A port from `pick` that this test has not been given before: the kernel may hand out a port
+/// just released again, and two servers given one port fail in ways that look like bugs.
+fn unique_port(pick: impl Fn() -> u16) -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let p = pick();
+        if !given.contains(&p) {
+            given.push(p);
+            return p;
+        }
+    }
 }
 
 /// True when something listens on UDP 127.0.0.1:`port` (our own bind there fails).

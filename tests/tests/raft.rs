@@ -27,6 +27,25 @@ struct Group {
     _dir: tempfile::TempDir,
 }
 
+impl Drop for Group {
+    /// TESSERA_KEEP=1 keeps the directory (data and logs) of a failed test, =always of any.
+    fn drop(&mut self) {
+        // A failure shows the end of every log of the test (the mount's, the servers').
+        if std::thread::panicking() {
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.root).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect();
+            logs.sort();
+            for l in logs {
+                eprintln!("{}", tail(&l, 25));
+            }
+        }
+        let keep = std::env::var("TESSERA_KEEP").ok();
+        if keep.as_deref() == Some("always") || (keep.is_some() && std::thread::panicking()) {
+            eprintln!("keeping {}", self.root.display());
+            std::mem::forget(std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap()));
+        }
+    }
+}
+
 impl Group {
     fn peers(&self) -> String {
         self.ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",")
@@ -572,5 +591,58 @@ fn a_frozen_leader_answers_no_read_from_the_lease_it_lost() {
     eprintln!("the thawed leader answered {answered} of 80 lookups with the new state and {redirected} with NotLeader");
     assert_eq!(answered + redirected, 80);
     assert_eq!(std::fs::read(mnt.join("after")).unwrap(), b"new");
+    g.finish(m);
+}
+
+/// A server elected leader answers for the chunk servers from its first answer: the ring it
+/// serves is never older than the one its predecessor published (a mount that took an older,
+/// empty ring failed its next write with EIO, "no chunk server is up"). Both survivors of a
+/// killed leader are asked for the ring without pause from the kill until one of them has
+/// answered for a while.
+#[test]
+fn a_new_leader_never_serves_a_ring_older_than_the_published_one() {
+    use tessera_common::proto::meta::{MetaRequest, MetaResponse};
+    use tessera_common::{net, tls};
+    let (mut g, m, mnt) = Group::start(&[]);
+    let mut rng = seeded_rng();
+    let mut files = Vec::new();
+    write_one(&mnt, "before", &mut rng, &mut files);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let certs = tls::NodeCerts::load(&g.root.join("certs/client")).unwrap();
+    let ask = |addr: &str| {
+        let ep = rt.block_on(async { net::client_endpoint(&certs).unwrap() });
+        std::sync::Arc::new(rt.block_on(async { net::RpcClient::new(ep, addr, 1, Duration::from_secs(10), tls::Role::Meta) }))
+    };
+    let first = g.leader();
+    let published = match rt.block_on(ask(&g.addr_of(first)).call::<_, MetaResponse>(&MetaRequest::GetRing, &[])) {
+        Ok((MetaResponse::Ring(r), _)) => r,
+        other => panic!("GetRing at the leader: {other:?}"),
+    };
+    assert!(published.version >= 1 && published.nodes.len() == 3, "the leader's ring: version {}, {} servers", published.version, published.nodes.len());
+
+    let others: Vec<_> = (1..3).map(|k| ask(&g.addr_of((first + k) % 3))).collect();
+    g.kill9(first);
+    // (version, servers, servers up) of every ring answered, by either survivor.
+    let rings = rt.block_on(async {
+        let mut seen: Vec<(u64, usize, usize)> = Vec::new();
+        let mut since_first: Option<Instant> = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while since_first.is_none_or(|t| t.elapsed() < Duration::from_secs(2)) && Instant::now() < deadline {
+            let (a, b) = tokio::join!(others[0].call::<_, MetaResponse>(&MetaRequest::GetRing, &[]), others[1].call::<_, MetaResponse>(&MetaRequest::GetRing, &[]));
+            for a in [a, b] {
+                if let Ok((MetaResponse::Ring(r), _)) = a {
+                    since_first.get_or_insert_with(Instant::now);
+                    seen.push((r.version, r.nodes.len(), r.nodes.iter().filter(|n| n.up).count()));
+                }
+            }
+        }
+        seen
+    });
+    assert!(!rings.is_empty(), "a survivor answered GetRing within 30 s of the leader's death");
+    let older: Vec<_> = rings.iter().filter(|(v, n, _)| *v < published.version || *n != 3).collect();
+    eprintln!("{} rings answered after the kill; {} older than version {} or without the 3 servers", rings.len(), older.len(), published.version);
+    assert!(older.is_empty(), "the new leader served rings older than the published one: {:?}", &older[..older.len().min(5)]);
+    write_one(&mnt, "after", &mut rng, &mut files);
+    check(&files);
     g.finish(m);
 }
