@@ -1,6 +1,7 @@
 //! Tessera chunk server: stores content-addressed blocks and serves put/get/has/delete over
 //! QUIC; registers with the metadata server and sends heartbeats.
 
+mod direct;
 pub mod fence;
 pub mod repair;
 pub mod scrub;

@@ -10,7 +10,7 @@
 //! repair sends a good copy.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,6 +58,7 @@ pub struct BlockStore {
     /// When this process last used each block, on the monotonic clock (see `idle_secs`).
     last_use: Mutex<HashMap<BlockId, Instant>>,
     started: Instant,
+    writer: crate::direct::DirectWriter,
     #[cfg(test)]
     faults: test_hooks::Faults,
 }
@@ -108,6 +109,7 @@ impl BlockStore {
             bad: Default::default(),
             last_use: Default::default(),
             started: Instant::now(),
+            writer: crate::direct::DirectWriter::new(),
             #[cfg(test)]
             faults: Default::default(),
         };
@@ -284,8 +286,7 @@ impl BlockStore {
         let dir = dest.parent().unwrap();
         let tmp = self.root.join("tmp").join(format!("{}.{}", id.to_hex(), self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
         let guard = TempGuard(&tmp);
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(data).map_err(io(&tmp))?;
+        let f = self.writer.create(&tmp, data).map_err(io(&tmp))?;
         if let Some(age) = age {
             let then = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
             f.set_modified(then).map_err(io(&tmp))?;
