@@ -279,7 +279,7 @@ impl Blocks {
                 }
             }
         }
-        match c.call::<_, ChunkResponse>(&ChunkRequest::Put { id, age: None }, &data).await {
+        match c.call_owned::<_, ChunkResponse>(&ChunkRequest::Put { id, age: None }, bytes::Bytes::from_owner(BlockBytes(data))).await {
             Ok((ChunkResponse::Stored { free }, _)) => {
                 self.room.server_free(addr, free);
                 Ok(())
@@ -483,6 +483,14 @@ impl Suspects {
         let (healthy, suspect): (Vec<String>, Vec<String>) = addrs.into_iter().partition(|a| !until.contains_key(a));
         let n = healthy.len();
         (healthy.into_iter().chain(suspect).collect(), n)
+    }
+}
+
+/// A block's bytes as QUIC sends them, without a copy.
+struct BlockBytes(Arc<Vec<u8>>);
+impl AsRef<[u8]> for BlockBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
