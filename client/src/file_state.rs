@@ -200,10 +200,13 @@ impl FileState {
         buf.len()
     }
 
-    /// Whether dirty block `idx` should be uploaded now, before a flush: it is full, unless it
-    /// is a small edit of a committed block (a flush saves that as a patch).
+    /// Whether dirty block `idx` should be uploaded now, before a flush: it is full, and if it
+    /// is an edit of a committed block (which is full from its first write), the writing has
+    /// reached the block's end (a writer going through it will not come back; one that overwrote
+    /// it in 1 MiB writes had it uploaded after each) and is too large for a patch.
     pub fn full(&self, idx: u64, bs: u64) -> bool {
-        matches!(self.blocks.get(&idx), Some(Block::Dirty(d)) if d.len() as u64 == bs) && !self.edits.get(&idx).is_some_and(|e| e.hi - e.lo <= PATCH_BLOCK_BYTES)
+        let Some(Block::Dirty(d)) = self.blocks.get(&idx) else { return false };
+        d.len() as u64 == bs && self.edits.get(&idx).is_none_or(|e| e.hi as u64 == bs && e.hi - e.lo > PATCH_BLOCK_BYTES)
     }
 
     /// Dirty → Uploading. Returns the bytes to upload and the upload's number.
@@ -649,8 +652,23 @@ mod tests {
         s.load(bs, vec![(0, bref(&vec![1; bs as usize]))], None, vec![]);
         let n = tessera_common::patch::PATCH_BLOCK_BYTES + 1;
         s.write(0, vec![1; bs as usize], 10, &vec![2; n]);
-        assert!(s.full(0, bs));
-        assert!(s.patches_to_commit().is_empty());
+        assert!(!s.full(0, bs), "the writer has not passed the block's end: it may write more of it");
+        assert!(s.patches_to_commit().is_empty(), "at the flush it goes whole");
+    }
+
+    #[test]
+    fn a_block_overwritten_in_place_in_large_writes_is_sealed_once_at_its_end() {
+        let bs = 1 << 20;
+        let quarter = bs as usize / 4;
+        let mut s = FileState::default();
+        s.load(bs, vec![(0, bref(&vec![1; bs as usize]))], None, vec![]);
+        let mut base = vec![1; bs as usize];
+        for k in 0..4 {
+            s.write(0, std::mem::take(&mut base), k * quarter, &vec![2; quarter]);
+            assert_eq!(s.full(0, bs), k == 3, "after write {k} of 4");
+        }
+        let (d, _) = s.seal(0).unwrap();
+        assert_eq!(*d, vec![2; bs as usize]);
     }
 
     #[test]

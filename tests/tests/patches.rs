@@ -116,3 +116,32 @@ fn a_block_replaced_by_another_mount_is_not_patched_but_replaced_whole() {
     drop(b);
     c.assert_fsck_clean();
 }
+
+/// A file overwritten in place in 1 MiB writes has each block uploaded once, when the writing
+/// reaches its end (each write used to upload the whole block again: four times per block).
+#[test]
+fn a_file_overwritten_in_place_in_large_writes_uploads_each_block_once() {
+    let c = ManualCluster::start_with(3, 3, &[], |_| vec![]);
+    let mnt = c.root().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let port = free_tcp_port();
+    let mut a = start_mount_with(&c.meta_addr, &c.client, &mnt, &c.root().join("mount.log"), &["--metrics", &format!("127.0.0.1:{port}")]);
+    let mut rng = seeded_rng();
+    let path = mnt.join("f");
+    write_file_synced(&path, &random_bytes(&mut rng, 16 * MIB)).unwrap();
+
+    let puts = metric(port, "tessera_client_block_puts_total");
+    let want = random_bytes(&mut rng, 16 * MIB);
+    let f = File::options().write(true).open(&path).unwrap();
+    for (k, chunk) in want.chunks(MIB).enumerate() {
+        f.write_all_at(chunk, (k * MIB) as u64).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let uploaded = metric(port, "tessera_client_block_puts_total") - puts;
+    assert_eq!(uploaded, 4.0, "blocks uploaded for a 16 MiB file (4 blocks) overwritten in 16 writes of 1 MiB");
+    drop_page_cache();
+    assert_eq!(first_difference(&read_all(&path), &want), None, "read back as written");
+    a.stop();
+    c.assert_fsck_clean();
+}
