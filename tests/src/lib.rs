@@ -138,6 +138,35 @@ pub fn tail(path: &Path, n: usize) -> String {
     format!("--- last lines of {} ---\n{}\n---", path.display(), lines[from..].join("\n"))
 }
 
+/// `GET path` on 127.0.0.1:`port` (a `--metrics` endpoint): the status line and the body.
+pub fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connecting to the metrics port {port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP head in {text:?}"));
+    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+}
+
+/// The Prometheus text served on 127.0.0.1:`port`.
+pub fn scrape(port: u16) -> String {
+    let (status, body) = http_get(port, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    body
+}
+
+/// The value of one series (`name{labels}` exactly as printed) in a scrape, if present.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+/// The value of one series served on 127.0.0.1:`port`, if present.
+pub fn scrape_value(port: u16, series: &str) -> Option<f64> {
+    metric_value(&scrape(port), series)
+}
+
 /// Poll `f` every 100 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

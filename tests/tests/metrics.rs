@@ -2,8 +2,6 @@
 //! and a mount serve Prometheus text on plain HTTP, and the numbers follow what the mount did.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -12,27 +10,7 @@ use tessera_tests::*;
 
 const MIB: usize = 1 << 20;
 
-/// `GET path` on 127.0.0.1:`port`: the status line and the body.
-fn get(port: u16, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connecting to the metrics port {port}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP head in {text:?}"));
-    (head.lines().next().unwrap_or("").to_string(), body.to_string())
-}
-
-fn scrape(port: u16) -> String {
-    let (status, body) = get(port, "/metrics");
-    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
-    body
-}
-
-/// The value of one series (`name{labels}` exactly as printed), if present.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
-}
+use tessera_tests::metric_value as value;
 
 fn must(text: &str, series: &str) -> f64 {
     value(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
@@ -119,7 +97,7 @@ fn servers_and_a_mount_count_what_writes_and_reads_did() {
     }
 
     // Anything but GET /metrics gets a plain answer.
-    assert_eq!(get(meta_port, "/nothing").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(http_get(meta_port, "/nothing").0, "HTTP/1.1 404 Not Found");
     m.stop();
     c.assert_fsck_clean();
 }

@@ -4,25 +4,17 @@
 //! restart) reads the same bytes.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::time::Duration;
 use rand::Rng;
 use tessera_tests::cluster::{drop_page_cache, write_file_synced};
 use tessera_tests::*;
 
 const MIB: usize = 1 << 20;
 
-/// The value of one Prometheus series (`name{labels}` as printed) on 127.0.0.1:`port`.
+/// The value of one Prometheus series served on 127.0.0.1:`port` (0 while it is absent).
 fn metric(port: u16, series: &str) -> f64 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("metrics port {port}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    scrape_value(port, series).unwrap_or(0.0)
 }
 
 fn read_all(path: &Path) -> Vec<u8> {

@@ -4,7 +4,6 @@
 //! the group again.
 
 use nix::sys::signal::{kill, Signal};
-use std::io::{Read, Write};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -524,16 +523,6 @@ fn a_backup_restored_into_a_group_of_one_grows_to_three_and_outlives_its_first_s
     let _ = g.leader();
     check(&files);
     g.finish(m);
-}
-
-/// The value of `series` (exactly as printed) on the `--metrics` page at `port`.
-fn scrape_value(port: u16, series: &str) -> Option<f64> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// The leader answers reads from its read lease (docs/raft.md) while the followers keep
