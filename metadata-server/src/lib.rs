@@ -463,6 +463,11 @@ impl MetaService {
                 }
             }
         }
+        // A point read is a few microseconds of RocksDB memtable or cache, less than the hand-off
+        // to a blocking thread and back that everything else pays (WAL syncs, scans).
+        if matches!(req, MetaRequest::Lookup { .. } | MetaRequest::GetAttr { .. } | MetaRequest::ReadLink { .. } | MetaRequest::GetXattr { .. }) {
+            return (self.answer(&peer, req), vec![]);
+        }
         // RocksDB reads and WAL syncs block: keep them off the async threads.
         let resp = tokio::task::spawn_blocking(move || self.answer(&peer, req))
             .await
