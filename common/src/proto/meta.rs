@@ -62,6 +62,7 @@ pub struct BlockRef {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Patch {
     pub at: u32,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -115,7 +116,11 @@ pub enum Mutation {
     CommitBlocks { ino: u64, blocks: Vec<(u64, BlockRef)>, size: u64 },
     /// Store the whole content of a small file (at most `INLINE_MAX` bytes) in the metadata;
     /// its blocks, if any, are dropped. The size becomes `data.len()`. Reply: `Attr`.
-    CommitInline { ino: u64, data: Vec<u8> },
+    CommitInline {
+        ino: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     /// Drop an orphan of this session (its inode, blocks and inline data). Anything else
     /// (not an orphan, another session's, already dropped) is left alone. Reply: `Done`.
     DropOrphan { ino: u64 },
@@ -123,7 +128,13 @@ pub enum Mutation {
     /// with `Exists` if it is set) or [`XATTR_REPLACE`] (fail with `NoAttribute` unless it is
     /// set). Setting `system.posix_acl_access` also sets the permission bits from the ACL; an
     /// ACL the bits express alone is not stored. Reply: `Done`.
-    SetXattr { ino: u64, name: Vec<u8>, value: Vec<u8>, flags: u32 },
+    SetXattr {
+        ino: u64,
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        flags: u32,
+    },
     /// Reply: `Done`, or `NoAttribute`.
     RemoveXattr { ino: u64, name: Vec<u8> },
     /// This session opened `ino` (once per mount and inode, however many handles): while any
@@ -535,7 +546,13 @@ pub enum MetaResponse {
     StatFs(StatFs),
     /// A page of a block map; `patches` are those of the entries in `blocks`, in the order they
     /// were added (each applies over the ones before it).
-    Blocks { size: u64, blocks: Vec<(u64, BlockRef)>, inline: Option<Vec<u8>>, patches: Vec<(u64, Vec<Patch>)> },
+    Blocks {
+        size: u64,
+        blocks: Vec<(u64, BlockRef)>,
+        #[serde(with = "serde_bytes")]
+        inline: Option<Vec<u8>>,
+        patches: Vec<(u64, Vec<Patch>)>,
+    },
     Done,
     Ring(Ring),
     /// `term`: the leader's Raft term (0 when the metadata server runs alone), which fences
@@ -550,7 +567,7 @@ pub enum MetaResponse {
     /// Reply of `Unlink` and `Rename`: the inode kept as an orphan, if one was.
     Unlinked { orphan: Option<u64> },
     Audit(AuditReport),
-    Xattr(Vec<u8>),
+    Xattr(#[serde(with = "serde_bytes")] Vec<u8>),
     XattrNames(Vec<Vec<u8>>),
     /// Reply of `SessionHeartbeat`: the session lease; heartbeat well within it.
     Lease { lease_ms: u64 },

@@ -183,6 +183,25 @@ mod tests {
         assert_eq!(&f[f.len() - 2..], b"xy");
     }
 
+    /// Byte fields written as byte strings (`serde_bytes`, one copy) encode exactly as the byte
+    /// sequences they were before: stored patches and inline data still decode.
+    #[test]
+    fn byte_fields_encode_as_before() {
+        use crate::proto::meta::{MetaResponse, Patch};
+        let data: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        assert_eq!(enc(&Patch { at: 7, data: data.clone() }), enc(&(7u32, data.clone())));
+        // An enum variant: its index, then its fields in order.
+        let blocks = MetaResponse::Blocks { size: 9, blocks: vec![], inline: Some(data.clone()), patches: vec![(1, vec![Patch { at: 0, data: data.clone() }])] };
+        let index = enc(&blocks)[0];
+        assert_eq!(enc(&blocks), enc(&(index, 9u64, Vec::<u64>::new(), Some(data.clone()), vec![(1u64, vec![(0u32, data.clone())])])));
+        let back: MetaResponse = bincode::serde::decode_from_slice(&enc(&blocks), config()).unwrap().0;
+        assert!(matches!(back, MetaResponse::Blocks { inline: Some(d), patches, .. } if d == data && patches[0].1[0].data == data));
+    }
+
+    fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
+        bincode::serde::encode_to_vec(v, config()).unwrap()
+    }
+
     #[tokio::test]
     async fn round_trip_and_bounds() {
         let f = encode_frame(&MetaRequest::GetAttr { ino: 77 }, b"payload").unwrap();

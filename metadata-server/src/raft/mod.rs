@@ -32,7 +32,22 @@ use tessera_common::{ErrorCode, WireError};
 /// Commands proposed while earlier entries are being written share one entry, so that
 /// concurrent clients share one log write, one WAL sync and one round to the followers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Proposal(pub Vec<Vec<u8>>);
+pub struct Proposal(#[serde(with = "commands")] pub Vec<Vec<u8>>);
+
+/// Each command as one byte string, not a sequence of numbers: the same encoding, which bincode
+/// then writes and reads with one copy instead of a call per byte (a command carrying 4 KiB of
+/// data was encoded or decoded byte by byte at each step of its way through the log).
+mod commands {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(cmds: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(cmds.iter().map(|c| serde_bytes::Bytes::new(c)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Ok(Vec::<serde_bytes::ByteBuf>::deserialize(d)?.into_iter().map(|b| b.into_vec()).collect())
+    }
+}
 
 /// What applying an entry gave, one outcome per command (the leader passes them to the
 /// proposers).
@@ -481,5 +496,18 @@ impl Replicate for Replica {
     /// Blocks: called on the blocking threads that apply requests.
     fn propose(&self, cmd: &Command) -> Result<Outcome, WireError> {
         self.rt.block_on(self.propose_async(cmd))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Entries in logs written before commands were encoded as byte strings still decode.
+    #[test]
+    fn a_proposal_encodes_as_a_list_of_byte_sequences() {
+        let cmds = vec![vec![1u8, 2, 3], (0..300u32).map(|i| i as u8).collect(), vec![]];
+        let new = super::log::enc(&super::Proposal(cmds.clone()));
+        assert_eq!(new, super::log::enc(&(cmds.clone(),)));
+        let back: super::Proposal = super::log::dec(&new).unwrap();
+        assert_eq!(back.0, cmds);
     }
 }
