@@ -700,6 +700,20 @@ mod tests {
     }
 
     #[test]
+    fn at_most_kept_blocks_of_a_file_keep_their_bytes() {
+        let n = KEPT_BLOCKS as u64 + 1;
+        let base = bref(&[1; 4096]);
+        let mut s = FileState::default();
+        s.load(n * 4096, (0..n).map(|i| (i, base)).collect(), None, vec![]);
+        for i in 0..n {
+            s.write(i, vec![1; 4096], 100, b"xyz");
+        }
+        s.patched(s.patches_to_commit(), n * 4096);
+        let kept = (0..n).filter(|&i| s.write_base(i, 10, 1).is_ok()).count();
+        assert_eq!(kept, KEPT_BLOCKS, "{n} blocks patched at once");
+    }
+
+    #[test]
     fn an_edit_past_the_patch_bound_goes_up_whole() {
         let bs = 1 << 20;
         let mut s = FileState::default();

@@ -399,6 +399,11 @@ fn is_read(req: &MetaRequest) -> bool {
     )
 }
 
+/// Reads of one or two records (no scan), answered on the async thread.
+fn is_point_read(req: &MetaRequest) -> bool {
+    matches!(req, MetaRequest::Lookup { .. } | MetaRequest::GetAttr { .. } | MetaRequest::ReadLink { .. } | MetaRequest::GetXattr { .. })
+}
+
 fn leader_error(replica: &raft::Replica, e: WireError) -> MetaResponse {
     match e.code {
         ErrorCode::NotLeader => MetaResponse::NotLeader { leader: replica.leader_addr() },
@@ -465,7 +470,7 @@ impl MetaService {
         }
         // A point read is a few microseconds of RocksDB memtable or cache, less than the hand-off
         // to a blocking thread and back that everything else pays (WAL syncs, scans).
-        if matches!(req, MetaRequest::Lookup { .. } | MetaRequest::GetAttr { .. } | MetaRequest::ReadLink { .. } | MetaRequest::GetXattr { .. }) {
+        if is_point_read(&req) {
             return (self.answer(&peer, req), vec![]);
         }
         // RocksDB reads and WAL syncs block: keep them off the async threads.
