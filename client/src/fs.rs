@@ -257,6 +257,12 @@ impl Fs {
         // (`tar -x` writes, then sets the mtime with futimens, then closes).
         let mut st = f.st.lock().await;
         if attr.mtime.is_some() {
+            // A small file's content and the attributes go in one change.
+            if let (Some(data), None) = (st.inline_to_commit(), attr.size) {
+                let a = self.meta.mutate_attr(Mutation::CommitInlineSetAttr { ino, data: data.clone(), attr }).await?;
+                st.inline_committed(data);
+                return Ok(a);
+            }
             self.flush_state(&f, &mut st).await?;
         }
         let size = attr.size;

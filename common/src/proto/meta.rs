@@ -180,6 +180,16 @@ pub enum Mutation {
     /// change of an entry (a commit, truncate, hole, removal) drops or cuts its patches.
     /// Reply: `Attr`.
     PatchBlocks { ino: u64, patches: Vec<(u64, BlockRef, Patch)>, size: u64 },
+    /// `CommitInline` and then `SetAttr` of the same file, in one change: how `futimens` after
+    /// a small file's writes (`tar -x` does this for every file) sets the mtime without a change
+    /// of its own for the data. `attr` may not set the size (`InvalidArgument`, nothing
+    /// changed). Reply: `Attr`, after both.
+    CommitInlineSetAttr {
+        ino: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        attr: SetAttr,
+    },
 }
 
 /// Most blocks one `CopyBlocks` references (one atomic batch); a longer copy takes several.

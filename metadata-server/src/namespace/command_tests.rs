@@ -56,7 +56,8 @@ fn random_mutation(rng: &mut StdRng, inos: &[u64]) -> Mutation {
             }
             Mutation::CommitBlocks { ino, blocks, size }
         }
-        8 => Mutation::CommitInline { ino, data: vec![rng.random(); rng.random_range(0..100)] },
+        8 if rng.random_bool(0.5) => Mutation::CommitInline { ino, data: vec![rng.random(); rng.random_range(0..100)] },
+        8 => Mutation::CommitInlineSetAttr { ino, data: vec![rng.random(); rng.random_range(0..100)], attr: SetAttr { mtime: Some(time(rng)), ..Default::default() } },
         9 => Mutation::SetAttr { ino, attr: SetAttr { size: rng.random_bool(0.5).then(|| rng.random_range(0..3 * 4096)), mode: rng.random_bool(0.3).then_some(0o600), atime: Some(time(rng)), mtime: Some(time(rng)), ..Default::default() } },
         10 => Mutation::SetXattr { ino, name: b"user.x".to_vec(), value: vec![rng.random(); 3], flags: 0 },
         11 => Mutation::RemoveXattr { ino, name: b"user.x".to_vec() },

@@ -14,43 +14,7 @@ impl Namespace {
                 super::opens::record_open(&mut tx.batch, session, a.ino, 1);
                 MetaResponse::Attr(a)
             }
-            Mutation::SetAttr { ino, attr: s } => {
-                let mut r = tx.inode(*ino)?;
-                if let Some(m) = s.mode {
-                    r.perm = (m & 0o7777) as u16;
-                    tx.chmod_acl(*ino, r.perm)?;
-                }
-                if let Some(u) = s.uid {
-                    r.uid = u;
-                }
-                if let Some(g) = s.gid {
-                    r.gid = g;
-                }
-                if let Some(size) = s.size {
-                    if size > MAX_FILE_SIZE {
-                        return Err(err(ErrorCode::InvalidArgument, "file size too large"));
-                    }
-                    match r.kind {
-                        FileKind::File => tx.truncate(*ino, &mut r, size)?,
-                        FileKind::Dir => return Err(err(ErrorCode::IsDir, "cannot truncate a directory")),
-                        _ => return Err(err(ErrorCode::InvalidArgument, "cannot truncate this kind of file")),
-                    }
-                }
-                let t = |x: SetTime| match x {
-                    SetTime::Now => now,
-                    SetTime::At(t) => t,
-                };
-                if let Some(a) = s.atime {
-                    r.atime = t(a);
-                }
-                if let Some(m) = s.mtime {
-                    r.mtime = t(m);
-                }
-                r.ctime = now;
-                let a = attr(*ino, &r);
-                tx.put_inode(*ino, r);
-                MetaResponse::Attr(a)
-            }
+            Mutation::SetAttr { ino, attr } => MetaResponse::Attr(Self::set_attr(&mut tx, now, *ino, attr)?),
             // `keep` is ignored: the server keeps what any session has open (see `opens`).
             Mutation::Unlink { parent, name, keep: _ } => {
                 check_name(name)?;
@@ -123,23 +87,13 @@ impl Namespace {
                 MetaResponse::Attr(tx.commit_end(*ino, &mut r, *size))
             }
             Mutation::PatchBlocks { ino, patches, size } => self.patch_blocks(&mut tx, *ino, patches, *size)?,
-            Mutation::CommitInline { ino, data } => {
-                let mut r = tx.inode(*ino)?;
-                if r.kind != FileKind::File {
-                    return Err(err(ErrorCode::InvalidArgument, "not a regular file"));
+            Mutation::CommitInline { ino, data } => MetaResponse::Attr(Self::commit_inline(&mut tx, now, *ino, data)?),
+            Mutation::CommitInlineSetAttr { ino, data, attr } => {
+                if attr.size.is_some() {
+                    return Err(err(ErrorCode::InvalidArgument, "a size cannot be set with an inline commit"));
                 }
-                if data.len() > tessera_common::INLINE_MAX {
-                    return Err(err(ErrorCode::InvalidArgument, "inline data too large"));
-                }
-                tx.drop_blocks_from(*ino, 0)?;
-                tx.put_inline(*ino, data);
-                tx.bytes += data.len() as i64 - r.size as i64;
-                r.size = data.len() as u64;
-                r.mtime = now;
-                r.ctime = now;
-                let a = attr(*ino, &r);
-                tx.put_inode(*ino, r);
-                MetaResponse::Attr(a)
+                Self::commit_inline(&mut tx, now, *ino, data)?;
+                MetaResponse::Attr(Self::set_attr(&mut tx, now, *ino, attr)?)
             }
             Mutation::SetXattr { ino, name, value, flags } => self.set_xattr(&mut tx, *ino, name, value, *flags)?,
             Mutation::RemoveXattr { ino, name } => self.remove_xattr(&mut tx, *ino, name)?,
@@ -161,6 +115,65 @@ impl Namespace {
             Mutation::CopyBlocks { src, src_first, dst, dst_first, count, end } => self.copy_blocks(&mut tx, (*src, *src_first), (*dst, *dst_first), *count, *end)?,
         };
         Ok((tx.finish()?, reply))
+    }
+
+    /// `SetAttr`.
+    fn set_attr(tx: &mut Txn, now: i64, ino: u64, s: &SetAttr) -> Result<Attr, WireError> {
+        let mut r = tx.inode(ino)?;
+        if let Some(m) = s.mode {
+            r.perm = (m & 0o7777) as u16;
+            tx.chmod_acl(ino, r.perm)?;
+        }
+        if let Some(u) = s.uid {
+            r.uid = u;
+        }
+        if let Some(g) = s.gid {
+            r.gid = g;
+        }
+        if let Some(size) = s.size {
+            if size > MAX_FILE_SIZE {
+                return Err(err(ErrorCode::InvalidArgument, "file size too large"));
+            }
+            match r.kind {
+                FileKind::File => tx.truncate(ino, &mut r, size)?,
+                FileKind::Dir => return Err(err(ErrorCode::IsDir, "cannot truncate a directory")),
+                _ => return Err(err(ErrorCode::InvalidArgument, "cannot truncate this kind of file")),
+            }
+        }
+        let t = |x: SetTime| match x {
+            SetTime::Now => now,
+            SetTime::At(t) => t,
+        };
+        if let Some(a) = s.atime {
+            r.atime = t(a);
+        }
+        if let Some(m) = s.mtime {
+            r.mtime = t(m);
+        }
+        r.ctime = now;
+        let a = attr(ino, &r);
+        tx.put_inode(ino, r);
+        Ok(a)
+    }
+
+    /// `CommitInline`.
+    fn commit_inline(tx: &mut Txn, now: i64, ino: u64, data: &[u8]) -> Result<Attr, WireError> {
+        let mut r = tx.inode(ino)?;
+        if r.kind != FileKind::File {
+            return Err(err(ErrorCode::InvalidArgument, "not a regular file"));
+        }
+        if data.len() > tessera_common::INLINE_MAX {
+            return Err(err(ErrorCode::InvalidArgument, "inline data too large"));
+        }
+        tx.drop_blocks_from(ino, 0)?;
+        tx.put_inline(ino, data);
+        tx.bytes += data.len() as i64 - r.size as i64;
+        r.size = data.len() as u64;
+        r.mtime = now;
+        r.ctime = now;
+        let a = attr(ino, &r);
+        tx.put_inode(ino, r);
+        Ok(a)
     }
 
     /// A new inode `ino` named `name` in `parent` (`Create`, `CreateOpen`).

@@ -413,6 +413,29 @@ fn inline_data_replaces_blocks_and_truncates() {
 }
 
 #[test]
+fn an_inline_commit_with_attributes_is_one_change() {
+    let (_d, ns) = ns();
+    let mut c = C::new(&ns);
+    let f = c.mk(ROOT_INO, "f", FileKind::File);
+    let attr = SetAttr { mtime: Some(SetTime::At(1_000_000_000)), mode: Some(0o640), ..Default::default() };
+    let a = match c.m(Mutation::CommitInlineSetAttr { ino: f, data: b"hello".to_vec(), attr }) {
+        MetaResponse::Attr(a) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((a.size, a.mtime, a.perm), (5, 1_000_000_000, 0o640), "the mtime set after the data stays");
+    assert_eq!(ns.getattr(f).unwrap(), a);
+    assert_eq!(ns.get_blocks(f, 0, 10).unwrap().2, Some(b"hello".to_vec()));
+    assert_eq!(ns.stats().unwrap().logical_bytes, 5);
+    // A size, or a failing commit, changes nothing.
+    let size = SetAttr { size: Some(1), ..Default::default() };
+    assert_eq!(c.code(Mutation::CommitInlineSetAttr { ino: f, data: b"other".to_vec(), attr: size }), Some(ErrorCode::InvalidArgument));
+    let too_big = vec![0; tessera_common::INLINE_MAX + 1];
+    assert_eq!(c.code(Mutation::CommitInlineSetAttr { ino: f, data: too_big, attr: SetAttr { mode: Some(0o600), ..Default::default() } }), Some(ErrorCode::InvalidArgument));
+    assert_eq!(ns.getattr(f).unwrap(), a);
+    assert_eq!(ns.get_blocks(f, 0, 10).unwrap().2, Some(b"hello".to_vec()));
+}
+
+#[test]
 fn a_retried_mutation_is_answered_not_reapplied() {
     let (_d, ns) = ns();
     let a = owner("a");
