@@ -43,11 +43,12 @@ impl Namespace {
     pub fn readdir_plus(&self, ino: u64, after: u64, limit: u32) -> Result<(Vec<(DirEntry, Attr, bool)>, bool), WireError> {
         let v = self.store.view();
         let (entries, done) = Self::entries_in(&v, ino, after, limit)?;
+        let keys: Vec<Vec<u8>> = entries.iter().map(|e| ino_key(e.ino)).collect();
+        let xattrs = v.has_prefixes(Cf::Xattrs, &keys)?;
         let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
+        for (e, x) in entries.into_iter().zip(xattrs) {
             let a = attr(e.ino, &inode_in(&v, e.ino)?);
-            let xattrs = !v.scan(Cf::Xattrs, &ino_key(e.ino), &ino_key(e.ino), 1)?.is_empty();
-            out.push((e, a, xattrs));
+            out.push((e, a, x));
         }
         Ok((out, done))
     }
