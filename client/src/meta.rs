@@ -37,7 +37,7 @@ fn unexpected(r: MetaResponse) -> FsError {
 impl MetaClient {
     /// Open a session; fails with a clear reason when the metadata server cannot be reached.
     pub async fn connect(ep: quinn::Endpoint, addrs: &[String], name: &str) -> FsResult<Self> {
-        let link = MetaLink::new(ep, addrs, Duration::from_secs(30));
+        let link = MetaLink::new(ep, addrs, Duration::from_secs(30)).retrying_unavailable();
         match link.call(&MetaRequest::OpenSession { client: name.to_string() }).await? {
             MetaResponse::Session { session, block_size, replicas, write_quorum, ring } => Ok(MetaClient {
                 link,
