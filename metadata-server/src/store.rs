@@ -431,25 +431,31 @@ mod tests {
         assert_eq!(s.get(Cf::Dirents, &[2, 0]).unwrap(), Some(vec![9]));
     }
 
+    /// A store with `key(i)` for i in 0..2000 in `cf`, those of `deleted` deleted again.
+    fn with_deleted(cf: Cf, key: impl Fn(u64) -> Vec<u8>, deleted: std::ops::Range<u64>) -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let mut b = Batch::default();
+        for i in 0..2000 {
+            b.put(cf, key(i), vec![1]);
+        }
+        s.apply(b).unwrap();
+        let mut b = Batch::default();
+        for i in deleted {
+            b.delete(cf, key(i));
+        }
+        s.apply(b).unwrap();
+        (d, s)
+    }
+
     /// A scan stops at the end of its prefix: the deleted keys after it (each unlink leaves
     /// some, in creation order) are not walked over, or every unlink would cost more than the
     /// last until RocksDB compacts them away.
     #[test]
     fn a_scan_does_not_walk_the_deleted_keys_after_its_prefix() {
-        let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path()).unwrap();
-        let mut b = Batch::default();
         // Keys as the store's are: an inode number, then more.
         let key = |ino: u64| [ino.to_be_bytes(), 7u64.to_be_bytes()].concat();
-        for i in 0..2000 {
-            b.put(Cf::Opens, key(i), vec![1]);
-        }
-        s.apply(b).unwrap();
-        let mut b = Batch::default();
-        for i in 1..2000 {
-            b.delete(Cf::Opens, key(i));
-        }
-        s.apply(b).unwrap();
+        let (_d, s) = with_deleted(Cf::Opens, key, 1..2000);
         rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::EnableCount);
         let mut ctx = rocksdb::perf::PerfContext::default();
         let skipped = |ctx: &rocksdb::perf::PerfContext| ctx.metric(rocksdb::perf::PerfMetric::InternalDeleteSkippedCount);
@@ -492,19 +498,7 @@ mod tests {
     /// once, not once per prefix (a directory listed after many of its files' xattrs went).
     #[test]
     fn has_prefixes_walks_the_deleted_keys_once() {
-        let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path()).unwrap();
-        let key = |ino: u64| [&ino.to_be_bytes()[..], b"user.x"].concat();
-        let mut b = Batch::default();
-        for i in 0..2000 {
-            b.put(Cf::Xattrs, key(i), vec![1]);
-        }
-        s.apply(b).unwrap();
-        let mut b = Batch::default();
-        for i in 1..1999 {
-            b.delete(Cf::Xattrs, key(i));
-        }
-        s.apply(b).unwrap();
+        let (_d, s) = with_deleted(Cf::Xattrs, |ino| [&ino.to_be_bytes()[..], b"user.x"].concat(), 1..1999);
         let prefixes: Vec<Vec<u8>> = (0..2000u64).rev().map(|i| i.to_be_bytes().to_vec()).collect();
         rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::EnableCount);
         let mut ctx = rocksdb::perf::PerfContext::default();
