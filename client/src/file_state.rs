@@ -81,9 +81,9 @@ struct Edit {
 }
 
 /// Most blocks of one file whose bytes are kept after a patch commit (`FileState::kept`): as
-/// many as it may have dirty (`fs::MAX_DIRTY_BLOCKS`), so that small writes spread over a
-/// 64 MiB file (fio's synced random writes) all find theirs.
-const KEPT_BLOCKS: usize = 16;
+/// many as it may have dirty, so that small writes spread over a 64 MiB file (fio's synced
+/// random writes) all find theirs.
+const KEPT_BLOCKS: usize = crate::fs::MAX_DIRTY_BLOCKS;
 
 #[derive(Default)]
 pub struct FileState {

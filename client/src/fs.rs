@@ -22,7 +22,7 @@ mod space;
 /// Blocks uploading at once across the mount (bounds memory; a full queue slows writers).
 const UPLOAD_SLOTS: usize = 16;
 /// Partially written blocks kept per file before the oldest is sealed anyway.
-const MAX_DIRTY_BLOCKS: usize = 16;
+pub(crate) const MAX_DIRTY_BLOCKS: usize = 16;
 /// Block-map entries per commit request.
 const COMMIT_BATCH: usize = 4096;
 /// Largest file size (the metadata server refuses more).

@@ -16,9 +16,9 @@ use std::time::Duration;
 /// How long a server may take to answer before the next address is asked as well.
 pub const HEDGE: Duration = Duration::from_millis(500);
 
-/// The pause before asking again after an `Unavailable` reply. Asking again is safe:
-/// mutations carry their `(session, seq)`, so a second delivery is answered from the retry
-/// cache.
+/// The pause before asking a server again: while an election is under way, after a stale
+/// leader hint, after an `Unavailable` reply. Asking again is safe: mutations carry their
+/// `(session, seq)`, so a second delivery is answered from the retry cache.
 const AGAIN: Duration = Duration::from_millis(50);
 
 pub struct MetaLink {
@@ -88,6 +88,8 @@ impl MetaLink {
     /// died keeps its connection until the idle timeout) is not waited for alone: the next
     /// address is asked too, and the first real answer wins. Asking twice is safe: mutations
     /// carry their `(session, seq)`, so a second delivery is answered from the retry cache.
+    /// With [`retrying_unavailable`](Self::retrying_unavailable), an `Unavailable` answer is
+    /// asked again too, with one address or several.
     pub async fn call_payload(&self, req: &MetaRequest) -> Result<(MetaResponse, Vec<u8>), NetError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let (only, n) = self.client(0);
@@ -135,18 +137,17 @@ impl MetaLink {
                             last = Some(NetError::Lost { addr: self.client(idx).0.addr().to_string(), reason: format!("not the leader (the leader is {l})") });
                             let to = self.index_of(&l);
                             // A stale hint (the server it names says otherwise): ask again shortly.
-                            (to, if to == idx { Duration::from_millis(50) } else { Duration::ZERO })
+                            (to, if to == idx { AGAIN } else { Duration::ZERO })
                         }
                         Ok((MetaResponse::NotLeader { leader: None }, _)) => {
                             last = Some(NetError::Lost { addr: self.client(idx).0.addr().to_string(), reason: "not the leader (an election is under way)".into() });
-                            ((idx + 1) % n, Duration::from_millis(50))
+                            ((idx + 1) % n, AGAIN)
                         }
                         // Starting up, or its Raft shutting down: ask again shortly, the next
                         // server if there is one; at the deadline this answer is the answer.
                         Ok(answer) if self.again(&answer.0) => {
-                            let next = (idx + 1) % n;
                             unavailable_answer = Some(answer);
-                            (next, AGAIN)
+                            ((idx + 1) % n, AGAIN)
                         }
                         Ok(answer) => {
                             self.current.store(idx, Ordering::Relaxed);
@@ -154,12 +155,12 @@ impl MetaLink {
                         }
                         Err(e) => {
                             last = Some(e);
-                            ((idx + 1) % n, Duration::from_millis(50))
+                            ((idx + 1) % n, AGAIN)
                         }
                     };
                     // Already waiting on the server named (a leader that may have died): ask
                     // this one again shortly, to learn the new leader once it is elected.
-                    let (to, delay) = if asking.contains(&retry) { (idx, Duration::from_millis(50)) } else { (retry, delay) };
+                    let (to, delay) = if asking.contains(&retry) { (idx, AGAIN) } else { (retry, delay) };
                     asking.insert(to);
                     inflight.push(ask(to, delay));
                 }
