@@ -42,6 +42,10 @@ pub struct Open {
     /// Our session expired and the file could not be registered again under the new one (it
     /// was removed meanwhile): its handles fail with EIO.
     lost: AtomicBool,
+    /// Set once the metadata server has this mount's open of the file (`Open`, or the
+    /// `CreateOpen` that made it). Every open waits for it, not only the one that sends it:
+    /// a lock or a removal right after an open needs the server to know of it.
+    registered: tokio::sync::OnceCell<()>,
 }
 
 type OpenFile = Entry<Open>;
@@ -75,8 +79,13 @@ impl OpenState {
 }
 
 impl Open {
-    fn new(file: FileState, pages_from: Option<blake3::Hash>) -> Self {
-        Open { st: tokio::sync::Mutex::new(OpenState { file, uploads: Vec::new(), pages_from }), size_hint: AtomicU64::new(0), lost: AtomicBool::new(false) }
+    fn new(file: FileState, pages_from: Option<blake3::Hash>, registered: bool) -> Self {
+        Open {
+            st: tokio::sync::Mutex::new(OpenState { file, uploads: Vec::new(), pages_from }),
+            size_hint: AtomicU64::new(0),
+            lost: AtomicBool::new(false),
+            registered: if registered { tokio::sync::OnceCell::new_with(Some(())) } else { tokio::sync::OnceCell::new() },
+        }
     }
 }
 
@@ -155,7 +164,7 @@ impl Fs {
         // A new file has no file capability (a create inherits only ACLs): the kernel's check
         // before the first write needs no round trip.
         self.xattr_absent.remember(asked, a.ino, false);
-        let (f, fresh) = self.take_entry(a.ino, FileState::new_empty, || None);
+        let (f, fresh) = self.take_entry(a.ino, FileState::new_empty, || None, true);
         if !fresh {
             // Another process of this mount found the new name and opened the file between the
             // reply and here: its open registered the entry with the server as well, so the
@@ -278,8 +287,8 @@ impl Fs {
 
     /// The inode's entry in the open-file table, with one more open; `true` if it is new, and
     /// so not yet reported to the metadata server.
-    fn take_entry(&self, ino: u64, state: impl FnOnce() -> FileState, pages_from: impl FnOnce() -> Option<blake3::Hash>) -> (Arc<OpenFile>, bool) {
-        self.files.take(ino, || Open::new(state(), pages_from()))
+    fn take_entry(&self, ino: u64, state: impl FnOnce() -> FileState, pages_from: impl FnOnce() -> Option<blake3::Hash>, registered: bool) -> (Arc<OpenFile>, bool) {
+        self.files.take(ino, || Open::new(state(), pages_from(), registered))
     }
 
     /// The first open of an inode on this mount is reported to the metadata server (`Open`,
@@ -288,14 +297,10 @@ impl Fs {
     /// Returns the handle, and whether the kernel may keep the pages it has cached of the file
     /// (see [`page_cache`]).
     pub async fn open(&self, ino: u64) -> FsResult<(u64, bool)> {
-        let (f, fresh) = self.take_entry(ino, FileState::default, || self.pages.take(ino));
-        let registered = async {
-            if fresh {
-                self.meta.mutate_done(Mutation::Open { ino }).await
-            } else {
-                Ok(())
-            }
-        };
+        let (f, _) = self.take_entry(ino, FileState::default, || self.pages.take(ino), false);
+        // One `Open` per entry; an open joining the entry waits for it (or, if it failed,
+        // sends it again).
+        let registered = f.registered.get_or_try_init(|| self.meta.mutate_done(Mutation::Open { ino }));
         let loaded = async {
             let mut st = f.st.lock().await;
             // Unsaved writes here: the pages are the local content, nothing to reload.
@@ -329,7 +334,7 @@ impl Fs {
     /// that is gone (removed by another mount meanwhile) is lost: its handles fail with EIO.
     /// Locks are not re-taken (another mount may hold them by now): they are gone.
     pub async fn reopen_all(&self) {
-        self.locks.forget(None);
+        self.locks.forget_all();
         let open = self.files.entries();
         for f in open {
             if let Err(e) = self.meta.mutate_done(Mutation::Open { ino: f.ino }).await {
@@ -362,26 +367,50 @@ impl Fs {
     /// unsaved; a file with unsaved bytes (a failed flush) stays, and the background commit
     /// retries it.
     async fn drop_open(&self, f: &Arc<OpenFile>) {
-        let removed = {
+        let left = {
             let st = f.st.lock().await;
-            self.files.put_back(f, || self.may_retire(f, &st))
+            self.leave_table(f, &st, true)
         };
-        if removed {
-            self.report_close(f.ino).await;
+        if let Some(locked) = left {
+            self.report_close(f, locked).await;
         }
     }
 
-    /// The entry left the table: the last close on this mount (its locks go at the server).
-    async fn report_close(&self, ino: u64) {
-        let locked = self.locks.any_on(ino);
-        self.locks.forget(Some(ino));
-        if !locked {
-            self.closes.push(ino);
+    /// `f` leaves the open-file table if no handle holds it (`put_back`: after one handle
+    /// fewer) and nothing in it is unsaved. If it left: whether this mount held locks on it.
+    /// Those are forgotten in the same step, under the table's lock: an open right after
+    /// makes a new entry, and the locks taken through it must not be forgotten with these.
+    fn leave_table(&self, f: &Arc<OpenFile>, st: &OpenState, put_back: bool) -> Option<bool> {
+        let mut locked = None;
+        let may_leave = || {
+            let retire = self.may_retire(f, st);
+            if retire {
+                locked = Some(self.locks.forget_file(f.ino));
+            }
+            retire
+        };
+        if put_back {
+            self.files.put_back(f, may_leave);
+        } else {
+            self.files.leave_if_unused(f, may_leave);
+        }
+        locked
+    }
+
+    /// The entry left the table: the last close on this mount. A close with locks goes at
+    /// once (it releases them at the server), the others together a moment later. An entry
+    /// whose every `Open` failed has nothing to close.
+    async fn report_close(&self, f: &OpenFile, locked: bool) {
+        if !f.registered.initialized() {
             return;
         }
-        if let Err(e) = self.meta.mutate_done(Mutation::Close { ino }).await {
+        if !locked {
+            self.closes.push(f.ino);
+            return;
+        }
+        if let Err(e) = self.meta.mutate_done(Mutation::Close { ino: f.ino }).await {
             // The session's expiry closes it in the end.
-            tracing::warn!(ino, "reporting a close failed: {e}");
+            tracing::warn!(ino = f.ino, "reporting a close failed: {e}");
         }
     }
 
@@ -453,10 +482,10 @@ impl Fs {
                 if let Err(e) = self.flush_state(&f, &mut st).await {
                     tracing::warn!(ino = f.ino, "saving a closed file failed again: {e}");
                 }
-                let removed = self.files.leave_if_unused(&f, || self.may_retire(&f, &st));
+                let left = self.leave_table(&f, &st, false);
                 drop(st);
-                if removed {
-                    self.report_close(f.ino).await;
+                if let Some(locked) = left {
+                    self.report_close(&f, locked).await;
                 }
                 continue;
             }

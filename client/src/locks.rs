@@ -95,15 +95,18 @@ impl Locks {
         meta.mutate_done(Mutation::SetLock { ino, lock }).await
     }
 
-    /// Whether some owner may hold a lock on `ino` through this mount.
-    pub fn any_on(&self, ino: u64) -> bool {
-        self.held.lock().unwrap().iter().any(|(i, _)| *i == ino)
+    /// The file's last close on this mount (`Close` releases every lock at the server):
+    /// forget its owners, and say whether there were any.
+    pub fn forget_file(&self, ino: u64) -> bool {
+        let mut held = self.held.lock().unwrap();
+        let n = held.len();
+        held.retain(|(i, _)| *i != ino);
+        held.len() != n
     }
 
-    /// The file's last close on this mount (`Close` releases every lock at the server), or a
-    /// new session (the old one's locks are gone).
-    pub fn forget(&self, ino: Option<u64>) {
-        self.held.lock().unwrap().retain(|(i, _)| ino.is_some_and(|x| x != *i));
+    /// A new session: the old one's locks are gone.
+    pub fn forget_all(&self) {
+        self.held.lock().unwrap().clear();
     }
 }
 
