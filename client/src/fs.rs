@@ -165,11 +165,19 @@ impl Fs {
         // before the first write needs no round trip.
         self.xattr_absent.remember(asked, a.ino, false);
         let (f, fresh) = self.take_entry(a.ino, FileState::new_empty, || None, true);
-        if !fresh {
-            // Another process of this mount found the new name and opened the file between the
-            // reply and here: its open registered the entry with the server as well, so the
-            // registration the create made is given back (the server counts them).
-            self.meta.mutate_done(Mutation::Close { ino: a.ino }).await?;
+        // Another process of this mount found the new name and opened the file between the
+        // reply and here. If its `Open` is not done, the create's registration serves the entry;
+        // if it is (or under way), the create's is given back once the entry's is in place, so
+        // the server never sees the file closed in between (it counts registrations).
+        if !fresh && f.registered.set(()).is_err() {
+            let give_back = async {
+                f.registered.get_or_try_init(|| self.meta.mutate_done(Mutation::Open { ino: a.ino })).await?;
+                self.meta.mutate_done(Mutation::Close { ino: a.ino }).await
+            };
+            if let Err(e) = give_back.await {
+                // One registration too many: the file stays open in this session until it ends.
+                tracing::warn!(ino = a.ino, "giving back a create's registration failed: {e}");
+            }
         }
         Ok((a, self.new_handle(f)))
     }
