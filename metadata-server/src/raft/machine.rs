@@ -33,7 +33,10 @@ pub fn holds_unlogged_namespace(ns: &Namespace) -> Result<bool, String> {
 #[derive(Clone)]
 pub struct StateMachine {
     ns: Arc<Namespace>,
-    current: Arc<Mutex<Option<(Meta, Arc<Vec<u8>>)>>>,
+    /// The last snapshot built or installed. Only its description is kept: its bytes (the
+    /// whole namespace, about 160 MB at a million files) are dumped again when a follower
+    /// needs them, so that the server's memory does not grow with the namespace.
+    current: Arc<Mutex<Option<Meta>>>,
 }
 
 impl StateMachine {
@@ -99,8 +102,9 @@ fn parse(data: &[u8]) -> Result<Vec<(Cf, &[u8], &[u8])>, String> {
     Ok(out)
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+impl StateMachine {
+    /// A snapshot of the state as applied now.
+    async fn snapshot_now(&self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let ns = self.ns.clone();
         let (applied, membership, data) = tokio::task::spawn_blocking(move || dump(&ns))
             .await
@@ -108,9 +112,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .map_err(|e| io_err(StorageIOError::read_state_machine, e))?;
         let id = format!("{}-{}", applied.map(|l| l.index).unwrap_or(0), crate::namespace::now_ns());
         let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id: id };
-        let data = Arc::new(data);
-        *self.current.lock().unwrap() = Some((meta.clone(), data.clone()));
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new((*data).clone())) })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let snap = self.snapshot_now().await?;
+        *self.current.lock().unwrap() = Some(snap.meta.clone());
+        Ok(snap)
     }
 }
 
@@ -201,8 +211,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<u64>> {
-        let data = Arc::new(snapshot.into_inner());
-        let (ns, d, m) = (self.ns.clone(), data.clone(), meta.clone());
+        let (ns, d, m) = (self.ns.clone(), snapshot.into_inner(), meta.clone());
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             let records = parse(&d)?;
             let mut b = Batch::default();
@@ -231,12 +240,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| io_err(|a| StorageIOError::write_snapshot(Some(meta.signature()), a), e.to_string()))?
         .map_err(|e| io_err(|a| StorageIOError::write_snapshot(Some(meta.signature()), a), e))?;
-        *self.current.lock().unwrap() = Some((meta.clone(), data));
+        *self.current.lock().unwrap() = Some(meta.clone());
         Ok(())
     }
 
+    /// The state as applied now, once a snapshot was built or installed: it covers at least
+    /// what that one did (the log behind it may be purged).
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        Ok(self.current.lock().unwrap().as_ref().map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new((**data).clone())) }))
+        if self.current.lock().unwrap().is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.snapshot_now().await?))
     }
 }
 
