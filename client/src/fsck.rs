@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::IsTerminal;
+use futures::StreamExt;
 use std::time::Duration;
 use tessera_common::net::RpcClient;
 use tessera_common::paging::{next_after, Pager};
@@ -58,6 +59,9 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// Block maps asked for at once while walking the namespace.
+const BLOCK_MAPS_IN_FLIGHT: usize = 32;
+
 impl Admin {
     async fn meta(&self, req: MetaRequest) -> anyhow::Result<MetaResponse> {
         self.call_meta(req).await
@@ -97,24 +101,30 @@ impl Admin {
                 }
             });
             while let Some(entries) = pages.next().await {
+                let mut files = Vec::new();
                 for e in entries? {
                     let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
                     match e.kind {
                         FileKind::Dir => dirs.push((e.ino, p)),
-                        FileKind::File if seen_files.insert(e.ino) => {
-                            report.files += 1;
-                            pb.inc_length(1);
-                            for (_, b) in self.file_blocks(e.ino).await? {
-                                let r = refs.entry(b.id).or_default();
-                                r.0 += 1;
-                                if r.1.len() < 3 {
-                                    r.1.push(p.clone());
-                                }
-                            }
-                            pb.inc(1);
-                        }
+                        FileKind::File if seen_files.insert(e.ino) => files.push((e.ino, p)),
                         _ => {}
                     }
+                }
+                report.files += files.len() as u64;
+                pb.inc_length(files.len() as u64);
+                // The page's block maps, many at once: one after the other, a round trip per
+                // file made a million files take minutes.
+                let mut maps = futures::stream::iter(files).map(|(ino, p)| async move { self.file_blocks(ino).await.map(|m| (m, p)) }).buffer_unordered(BLOCK_MAPS_IN_FLIGHT);
+                while let Some(r) = maps.next().await {
+                    let (map, p) = r?;
+                    for (_, b) in map {
+                        let r = refs.entry(b.id).or_default();
+                        r.0 += 1;
+                        if r.1.len() < 3 {
+                            r.1.push(p.clone());
+                        }
+                    }
+                    pb.inc(1);
                 }
             }
         }
