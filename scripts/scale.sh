@@ -130,11 +130,9 @@ for layout in $layouts; do
       t0=$(date +%s.%N); ls -l "$mnt/$layout" > /dev/null; t1=$(date +%s.%N)
       emit "$layout $n" ls_l_s "$(echo "$t1 - $t0" | bc)" s
     fi
-    rss=0 disk=0
-    for m in $meta_nodes; do
-      rss=$(( rss > $(kib "$m" VmRSS) ? rss : $(kib "$m" VmRSS) ))
-      disk=$(( disk > $(du -sk "$C/$m/data/meta" | cut -f1) ? disk : $(du -sk "$C/$m/data/meta" | cut -f1) ))
-    done
+    # The largest of the metadata servers, each read once.
+    rss=$(for m in $meta_nodes; do kib "$m" VmRSS; done | sort -n | tail -1)
+    disk=$(for m in $meta_nodes; do du -sk "$C/$m/data/meta" | cut -f1; done | sort -n | tail -1)
     emit "$layout $n" meta_rss_MiB "$((rss / 1024))" MiB
     emit "$layout $n" meta_disk_MiB "$((disk / 1024))" MiB
     emit "$layout $n" mount_rss_MiB "$(( $(kib client1 VmRSS) / 1024 ))" MiB

@@ -293,8 +293,8 @@ impl Fs {
 
     // ---- open files ----
 
-    /// The inode's entry in the open-file table, with one more open; `true` if it is new, and
-    /// so not yet reported to the metadata server.
+    /// The inode's entry in the open-file table, with one more open; `true` if it is new.
+    /// `registered`: a new entry is already open at the metadata server (made by `CreateOpen`).
     fn take_entry(&self, ino: u64, state: impl FnOnce() -> FileState, pages_from: impl FnOnce() -> Option<blake3::Hash>, registered: bool) -> (Arc<OpenFile>, bool) {
         self.files.take(ino, || Open::new(state(), pages_from(), registered))
     }

@@ -4,11 +4,11 @@
 
 use crate::admin::Admin;
 use anyhow::bail;
+use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::IsTerminal;
-use futures::StreamExt;
 use std::time::Duration;
 use tessera_common::net::RpcClient;
 use tessera_common::paging::{next_after, Pager};
